@@ -1,0 +1,79 @@
+"""Thin command line: parse, call the library, render.
+
+Each subcommand lives in its own module exposing ``register(subparsers)``,
+which adds its parser and sets ``func`` (a callable taking the parsed args and
+returning an exit code). Modules are listed once, here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import signal
+import sys
+
+from .. import __version__
+from ..errors import CronosError
+
+SUBCOMMANDS = [
+    "scan_cmd",
+    "lab_cmd",
+    "classify_cmd",
+    "learn_cmd",
+    "cleanup_cmd",
+]
+
+
+class Terminated(BaseException):
+    """Raised from SIGTERM/SIGHUP so that every ``finally`` runs (cleanup)."""
+
+
+def _on_signal(signum, _frame):
+    raise Terminated(signal.Signals(signum).name)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, as every other bad input
+        self.exit(2, f"cron-os: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="cron-os", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"cron-os {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in SUBCOMMANDS:
+        try:
+            mod = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.endswith(name):
+                continue  # not built yet
+            raise
+        mod.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CronosError as exc:
+        print(f"cron-os: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("cron-os: interrupted", file=sys.stderr)
+        return 130
+    except Terminated as exc:
+        print(f"cron-os: terminated by {exc}", file=sys.stderr)
+        return 143
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

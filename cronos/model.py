@@ -1,0 +1,283 @@
+"""Frozen, typed data shared by probes, matcher, database and outputs.
+
+Units are in the field names (``gaps_us``, ``time_s``). Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+
+from .errors import FingerprintSyntaxError
+
+
+class Method(str, Enum):
+    """The three TCP states Cron-OS measures (letters as in ``-m slf``)."""
+
+    SYN_RCVD = "s"
+    LAST_ACK = "l"
+    FIN_WAIT1 = "f"
+
+    @property
+    def line_name(self) -> str:
+        return _LINE_NAMES[self]
+
+    @property
+    def state_name(self) -> str:
+        return {"s": "SYN_RCVD", "l": "LAST_ACK", "f": "FIN_WAIT1"}[self.value]
+
+    @property
+    def rst_key(self) -> str:
+        return {"s": "Syn", "l": "LastAck", "f": "FinWait"}[self.value]
+
+
+_LINE_NAMES = {
+    Method.SYN_RCVD: "CronOS_Syn",
+    Method.LAST_ACK: "CronOS_LastAck",
+    Method.FIN_WAIT1: "CronOS_FinWait",
+}
+_BY_LINE_NAME = {v: k for k, v in _LINE_NAMES.items()}
+_BY_RST_KEY = {m.rst_key: m for m in Method}
+
+
+class Status(str, Enum):
+    """Outcome of one probe (one state, one try)."""
+
+    OK = "ok"  # the state was reached and its retransmissions timed
+    FILTERED = "filtered"  # nothing came back
+    CLOSED = "closed"  # the port answered the SYN with RST
+    RESET = "reset"  # connection reset before the timed state was reached
+    NO_CLOSE = "no-close"  # the server never sent its FIN (closing states)
+    ABORTED = "aborted"  # interrupted by the user before the end of the window
+
+
+@dataclass(frozen=True)
+class StateFingerprint:
+    """Timing of one state, as in the talk's ``CronOS_Syn(...)`` lines.
+
+    ``gaps_us[i]`` is the delay between packet i and i+1 of the retransmitted
+    series (first SYN-ACK or first FIN, then each retransmission);
+    ``nb_pkt`` (retransmissions seen) is ``len(gaps_us)``. ``time_s`` is the
+    listening window. ``connect_us`` is the handshake RTT (closing states).
+    ``rst_us`` is the delay from the last retransmission to a final RST.
+    """
+
+    method: Method
+    time_s: int
+    gaps_us: tuple[int, ...] = ()
+    connect_us: int | None = None
+    rst_us: int | None = None
+
+    @property
+    def nb_pkt(self) -> int:
+        return len(self.gaps_us)
+
+    def line(self) -> str:
+        """The talk's syntax, e.g. ``CronOS_Syn(nbPkt=2%Time=30%p=2806316%p=6010910)``."""
+        parts = [f"nbPkt={self.nb_pkt}", f"Time={self.time_s}"]
+        if self.method is not Method.SYN_RCVD and self.connect_us is not None:
+            parts.append(f"Connect={self.connect_us}")
+        parts += [f"p={g}" for g in self.gaps_us]
+        return f"{self.method.line_name}({'%'.join(parts)})"
+
+
+@dataclass(frozen=True)
+class SynAckFeatures:
+    """Header features of the first SYN-ACK (Hershel's non-timing features)."""
+
+    window: int
+    ttl: int
+    df: bool
+    ip_id: int
+    mss: int | None
+    options: str  # option letters in wire order: M N W S T E (as Hershel)
+    wscale: int | None
+
+    def line(self) -> str:
+        parts = [
+            f"W={self.window:X}",
+            f"TTL={self.ttl}",
+            f"DF={'Y' if self.df else 'N'}",
+            f"ID={self.ip_id}",
+            f"MSS={'' if self.mss is None else self.mss}",
+            f"O={self.options}",
+            f"WS={'' if self.wscale is None else self.wscale}",
+        ]
+        return f"CronOS_Hdr({'%'.join(parts)})"
+
+
+def rst_line(fps: list[StateFingerprint]) -> str | None:
+    """``CronOS_Rst(Syn=75000000%LastAck=...)``: final RST delays, if any."""
+    parts = [f"{fp.method.rst_key}={fp.rst_us}" for fp in fps if fp.rst_us is not None]
+    return f"CronOS_Rst({'%'.join(parts)})" if parts else None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One measurement: one target, port, state and try."""
+
+    target: str
+    port: int
+    method: Method
+    try_index: int
+    status: Status
+    fingerprint: StateFingerprint
+    features: SynAckFeatures | None = None
+    src_port: int = 0
+    started_at: float = 0.0  # unix time the stimulus was sent
+    arrivals_us: tuple[int, ...] = ()  # arrival of each timed packet, from the stimulus
+    packets_in: int = 0
+    note: str = ""
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def to_dict(self) -> dict:
+        fp = self.fingerprint
+        d = {
+            "target": self.target,
+            "port": self.port,
+            "method": self.method.value,
+            "state": self.method.state_name,
+            "try": self.try_index,
+            "status": self.status.value,
+            "src_port": self.src_port,
+            "started_at": round(self.started_at, 6),
+            "time_s": fp.time_s,
+            "nb_pkt": fp.nb_pkt,
+            "gaps_us": list(fp.gaps_us),
+            "connect_us": fp.connect_us,
+            "rst_us": fp.rst_us,
+            "arrivals_us": list(self.arrivals_us),
+            "packets_in": self.packets_in,
+            "fingerprint": fp.line(),
+            "features": asdict(self.features) if self.features else None,
+            "note": self.note,
+        }
+        d.update(self.extra)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Observation:
+        try:
+            method = Method(d["method"])
+            fp = StateFingerprint(
+                method=method,
+                time_s=int(d["time_s"]),
+                gaps_us=tuple(int(g) for g in d.get("gaps_us") or ()),
+                connect_us=None if d.get("connect_us") is None else int(d["connect_us"]),
+                rst_us=None if d.get("rst_us") is None else int(d["rst_us"]),
+            )
+            feats = d.get("features")
+            return cls(
+                target=str(d.get("target", "")),
+                port=int(d.get("port", 0)),
+                method=method,
+                try_index=int(d.get("try", 1)),
+                status=Status(d.get("status", "ok")),
+                fingerprint=fp,
+                features=SynAckFeatures(**feats) if feats else None,
+                src_port=int(d.get("src_port", 0)),
+                started_at=float(d.get("started_at", 0.0)),
+                arrivals_us=tuple(int(a) for a in d.get("arrivals_us") or ()),
+                packets_in=int(d.get("packets_in", 0)),
+                note=str(d.get("note", "")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FingerprintSyntaxError(f"not a Cron-OS observation record: {exc}") from exc
+
+
+# --- parsing of fingerprint lines ------------------------------------------
+
+
+def _split_line(line: str) -> tuple[str, list[tuple[str, str]]]:
+    line = line.strip()
+    if "(" not in line or not line.endswith(")"):
+        raise FingerprintSyntaxError(f"expected NAME(key=value%...), got {line[:60]!r}")
+    name, body = line[:-1].split("(", 1)
+    pairs: list[tuple[str, str]] = []
+    if body:
+        for item in body.split("%"):
+            if "=" not in item:
+                raise FingerprintSyntaxError(f"{name}: field {item[:30]!r} has no '='")
+            k, v = item.split("=", 1)
+            pairs.append((k.strip(), v.strip()))
+    return name.strip(), pairs
+
+
+def _int(name: str, key: str, value: str, lo: int = 0, hi: int = 10**12) -> int:
+    try:
+        n = int(value, 10)
+    except ValueError:
+        raise FingerprintSyntaxError(f"{name}: {key}={value[:20]!r} is not an integer") from None
+    if not lo <= n <= hi:
+        raise FingerprintSyntaxError(f"{name}: {key}={n} out of range [{lo}, {hi}]")
+    return n
+
+
+def parse_state_line(line: str) -> StateFingerprint:
+    """Parse ``CronOS_Syn(...)``, ``CronOS_LastAck(...)`` or ``CronOS_FinWait(...)``."""
+    name, pairs = _split_line(line)
+    if name not in _BY_LINE_NAME:
+        raise FingerprintSyntaxError(f"unknown fingerprint line {name!r}")
+    method = _BY_LINE_NAME[name]
+    nb = time_s = connect = None
+    gaps: list[int] = []
+    for k, v in pairs:
+        if k == "nbPkt":
+            nb = _int(name, k, v, 0, 100000)
+        elif k == "Time":
+            time_s = _int(name, k, v, 0, 10**7)
+        elif k == "Connect":
+            connect = _int(name, k, v)
+        elif k == "p":
+            gaps.append(_int(name, k, v))
+        else:
+            raise FingerprintSyntaxError(f"{name}: unknown field {k!r}")
+    if nb is None or time_s is None:
+        raise FingerprintSyntaxError(f"{name}: nbPkt and Time are required")
+    if nb != len(gaps):
+        raise FingerprintSyntaxError(f"{name}: nbPkt={nb} but {len(gaps)} p= values")
+    return StateFingerprint(method, time_s, tuple(gaps), connect)
+
+
+def parse_rst_line(line: str) -> dict[Method, int]:
+    """Parse ``CronOS_Rst(Syn=...%LastAck=...)`` into {method: delay_us}."""
+    name, pairs = _split_line(line)
+    if name != "CronOS_Rst":
+        raise FingerprintSyntaxError(f"expected CronOS_Rst(...), got {name!r}")
+    out: dict[Method, int] = {}
+    for k, v in pairs:
+        if k not in _BY_RST_KEY:
+            raise FingerprintSyntaxError(f"CronOS_Rst: unknown state {k!r}")
+        out[_BY_RST_KEY[k]] = _int(name, k, v)
+    return out
+
+
+_OPT_LETTERS = set("MNWSTE")
+
+
+def parse_hdr_line(line: str) -> SynAckFeatures:
+    """Parse ``CronOS_Hdr(W=FAF0%TTL=64%DF=Y%ID=0%MSS=1460%O=MSTNW%WS=7)``."""
+    name, pairs = _split_line(line)
+    if name != "CronOS_Hdr":
+        raise FingerprintSyntaxError(f"expected CronOS_Hdr(...), got {name!r}")
+    d = dict(pairs)
+    missing = {"W", "TTL", "DF", "ID", "MSS", "O", "WS"} - d.keys()
+    if missing:
+        raise FingerprintSyntaxError(f"CronOS_Hdr: missing {', '.join(sorted(missing))}")
+    try:
+        window = int(d["W"], 16)
+    except ValueError:
+        raise FingerprintSyntaxError(f"CronOS_Hdr: W={d['W']!r} is not hex") from None
+    if d["DF"] not in ("Y", "N"):
+        raise FingerprintSyntaxError("CronOS_Hdr: DF must be Y or N")
+    if not set(d["O"]) <= _OPT_LETTERS:
+        raise FingerprintSyntaxError(f"CronOS_Hdr: O={d['O']!r} has letters outside MNWSTE")
+    return SynAckFeatures(
+        window=window,
+        ttl=_int(name, "TTL", d["TTL"], 0, 255),
+        df=d["DF"] == "Y",
+        ip_id=_int(name, "ID", d["ID"], 0, 65535),
+        mss=_int(name, "MSS", d["MSS"], 0, 65535) if d["MSS"] else None,
+        options=d["O"],
+        wscale=_int(name, "WS", d["WS"], 0, 255) if d["WS"] else None,
+    )

@@ -1,0 +1,1 @@
+"""The only package that owns sockets, capture, namespaces and firewall rules."""

@@ -1,0 +1,153 @@
+"""TCP/IPv4 segments: parsing (scapy) and building, without any I/O.
+
+A ``Segment`` is the only packet type probes see. ``parse_ip`` turns captured
+IPv4 bytes into one (or ``None`` for anything that is not a well-formed TCP
+segment); ``build_ip`` turns one into bytes for the raw socket.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from struct import error as struct_error
+
+logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
+
+from scapy.error import Scapy_Exception  # noqa: E402
+from scapy.layers.inet import IP, TCP  # noqa: E402
+from scapy.packet import Raw  # noqa: E402
+
+FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
+
+_OPT_LETTER = {
+    "MSS": "M",
+    "NOP": "N",
+    "WScale": "W",
+    "SAckOK": "S",
+    "Timestamp": "T",
+    "EOL": "E",
+}
+
+MAX_OPTIONS = 40  # bytes of TCP options; more is malformed
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One TCP segment with the IP fields Cron-OS looks at."""
+
+    src: str
+    dst: str
+    sport: int
+    dport: int
+    seq: int
+    ack: int
+    flags: int
+    window: int = 0
+    payload: bytes = b""
+    options: tuple[tuple[str, object], ...] = ()
+    ttl: int = 64
+    df: bool = True
+    ip_id: int = 0
+    checksum_ok: bool = True
+    extra: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def has(self, flag: int) -> bool:
+        return bool(self.flags & flag)
+
+    @property
+    def seg_len(self) -> int:
+        """Sequence space used: payload plus one for SYN and for FIN."""
+        return len(self.payload) + (1 if self.flags & SYN else 0) + (1 if self.flags & FIN else 0)
+
+    def option(self, name: str):
+        for k, v in self.options:
+            if k == name:
+                return v
+        return None
+
+    @property
+    def option_letters(self) -> str:
+        return "".join(_OPT_LETTER.get(k, "?") for k, _ in self.options)
+
+    def flag_str(self) -> str:
+        return "".join(c for bit, c in zip((1, 2, 4, 8, 16, 32), "FSRPAU", strict=True) if self.flags & bit)
+
+
+def _tcp_checksum_ok(ip: IP) -> bool:
+    """Recompute the TCP checksum of a parsed packet and compare."""
+    tcp = ip[TCP]
+    got = tcp.chksum
+    clone = IP(bytes(ip))
+    del clone[TCP].chksum
+    want = IP(bytes(clone))[TCP].chksum
+    return got == want
+
+
+def parse_ip(data: bytes, verify_checksum: bool = False) -> Segment | None:
+    """Parse IPv4 bytes into a Segment; ``None`` if not a sane TCP segment.
+
+    Never raises on hostile input: every scapy failure means "not ours".
+    """
+    if len(data) < 40 or data[0] >> 4 != 4:
+        return None
+    try:
+        ip = IP(data)
+        if ip.proto != 6 or ip.frag != 0 or ip.flags.MF or TCP not in ip:
+            return None
+        tcp = ip[TCP]
+        if tcp.dataofs is None or tcp.dataofs < 5:
+            return None
+        opts = []
+        for opt in tcp.options:
+            if not isinstance(opt, tuple) or len(opt) != 2:
+                continue
+            name, value = opt
+            if isinstance(name, int):
+                name = f"opt{name}"
+            opts.append((str(name), value))
+        payload = bytes(tcp.payload) if tcp.payload else b""
+        if isinstance(tcp.payload, Raw):
+            payload = tcp.payload.load
+        ok = _tcp_checksum_ok(ip) if verify_checksum else True
+        return Segment(
+            src=ip.src,
+            dst=ip.dst,
+            sport=int(tcp.sport),
+            dport=int(tcp.dport),
+            seq=int(tcp.seq),
+            ack=int(tcp.ack),
+            flags=int(tcp.flags),
+            window=int(tcp.window),
+            payload=payload[: max(0, ip.len - ip.ihl * 4 - tcp.dataofs * 4)]
+            if ip.len
+            else payload,
+            options=tuple(opts),
+            ttl=int(ip.ttl),
+            df=bool(ip.flags.DF),
+            ip_id=int(ip.id),
+            checksum_ok=ok,
+        )
+    except (Scapy_Exception, ValueError, TypeError, IndexError, AttributeError, struct_error):
+        return None
+
+
+def build_ip(seg: Segment) -> bytes:
+    """Serialise a Segment to IPv4 bytes (checksums computed)."""
+    pkt = IP(
+        src=seg.src,
+        dst=seg.dst,
+        ttl=seg.ttl,
+        id=seg.ip_id,
+        flags="DF" if seg.df else 0,
+    ) / TCP(
+        sport=seg.sport,
+        dport=seg.dport,
+        seq=seg.seq & 0xFFFFFFFF,
+        ack=seg.ack & 0xFFFFFFFF,
+        flags=seg.flags,
+        window=seg.window,
+        options=list(seg.options),
+    )
+    if seg.payload:
+        pkt = pkt / Raw(seg.payload)
+    return bytes(pkt)

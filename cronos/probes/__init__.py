@@ -1,0 +1,1 @@
+"""Probe plug-ins: pure state machines, one per measured TCP state."""
