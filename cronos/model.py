@@ -6,12 +6,12 @@ Units are in the field names (``gaps_us``, ``time_s``). Nothing here does I/O.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from .errors import FingerprintSyntaxError
 
 
-class Method(str, Enum):
+class Method(StrEnum):
     """The three TCP states Cron-OS measures (letters as in ``-m slf``)."""
 
     SYN_RCVD = "s"
@@ -40,7 +40,7 @@ _BY_LINE_NAME = {v: k for k, v in _LINE_NAMES.items()}
 _BY_RST_KEY = {m.rst_key: m for m in Method}
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     """Outcome of one probe (one state, one try)."""
 
     OK = "ok"  # the state was reached and its retransmissions timed
@@ -88,7 +88,7 @@ class SynAckFeatures:
     window: int
     ttl: int
     df: bool
-    ip_id: int
+    ip_id: int | None  # None: not measured (Hershel data has no IP ID)
     mss: int | None
     options: str  # option letters in wire order: M N W S T E (as Hershel)
     wscale: int | None
@@ -98,7 +98,7 @@ class SynAckFeatures:
             f"W={self.window:X}",
             f"TTL={self.ttl}",
             f"DF={'Y' if self.df else 'N'}",
-            f"ID={self.ip_id}",
+            f"ID={'' if self.ip_id is None else self.ip_id}",
             f"MSS={'' if self.mss is None else self.mss}",
             f"O={self.options}",
             f"WS={'' if self.wscale is None else self.wscale}",
@@ -276,7 +276,7 @@ def parse_hdr_line(line: str) -> SynAckFeatures:
         window=window,
         ttl=_int(name, "TTL", d["TTL"], 0, 255),
         df=d["DF"] == "Y",
-        ip_id=_int(name, "ID", d["ID"], 0, 65535),
+        ip_id=_int(name, "ID", d["ID"], 0, 65535) if d["ID"] else None,
         mss=_int(name, "MSS", d["MSS"], 0, 65535) if d["MSS"] else None,
         options=d["O"],
         wscale=_int(name, "WS", d["WS"], 0, 255) if d["WS"] else None,

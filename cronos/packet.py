@@ -70,7 +70,9 @@ class Segment:
         return "".join(_OPT_LETTER.get(k, "?") for k, _ in self.options)
 
     def flag_str(self) -> str:
-        return "".join(c for bit, c in zip((1, 2, 4, 8, 16, 32), "FSRPAU", strict=True) if self.flags & bit)
+        return "".join(
+            c for bit, c in zip((1, 2, 4, 8, 16, 32), "FSRPAU", strict=True) if self.flags & bit
+        )
 
 
 def _tcp_checksum_ok(ip: IP) -> bool:
@@ -118,9 +120,7 @@ def parse_ip(data: bytes, verify_checksum: bool = False) -> Segment | None:
             ack=int(tcp.ack),
             flags=int(tcp.flags),
             window=int(tcp.window),
-            payload=payload[: max(0, ip.len - ip.ihl * 4 - tcp.dataofs * 4)]
-            if ip.len
-            else payload,
+            payload=payload[: max(0, ip.len - ip.ihl * 4 - tcp.dataofs * 4)] if ip.len else payload,
             options=tuple(opts),
             ttl=int(ip.ttl),
             df=bool(ip.flags.DF),

@@ -90,11 +90,26 @@ class Probe:
         c = self.cfg
         return seg.dst == c.target and seg.dport == c.port and seg.sport == c.src_port
 
-    def seg(self, flags: int, seq: int, ack: int = 0, payload: bytes = b"", options=(),
-            window: int = 65535) -> Segment:
+    def seg(
+        self,
+        flags: int,
+        seq: int,
+        ack: int = 0,
+        payload: bytes = b"",
+        options=(),
+        window: int = 65535,
+    ) -> Segment:
         c = self.cfg
         return Segment(
-            src=c.src_ip, dst=c.target, sport=c.src_port, dport=c.port,
-            seq=seq & 0xFFFFFFFF, ack=ack & 0xFFFFFFFF, flags=flags, window=window,
-            payload=payload, options=tuple(options), ttl=c.ttl,
+            src=c.src_ip,
+            dst=c.target,
+            sport=c.src_port,
+            dport=c.port,
+            seq=seq & 0xFFFFFFFF,
+            ack=ack & 0xFFFFFFFF,
+            flags=flags,
+            window=window,
+            payload=payload,
+            options=tuple(options),
+            ttl=c.ttl,
         )

@@ -1,0 +1,269 @@
+"""The scan engine: one capture socket, one raw send path, a timer queue.
+
+All probes of a scan run concurrently in one thread. The engine owns every
+socket and the firewall table; probes only see (timestamp, segment) and
+return segments to send. Replies are matched to probes by their flow
+(our address/port, target address/port); a SYN-ACK must also acknowledge the
+keyed-hash ISN of its flow (zmap's validation), so a forged or stray SYN-ACK
+is not timed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import hmac
+import itertools
+import secrets
+import selectors
+import struct
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from ..model import Method, Observation
+from ..packet import ACK, SYN, Segment, build_ip, parse_ip
+from ..probes import PROBES, Probe, ProbeConfig
+from . import bpf
+from .capture import Capture
+from .firewall import RstGuard
+from .rawsend import PortReservation, RawSender, source_address
+
+
+@dataclass(frozen=True)
+class Job:
+    """One measurement to make."""
+
+    target: str
+    port: int
+    method: Method
+    try_index: int = 1
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    timeout_s: float = 60.0
+    window_s: float = 180.0
+    max_in_flight: int = 1024  # probes listening at once
+    max_rate_pps: float = 300.0  # packets we send per second
+    payload: bytes = b"GET / HTTP/1.0\r\n\r\n"
+    sack: bool = False
+    key: bytes = field(default_factory=lambda: secrets.token_bytes(16))
+
+
+@dataclass
+class EngineStats:
+    started: float = 0.0
+    finished: float = 0.0
+    probes: int = 0
+    packets_in: int = 0
+    packets_out: int = 0
+    bad_checksum: int = 0
+    kernel_drops: int = 0
+    rst_dropped: int = 0
+    send_errors: int = 0
+    capture_filter: str = ""
+
+
+def isn_for(key: bytes, src: str, sport: int, dst: str, dport: int) -> int:
+    """Keyed hash of the flow: our ISN, checkable on every reply."""
+    msg = f"{src}|{sport}|{dst}|{dport}".encode()
+    return struct.unpack("!I", hmac.new(key, msg, hashlib.sha256).digest()[:4])[0]
+
+
+class _Running:
+    __slots__ = ("probe", "reservation", "flow", "fw_flow")
+
+    def __init__(self, probe: Probe, reservation: PortReservation, flow, fw_flow):
+        self.probe = probe
+        self.reservation = reservation
+        self.flow = flow
+        self.fw_flow = fw_flow
+
+
+class Engine:
+    """Run jobs concurrently; ``on_result`` gets each Observation as it completes."""
+
+    def __init__(self, cfg: EngineConfig, on_result: Callable[[Observation], None]):
+        self.cfg = cfg
+        self.on_result = on_result
+        self.stats = EngineStats()
+        self._running: dict[tuple[str, int, str, int], _Running] = {}
+        self._timers: list[tuple[float, int, tuple]] = []
+        self._seq = itertools.count()
+        self._tokens = 0.0
+        self._last_refill = 0.0
+        self._to_discard: list[tuple[str, int, int]] = []
+
+    # -- public ---------------------------------------------------------------
+    def run(self, jobs: Iterable[Job], targets_hint: list[str] | None = None) -> EngineStats:
+        self.stats.started = time.time()
+        expr = bpf.flows_filter(targets_hint or [])
+        self.stats.capture_filter = expr
+        pending: Iterator[Job] = iter(jobs)
+        capture = Capture(expr)
+        sender = RawSender()
+        sel = selectors.DefaultSelector()
+        sel.register(capture.fileno(), selectors.EVENT_READ)
+        try:
+            with RstGuard() as guard:
+                self._guard = guard
+                try:
+                    self._loop(pending, capture, sender, sel)
+                finally:
+                    self._abort_all(time.time())
+                    self.stats.rst_dropped = guard.dropped() if guard.active else 0
+        finally:
+            self.stats.kernel_drops = capture.kernel_drops()
+            sel.close()
+            capture.close()
+            sender.close()
+            self.stats.finished = time.time()
+        return self.stats
+
+    # -- loop -----------------------------------------------------------------
+    def _loop(self, pending, capture, sender, sel) -> None:
+        exhausted = False
+        last_flush = time.time()
+        while True:
+            now = time.time()
+            if not exhausted and len(self._running) < self.cfg.max_in_flight:
+                exhausted = self._start_some(pending, sender, now)
+            if exhausted and not self._running:
+                return
+            self._drain(capture, sender)
+            self._fire_timers(sender, time.time())
+            if now - last_flush > 1.0:
+                self._flush_discards()
+                last_flush = now
+            timeout = self._next_wakeup(exhausted)
+            if timeout > 0:
+                sel.select(timeout)
+
+    def _next_wakeup(self, exhausted: bool) -> float:
+        now = time.time()
+        nxt = 0.5
+        if self._timers:
+            nxt = min(nxt, self._timers[0][0] - now)
+        if not exhausted and len(self._running) < self.cfg.max_in_flight:
+            nxt = min(nxt, 1.0 / max(self.cfg.max_rate_pps, 1.0))
+        return max(0.0, nxt)
+
+    def _start_some(self, pending: Iterator[Job], sender: RawSender, now: float) -> bool:
+        """Start as many probes as rate and concurrency allow; True when no job is left."""
+        self._refill(now)
+        batch: list[tuple[Job, _Running]] = []
+        exhausted = False
+        while len(self._running) + len(batch) < self.cfg.max_in_flight and self._tokens >= 1.0:
+            job = next(pending, None)
+            if job is None:
+                exhausted = True
+                break
+            batch.append((job, self._prepare(job)))
+            self._tokens -= 1.0
+        if batch:
+            self._guard.add(r.fw_flow for _, r in batch)  # before the first SYN leaves
+            for _job, run in batch:
+                self._running[run.flow] = run
+                self._send(sender, run.probe.start(time.time()))
+                self._arm(run)
+                self.stats.probes += 1
+        return exhausted
+
+    def _prepare(self, job: Job) -> _Running:
+        src_ip = source_address(job.target, job.port)
+        res = PortReservation(src_ip)
+        cfg = ProbeConfig(
+            target=job.target,
+            port=job.port,
+            src_ip=src_ip,
+            src_port=res.port,
+            isn=isn_for(self.cfg.key, src_ip, res.port, job.target, job.port),
+            timeout_s=self.cfg.timeout_s,
+            window_s=self.cfg.window_s,
+            try_index=job.try_index,
+            payload=self.cfg.payload,
+            sack=self.cfg.sack,
+        )
+        probe = PROBES[job.method](cfg)
+        flow = (src_ip, res.port, job.target, job.port)
+        return _Running(probe, res, flow, (job.target, job.port, res.port))
+
+    def _refill(self, now: float) -> None:
+        rate = self.cfg.max_rate_pps
+        if self._last_refill == 0.0:
+            self._tokens = min(rate, 64.0)
+        else:
+            self._tokens = min(max(rate, 1.0), self._tokens + (now - self._last_refill) * rate)
+        self._last_refill = now
+
+    def _drain(self, capture: Capture, sender: RawSender) -> None:
+        for _ in range(10000):  # bounded: timers must still fire under a flood
+            pkt = capture.recv()
+            if pkt is None:
+                return
+            seg = parse_ip(pkt.data, verify_checksum=not pkt.csum_not_ready)
+            if seg is None:
+                continue
+            if not seg.checksum_ok:
+                self.stats.bad_checksum += 1
+                continue
+            run = self._running.get((seg.src, seg.sport, seg.dst, seg.dport))
+            outgoing = run is not None
+            if run is None:
+                run = self._running.get((seg.dst, seg.dport, seg.src, seg.sport))
+                if run is None or not self._valid_reply(run, seg):
+                    continue
+                self.stats.packets_in += 1
+            self._send(sender, run.probe.on_packet(pkt.ts, seg, outgoing))
+            self._after_event(run)
+
+    def _valid_reply(self, run: _Running, seg: Segment) -> bool:
+        if seg.flags & (SYN | ACK) == SYN | ACK:
+            return seg.ack == (run.probe.cfg.isn + 1) & 0xFFFFFFFF
+        return True
+
+    def _fire_timers(self, sender: RawSender, now: float) -> None:
+        while self._timers and self._timers[0][0] <= now:
+            when, _, flow = heapq.heappop(self._timers)
+            run = self._running.get(flow)
+            if run is None or run.probe.deadline is None or run.probe.deadline > now:
+                continue  # stale entry; a fresh one was pushed when the deadline moved
+            self._send(sender, run.probe.on_timer(now))
+            self._after_event(run)
+
+    def _after_event(self, run: _Running) -> None:
+        if run.probe.done:
+            self._finish(run)
+        else:
+            self._arm(run)
+
+    def _arm(self, run: _Running) -> None:
+        d = run.probe.deadline
+        if d is not None:
+            heapq.heappush(self._timers, (d, next(self._seq), run.flow))
+
+    def _send(self, sender: RawSender, segs: list[Segment]) -> None:
+        for s in segs:
+            if sender.send(build_ip(s), s.dst):
+                self.stats.packets_out += 1
+            else:
+                self.stats.send_errors += 1
+
+    def _finish(self, run: _Running) -> None:
+        self._running.pop(run.flow, None)
+        run.reservation.release()
+        self._to_discard.append(run.fw_flow)
+        self.on_result(run.probe.result())
+
+    def _flush_discards(self) -> None:
+        if self._to_discard:
+            self._guard.discard(self._to_discard)
+            self._to_discard = []
+
+    def _abort_all(self, now: float) -> None:
+        """Interrupted (or done): report what every running probe measured."""
+        for run in list(self._running.values()):
+            run.probe.abort(now)
+            self._finish(run)
+        self._to_discard = []
