@@ -18,8 +18,10 @@ def host_block(target: str, observations: Sequence[Observation], guesses: str | 
     """Report for one target: a table of measurements then the fingerprint lines."""
     obs = sorted(observations, key=lambda o: (o.port, "slf".index(o.method.value), o.try_index))
     lines = [f"Cron-OS scan report for {target}"]
-    lines.append(f"{'PORT':<9} {'STATE':<10} {'TRY':>3}  {'STATUS':<9} {'nbPkt':>5}  "
-                 f"{'RTT ms':>7}  GAPS (ms)")
+    lines.append(
+        f"{'PORT':<9} {'STATE':<10} {'TRY':>3}  {'STATUS':<9} {'nbPkt':>5}  "
+        f"{'RTT ms':>7}  GAPS (ms)"
+    )
     for o in obs:
         fp = o.fingerprint
         rtt = f"{fp.connect_us / 1000:.1f}" if fp.connect_us is not None else "-"

@@ -22,7 +22,9 @@ def parse_ports(spec: str) -> list[int]:
             a = int(lo)
             b = int(hi) if sep else a
         except ValueError:
-            raise UsageError(f"bad port {part!r}: expected a number or a range like 8000-8010") from None
+            raise UsageError(
+                f"bad port {part!r}: expected a number or a range like 8000-8010"
+            ) from None
         for p in (a, b):
             if not 1 <= p <= 65535:
                 raise UsageError(f"port {p} out of range 1-65535")
@@ -71,5 +73,7 @@ def resolve_all(targets: list[str]) -> list[str]:
 def parse_methods(spec: str) -> list[str]:
     spec = spec.strip().lower()
     if not spec or set(spec) - set("slf"):
-        raise UsageError(f"bad method {spec!r}: use letters s (SYN_RCVD), l (LAST_ACK), f (FIN_WAIT1)")
+        raise UsageError(
+            f"bad method {spec!r}: use letters s (SYN_RCVD), l (LAST_ACK), f (FIN_WAIT1)"
+        )
     return [m for m in "slf" if m in spec]

@@ -21,6 +21,7 @@ SUBCOMMANDS = [
     "classify_cmd",
     "learn_cmd",
     "cleanup_cmd",
+    "demo_cmd",
 ]
 
 

@@ -24,26 +24,64 @@ def register(sub) -> None:
     p.add_argument("targets", nargs="*", metavar="TARGET", help="IPv4 address or host name")
     p.add_argument("-p", "--ports", default="80", help="ports, e.g. 80,1234 (default 80)")
     p.add_argument(
-        "-m", "--method", default="s",
+        "-m",
+        "--method",
+        default="s",
         help="states to measure: s=SYN_RCVD, l=LAST_ACK, f=FIN_WAIT1 (e.g. slf; default s)",
     )
-    p.add_argument("--timeout", type=float, default=60.0, metavar="S",
-                   help="stop listening S seconds after the last packet (default 60)")
-    p.add_argument("--window", type=float, default=180.0, metavar="S",
-                   help="never listen to one state longer than S seconds (default 180)")
-    p.add_argument("--tries", type=int, default=1, metavar="N",
-                   help="measure each state N times, concurrently (default 1)")
-    p.add_argument("--payload", default=None, metavar="TEXT",
-                   help=r"FIN_WAIT1 request (default 'GET / HTTP/1.0\r\n\r\n'; \r \n escapes)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="stop listening S seconds after the last packet (default 60)",
+    )
+    p.add_argument(
+        "--window",
+        type=float,
+        default=180.0,
+        metavar="S",
+        help="never listen to one state longer than S seconds (default 180)",
+    )
+    p.add_argument(
+        "--tries",
+        type=int,
+        default=1,
+        metavar="N",
+        help="measure each state N times, concurrently (default 1)",
+    )
+    p.add_argument(
+        "--payload",
+        default=None,
+        metavar="TEXT",
+        help=r"FIN_WAIT1 request (default 'GET / HTTP/1.0\r\n\r\n'; \r \n escapes)",
+    )
     p.add_argument("--sack", action="store_true", help="offer SACK in the closing-state probes")
-    p.add_argument("--max-rate", type=float, default=300.0, metavar="PPS",
-                   help="packets sent per second at most (default 300)")
-    p.add_argument("--max-hosts", type=int, default=1024, metavar="N",
-                   help="probes listening at once at most (default 1024)")
-    p.add_argument("-oJ", dest="json_out", metavar="FILE",
-                   help="append one JSON record per target/port/state/try ('-' = stdout)")
-    p.add_argument("--netns", metavar="NAME",
-                   help="run from inside network namespace NAME (e.g. a lab's scanner)")
+    p.add_argument(
+        "--max-rate",
+        type=float,
+        default=300.0,
+        metavar="PPS",
+        help="packets sent per second at most (default 300)",
+    )
+    p.add_argument(
+        "--max-hosts",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="probes listening at once at most (default 1024)",
+    )
+    p.add_argument(
+        "-oJ",
+        dest="json_out",
+        metavar="FILE",
+        help="append one JSON record per target/port/state/try ('-' = stdout)",
+    )
+    p.add_argument(
+        "--netns",
+        metavar="NAME",
+        help="run from inside network namespace NAME (e.g. a lab's scanner)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no human report on stdout")
     p.set_defaults(func=run)
 
@@ -89,7 +127,10 @@ def run(args) -> int:
 
     jobs = [
         Job(t, p, m, k)
-        for t in targets for p in ports for m in methods for k in range(1, args.tries + 1)
+        for t in targets
+        for p in ports
+        for m in methods
+        for k in range(1, args.tries + 1)
     ]
     remaining = defaultdict(int)
     for j in jobs:
@@ -99,10 +140,13 @@ def run(args) -> int:
     out = sys.stdout
 
     if not args.quiet:
-        print(f"Starting Cron-OS {__version__}: {len(targets)} target(s), ports "
-              f"{','.join(map(str, ports))}, states {''.join(m.value for m in methods)}, "
-              f"{args.tries} tr{'y' if args.tries == 1 else 'ies'}, timeout {args.timeout:g} s",
-              file=out, flush=True)
+        print(
+            f"Starting Cron-OS {__version__}: {len(targets)} target(s), ports "
+            f"{','.join(map(str, ports))}, states {''.join(m.value for m in methods)}, "
+            f"{args.tries} tr{'y' if args.tries == 1 else 'ies'}, timeout {args.timeout:g} s",
+            file=out,
+            flush=True,
+        )
 
     def on_result(obs: Observation) -> None:
         if writer:
@@ -113,9 +157,12 @@ def run(args) -> int:
             print("\n" + host_block(obs.target, per_host[obs.target]), file=out, flush=True)
 
     cfg = EngineConfig(
-        timeout_s=args.timeout, window_s=max(args.window, 1.0),
-        max_in_flight=args.max_hosts, max_rate_pps=args.max_rate,
-        payload=payload, sack=args.sack,
+        timeout_s=args.timeout,
+        window_s=max(args.window, 1.0),
+        max_in_flight=args.max_hosts,
+        max_rate_pps=args.max_rate,
+        payload=payload,
+        sack=args.sack,
     )
     engine = Engine(cfg, on_result)
     try:
@@ -125,8 +172,11 @@ def run(args) -> int:
             writer.close()
     if not args.quiet:
         took = stats.finished - stats.started
-        print(f"\nCron-OS done: {len(targets)} target(s), {stats.probes} probe(s) in "
-              f"{took:.1f} s; packets in {stats.packets_in}, out {stats.packets_out}, "
-              f"capture drops {stats.kernel_drops}, our RSTs suppressed {stats.rst_dropped}",
-              file=out, flush=True)
+        print(
+            f"\nCron-OS done: {len(targets)} target(s), {stats.probes} probe(s) in "
+            f"{took:.1f} s; packets in {stats.packets_in}, out {stats.packets_out}, "
+            f"capture drops {stats.kernel_drops}, our RSTs suppressed {stats.rst_dropped}",
+            file=out,
+            flush=True,
+        )
     return 0

@@ -1,0 +1,47 @@
+# Cron-OS: two commands set everything up on a fresh Debian machine (as root).
+#   make demo   - build the lab of real TCP stacks, scan it, print the report, tear it down
+#   make test   - run every test (unit + real-namespace integration)
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+APT_PKGS := nmap nftables iproute2 ethtool tcpdump iptables slirp4netns \
+            libnetfilter-queue-dev python3-venv python3-dev gcc procps psmisc
+STAMP_APT := $(VENV)/.apt-done
+STAMP_PIP := $(VENV)/.pip-done
+
+.PHONY: demo test deps lint fuzz bench-accuracy clean
+
+deps: $(STAMP_PIP)
+
+$(STAMP_APT):
+	@missing=""; for p in $(APT_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@touch $@
+
+$(STAMP_PIP): $(STAMP_APT) pyproject.toml
+	$(PY) -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+	$(PY) -m pip install -q -e '.[dev,lab]'
+	@touch $@
+
+demo: deps
+	$(VENV)/bin/cron-os demo
+
+test: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+lint: deps
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+bench-accuracy: deps
+	$(PY) bench/accuracy.py
+
+clean:
+	-$(VENV)/bin/cron-os cleanup
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,62 @@
+"""Bad input: one clear line on stderr, exit code 2, never a traceback."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+CMD = [sys.executable, "-m", "cronos"]
+
+
+def run(args, **kw):
+    return subprocess.run(CMD + args, capture_output=True, text=True, timeout=60, **kw)
+
+
+BAD = [
+    (["scan"], "no target"),
+    (["scan", "no-such-host.invalid"], "cannot resolve"),
+    (["scan", "127.0.0.1", "-p", "0"], "port 0 out of range"),
+    (["scan", "127.0.0.1", "-p", "70000"], "port 70000 out of range"),
+    (["scan", "127.0.0.1", "-p", "http"], "bad port"),
+    (["scan", "127.0.0.1", "--timeout", "-1"], "--timeout must be > 0"),
+    (["scan", "127.0.0.1", "--tries", "0"], "--tries"),
+    (["scan", "127.0.0.1", "-m", "x"], "bad method"),
+    (["scan", "::1"], "IPv6"),
+    (["scan", "127.0.0.1", "--timeout", "abc"], "invalid float value"),
+    (["scan", "127.0.0.1", "--netns", "cronos-does-not-exist"], "no such network namespace"),
+    (["scan", "127.0.0.1", "-oJ", "/nonexistent-dir/x.jsonl"], "does not exist"),
+    (["frobnicate"], "invalid choice"),
+]
+
+
+@pytest.mark.parametrize("args,msg", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_one_line_exit_2(args, msg):
+    r = run(args)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    assert msg in lines[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root")
+def test_not_root_is_one_line():
+    r = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *CMD, "scan", "127.0.0.1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "HOME": "/tmp"},
+    )
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "cron-os: cron-os scan needs root (raw sockets, packet capture, nftables)"
+    ]
+
+
+def test_help_lists_commands():
+    r = run(["--help"])
+    assert r.returncode == 0 and "scan" in r.stdout

@@ -1,0 +1,107 @@
+import pytest
+
+from cronos.errors import FingerprintSyntaxError, UsageError
+from cronos.model import (
+    Method,
+    Observation,
+    StateFingerprint,
+    Status,
+    SynAckFeatures,
+    parse_hdr_line,
+    parse_rst_line,
+    parse_state_line,
+    rst_line,
+)
+from cronos.targets import parse_methods, parse_ports, resolve
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "CronOS_Syn(nbPkt=2%Time=30%p=2806316%p=6010910)",
+        "CronOS_LastAck(nbPkt=3%Time=30%Connect=134571%p=2918695%p=5909092%p=12014080)",
+        "CronOS_FinWait(nbPkt=0%Time=30%Connect=136213)",
+    ],
+)
+def test_talk_lines_round_trip(line):
+    assert parse_state_line(line).line() == line
+
+
+@pytest.mark.parametrize(
+    "line,msg",
+    [
+        ("CronOS_Syn(nbPkt=3%Time=30%p=1%p=2)", "nbPkt=3 but 2"),
+        ("CronOS_Syn(Time=30)", "required"),
+        ("CronOS_Foo(nbPkt=0%Time=1)", "unknown fingerprint line"),
+        ("CronOS_Syn(nbPkt=1%Time=30%p=x)", "not an integer"),
+        ("CronOS_Syn(nbPkt=0%Time=30%q=1)", "unknown field"),
+        ("CronOS_Syn nbPkt=0", "expected NAME"),
+    ],
+)
+def test_bad_lines(line, msg):
+    with pytest.raises(FingerprintSyntaxError, match=msg):
+        parse_state_line(line)
+
+
+def test_hdr_and_rst_lines():
+    f = SynAckFeatures(window=0xFAF0, ttl=64, df=True, ip_id=0, mss=1460, options="MSTNW", wscale=7)
+    assert parse_hdr_line(f.line()) == f
+    fps = [
+        StateFingerprint(Method.SYN_RCVD, 60, (1, 2), rst_us=5),
+        StateFingerprint(Method.LAST_ACK, 60, (3,), connect_us=100),
+    ]
+    assert rst_line(fps) == "CronOS_Rst(Syn=5)"
+    assert parse_rst_line("CronOS_Rst(Syn=5%FinWait=7)") == {
+        Method.SYN_RCVD: 5,
+        Method.FIN_WAIT1: 7,
+    }
+
+
+def test_observation_json_round_trip():
+    o = Observation(
+        "10.0.0.2",
+        80,
+        Method.LAST_ACK,
+        2,
+        Status.OK,
+        StateFingerprint(Method.LAST_ACK, 30, (200_000, 400_000), connect_us=100),
+        src_port=40000,
+        arrivals_us=(1, 2, 3),
+    )
+    d = o.to_dict()
+    assert d["fingerprint"] == "CronOS_LastAck(nbPkt=2%Time=30%Connect=100%p=200000%p=400000)"
+    assert Observation.from_dict(d) == o
+
+
+@pytest.mark.parametrize(
+    "spec,err",
+    [
+        ("0", "out of range"),
+        ("70000", "out of range"),
+        ("", "empty"),
+        ("http", "bad port"),
+        ("90-80", "range"),
+    ],
+)
+def test_bad_ports(spec, err):
+    with pytest.raises(UsageError, match=err):
+        parse_ports(spec)
+
+
+def test_ports_and_methods():
+    assert parse_ports("80, 1234,8000-8002") == [80, 1234, 8000, 8001, 8002]
+    assert parse_methods("fls") == ["s", "l", "f"]
+    with pytest.raises(UsageError):
+        parse_methods("x")
+
+
+def test_targets():
+    assert resolve("127.0.0.1") == "127.0.0.1"
+    assert resolve("localhost") == "127.0.0.1"
+    for bad, msg in [
+        ("::1", "IPv6"),
+        ("no-such-host.invalid", "cannot resolve"),
+        ("10.0.0.0/24", "CIDR"),
+    ]:
+        with pytest.raises(UsageError, match=msg):
+            resolve(bad)
