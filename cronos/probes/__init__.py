@@ -8,16 +8,13 @@ from __future__ import annotations
 
 from ..model import Method
 from .base import Probe, ProbeConfig
+from .closing import FinWaitProbe, LastAckProbe
 from .syn import SynProbe
 
-PROBES: dict[Method, type[Probe]] = {Method.SYN_RCVD: SynProbe}
-
-try:  # the closing-state probes (LAST_ACK, FIN_WAIT1)
-    from .closing import FinWaitProbe, LastAckProbe
-
-    PROBES[Method.LAST_ACK] = LastAckProbe
-    PROBES[Method.FIN_WAIT1] = FinWaitProbe
-except ImportError:  # pragma: no cover - until they exist
-    pass
+PROBES: dict[Method, type[Probe]] = {
+    Method.SYN_RCVD: SynProbe,
+    Method.LAST_ACK: LastAckProbe,
+    Method.FIN_WAIT1: FinWaitProbe,
+}
 
 __all__ = ["PROBES", "Probe", "ProbeConfig"]

@@ -108,8 +108,8 @@ class SynProbe(Probe):
         return []
 
     def abort(self, now: float) -> None:
-        self.aborted = True
         if not self.done:
+            self.aborted = True
             self._finish(now)
 
     def _finish(self, t_end: float) -> None:
