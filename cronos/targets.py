@@ -77,3 +77,113 @@ def parse_methods(spec: str) -> list[str]:
             f"bad method {spec!r}: use letters s (SYN_RCVD), l (LAST_ACK), f (FIN_WAIT1)"
         )
     return [m for m in "slf" if m in spec]
+
+
+# --- many targets: CIDR ranges, -iL files, exclusions, safe defaults ----------
+
+_SPECIAL = [
+    ipaddress.ip_network(n)
+    for n in ("0.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4", "255.255.255.255/32")
+]
+_SPECIAL_WHY = {
+    "0.0.0.0/8": "'this network'",
+    "224.0.0.0/4": "multicast",
+    "240.0.0.0/4": "reserved",
+    "255.255.255.255/32": "broadcast",
+}
+
+
+def special_reason(addr: ipaddress.IPv4Address) -> str | None:
+    for net in _SPECIAL:
+        if addr in net:
+            return _SPECIAL_WHY[str(net)]
+    return None
+
+
+def read_list_file(path: str, what: str) -> list[str]:
+    """Non-empty, non-comment lines of a -iL / --exclude-file file."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(16 << 20)
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: {exc.strerror}") from None
+    if b"\0" in raw:
+        raise UsageError(f"{what} {path}: binary file, expected one target per line")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{what} {path}: not UTF-8 text") from None
+    items = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if len(line) > 255 or " " in line:
+            raise UsageError(f"{what} {path}:{n}: bad entry {line[:40]!r}")
+        items.append(line)
+    return items
+
+
+class TargetSet:
+    """The scan's targets, expanded lazily (a /8 is not put in a list)."""
+
+    def __init__(self, specs: list[str], exclude: list[str] = (), allow_special: bool = False):
+        if not specs:
+            raise UsageError("no target given")
+        self.allow_special = allow_special
+        self.exclude = [self._network(e, "--exclude-file entry") for e in exclude]
+        self.parts: list[ipaddress.IPv4Network] = []
+        self.skipped: dict[str, int] = {}
+        for spec in specs:
+            if "/" in spec:
+                self.parts.append(self._network(spec, "target"))
+            else:
+                ip = ipaddress.ip_address(resolve(spec))
+                why = special_reason(ip)
+                if why and not allow_special:
+                    raise UsageError(f"{spec}: {why} address refused (use --allow-special)")
+                self.parts.append(ipaddress.ip_network(f"{ip}/32"))
+
+    @staticmethod
+    def _network(spec: str, what: str) -> ipaddress.IPv4Network:
+        try:
+            net = ipaddress.ip_network(spec.strip(), strict=False)
+        except ValueError:
+            raise UsageError(
+                f"malformed {what} {spec!r}: expected ADDRESS or ADDRESS/PREFIX"
+            ) from None
+        if net.version != 4:
+            raise UsageError(f"{spec}: IPv6 targets are not supported yet")
+        return net
+
+    def upper_bound(self) -> int:
+        return sum(n.num_addresses for n in self.parts)
+
+    def __iter__(self):
+        seen_small: set[str] = set()
+        for net in self.parts:
+            edges = set()
+            if net.prefixlen < 31 and not self.allow_special:
+                edges = {net.network_address, net.broadcast_address}
+            for addr in net if net.num_addresses > 1 else [net.network_address]:
+                if addr in edges:
+                    self._skip("network/broadcast")
+                    continue
+                if net.num_addresses > 1 and not self.allow_special:
+                    why = special_reason(addr)
+                    if why:
+                        self._skip(why)
+                        continue
+                if any(addr in e for e in self.exclude):
+                    self._skip("excluded")
+                    continue
+                s = str(addr)
+                if len(self.parts) > 1 or net.num_addresses == 1:
+                    if s in seen_small:
+                        continue
+                    if len(seen_small) < 1_000_000:
+                        seen_small.add(s)
+                yield s
+
+    def _skip(self, why: str) -> None:
+        self.skipped[why] = self.skipped.get(why, 0) + 1

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import resource
 import sys
 from collections import defaultdict
 
@@ -11,7 +13,9 @@ from ..errors import PrivilegeError, UsageError
 from ..model import Method, Observation
 from ..output import JsonLinesWriter
 from ..report import host_block
-from ..targets import parse_methods, parse_ports, resolve_all
+from ..targets import TargetSet, parse_methods, parse_ports, read_list_file
+
+MAX_HOSTS_WITHOUT_YES = 4096
 
 
 def register(sub) -> None:
@@ -21,7 +25,8 @@ def register(sub) -> None:
         description="Put TCP connections to TARGET:PORT into the chosen states, never "
         "answer, and time the target's retransmissions.",
     )
-    p.add_argument("targets", nargs="*", metavar="TARGET", help="IPv4 address or host name")
+    p.add_argument("targets", nargs="*", metavar="TARGET", help="IPv4 address, name or CIDR")
+    p.add_argument("-iL", dest="input_list", metavar="FILE", help="read targets from FILE")
     p.add_argument("-p", "--ports", default="80", help="ports, e.g. 80,1234 (default 80)")
     p.add_argument(
         "-m",
@@ -78,16 +83,43 @@ def register(sub) -> None:
         help="append one JSON record per target/port/state/try ('-' = stdout)",
     )
     p.add_argument(
-        "--netns",
-        metavar="NAME",
-        help="run from inside network namespace NAME (e.g. a lab's scanner)",
+        "--resume",
+        metavar="FILE",
+        help="skip measurements already complete in JSON Lines FILE and append to it",
+    )
+    p.add_argument("--exclude-file", metavar="FILE", help="addresses/CIDRs never to probe")
+    p.add_argument(
+        "--allow-special",
+        action="store_true",
+        help="allow multicast, broadcast, reserved and network addresses",
+    )
+    p.add_argument(
+        "--yes",
+        action="store_true",
+        help=f"allow scans of more than {MAX_HOSTS_WITHOUT_YES} hosts",
+    )
+    p.add_argument(
+        "--netns", metavar="NAME", help="run from inside network namespace NAME (a lab scanner)"
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no human report on stdout")
+    p.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
     p.set_defaults(func=run)
 
 
-def _check(args) -> tuple[list[str], list[int], list[Method], bytes]:
-    if not args.targets:
+def _payload(text: str | None) -> bytes:
+    if text is None:
+        return b"GET / HTTP/1.0\r\n\r\n"
+    payload = text.replace("\\r", "\r").replace("\\n", "\n").encode("utf-8")
+    if not payload or len(payload) > 1400:
+        raise UsageError("--payload must be 1 to 1400 bytes")
+    return payload
+
+
+def _check(args) -> tuple[TargetSet, list[int], list[Method], bytes]:
+    specs = list(args.targets)
+    if args.input_list:
+        specs += read_list_file(args.input_list, "-iL")
+    if not specs:
         raise UsageError("no target given (cron-os scan TARGET... -p PORTS)")
     ports = parse_ports(args.ports)
     methods = [Method(m) for m in parse_methods(args.method)]
@@ -101,20 +133,70 @@ def _check(args) -> tuple[list[str], list[int], list[Method], bytes]:
         raise UsageError("--max-rate must be > 0")
     if args.max_hosts < 1:
         raise UsageError("--max-hosts must be >= 1")
-    payload = b"GET / HTTP/1.0\r\n\r\n"
-    if args.payload is not None:
-        text = args.payload.replace("\\r", "\r").replace("\\n", "\n")
-        payload = text.encode("latin-1", errors="strict") if text.isascii() else text.encode()
-        if not payload or len(payload) > 1400:
-            raise UsageError("--payload must be 1 to 1400 bytes")
+    if args.resume and args.json_out and args.json_out != args.resume:
+        raise UsageError("--resume FILE already appends to FILE: drop -oJ or give the same file")
+    payload = _payload(args.payload)
+    exclude = read_list_file(args.exclude_file, "--exclude-file") if args.exclude_file else []
     if os.geteuid() != 0:
         raise PrivilegeError("cron-os scan needs root (raw sockets, packet capture, nftables)")
     if args.netns:
         from ..net import netns
 
         netns.enter(args.netns)
-    targets = resolve_all(args.targets)
+    targets = TargetSet(specs, exclude, allow_special=args.allow_special)
+    n = targets.upper_bound()
+    if n > MAX_HOSTS_WITHOUT_YES and not args.yes:
+        raise UsageError(f"{n} hosts to scan: more than {MAX_HOSTS_WITHOUT_YES} needs --yes")
     return targets, ports, methods, payload
+
+
+def _done_keys(path: str) -> set[tuple]:
+    """Measurements already complete in a JSON Lines file (for --resume)."""
+    done: set[tuple] = set()
+    if not os.path.exists(path):
+        return done
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for n, line in enumerate(fh, 1):
+            try:
+                r = json.loads(line)
+                if r.get("status") != "aborted":
+                    done.add((r["target"], int(r["port"]), r["method"], int(r["try"])))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                # a line cut by a kill: everything before it is intact
+                print(f"cron-os: {path}:{n}: incomplete record ignored", file=sys.stderr)
+    return done
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class _Progress:
+    """One status line on a terminal (stderr), nothing when not a TTY."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total = total
+        self.done = 0
+        self.enabled = enabled and sys.stderr.isatty()
+
+    def tick(self, stats, in_flight: int) -> None:
+        if not self.enabled:
+            return
+        width = 24
+        frac = self.done / self.total if self.total else 1.0
+        bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
+        sys.stderr.write(
+            f"\r[{bar}] {self.done}/{self.total} measured, {in_flight} listening, "
+            f"pkts in {stats.packets_in} out {stats.packets_out}, drops {stats.kernel_drops} "
+        )
+        sys.stderr.flush()
+
+    def clear(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
 
 
 def run(args) -> int:
@@ -122,26 +204,37 @@ def run(args) -> int:
     from ..net import firewall
     from ..net.engine import Engine, EngineConfig, Job
 
+    _raise_fd_limit()
     for name in firewall.cleanup_stale():
         print(f"cron-os: removed firewall table {name} left by a killed run", file=sys.stderr)
 
-    jobs = [
-        Job(t, p, m, k)
-        for t in targets
-        for p in ports
-        for m in methods
-        for k in range(1, args.tries + 1)
-    ]
-    remaining = defaultdict(int)
-    for j in jobs:
-        remaining[j.target] += 1
+    out_path = args.resume or args.json_out
+    done = _done_keys(args.resume) if args.resume else set()
+    per_target = len(ports) * len(methods) * args.tries
+    remaining: dict[str, int] = defaultdict(lambda: per_target)
+    skipped = 0
+
+    def jobs():
+        nonlocal skipped
+        for t in targets:
+            for p in ports:
+                for m in methods:
+                    for k in range(1, args.tries + 1):
+                        if (t, p, m.value, k) in done:
+                            remaining[t] -= 1
+                            skipped += 1
+                            continue
+                        yield Job(t, p, m, k)
+
     per_host: dict[str, list[Observation]] = defaultdict(list)
-    writer = JsonLinesWriter(args.json_out) if args.json_out else None
+    writer = JsonLinesWriter(out_path) if out_path else None
     out = sys.stdout
+    total = targets.upper_bound() * per_target - len(done)
+    progress = _Progress(total, not args.no_progress)
 
     if not args.quiet:
         print(
-            f"Starting Cron-OS {__version__}: {len(targets)} target(s), ports "
+            f"Starting Cron-OS {__version__}: {targets.upper_bound()} target(s), ports "
             f"{','.join(map(str, ports))}, states {''.join(m.value for m in methods)}, "
             f"{args.tries} tr{'y' if args.tries == 1 else 'ies'}, timeout {args.timeout:g} s",
             file=out,
@@ -151,10 +244,15 @@ def run(args) -> int:
     def on_result(obs: Observation) -> None:
         if writer:
             writer.write(obs.to_dict())
+        progress.done += 1
         per_host[obs.target].append(obs)
         remaining[obs.target] -= 1
-        if remaining[obs.target] == 0 and not args.quiet:
-            print("\n" + host_block(obs.target, per_host[obs.target]), file=out, flush=True)
+        if remaining[obs.target] <= 0:
+            observations = per_host.pop(obs.target)
+            remaining.pop(obs.target, None)
+            if not args.quiet:
+                progress.clear()
+                print("\n" + host_block(obs.target, observations), file=out, flush=True)
 
     cfg = EngineConfig(
         timeout_s=args.timeout,
@@ -164,19 +262,35 @@ def run(args) -> int:
         payload=payload,
         sack=args.sack,
     )
-    engine = Engine(cfg, on_result)
+    hint = list(targets) if targets.upper_bound() <= 64 else None
+    engine = Engine(cfg, on_result, on_tick=progress.tick)
     try:
-        stats = engine.run(jobs, targets_hint=targets)
+        stats = engine.run(jobs(), targets_hint=hint)
     finally:
+        progress.clear()
         if writer:
             writer.close()
+        for target, observations in per_host.items():  # interrupted: partial hosts too
+            if observations and not args.quiet:
+                print("\n" + host_block(target, observations), file=out, flush=True)
     if not args.quiet:
         took = stats.finished - stats.started
+        extra = f", {skipped} already done (--resume)" if skipped else ""
+        skipped_addrs = ", ".join(f"{v} {k}" for k, v in targets.skipped.items())
+        if skipped_addrs:
+            extra += f"; addresses skipped: {skipped_addrs}"
         print(
-            f"\nCron-OS done: {len(targets)} target(s), {stats.probes} probe(s) in "
-            f"{took:.1f} s; packets in {stats.packets_in}, out {stats.packets_out}, "
+            f"\nCron-OS done: {stats.probes} measurement(s) in {took:.1f} s{extra}; "
+            f"packets in {stats.packets_in}, out {stats.packets_out}, "
             f"capture drops {stats.kernel_drops}, our RSTs suppressed {stats.rst_dropped}",
             file=out,
             flush=True,
         )
+    if stats.kernel_drops:
+        print(
+            f"cron-os: warning: the kernel dropped {stats.kernel_drops} captured packets; "
+            "missing retransmissions may be capture losses",
+            file=sys.stderr,
+        )
+        return 1
     return 0

@@ -84,9 +84,19 @@ class _Running:
 class Engine:
     """Run jobs concurrently; ``on_result`` gets each Observation as it completes."""
 
-    def __init__(self, cfg: EngineConfig, on_result: Callable[[Observation], None]):
+    def __init__(
+        self,
+        cfg: EngineConfig,
+        on_result: Callable[[Observation], None],
+        packet_sink: Callable[[float, bytes], None] | None = None,
+        on_tick: Callable[[EngineStats, int], None] | None = None,
+    ):
+        """``packet_sink(ts, ip_bytes)`` receives every captured packet of our
+        flows, both directions, with its kernel timestamp (for ``-w FILE``)."""
         self.cfg = cfg
         self.on_result = on_result
+        self.packet_sink = packet_sink
+        self.on_tick = on_tick  # (stats, probes in flight), a few times a second
         self.stats = EngineStats()
         self._running: dict[tuple[str, int, str, int], _Running] = {}
         self._timers: list[tuple[float, int, tuple]] = []
@@ -102,6 +112,7 @@ class Engine:
         self.stats.capture_filter = expr
         pending: Iterator[Job] = iter(jobs)
         capture = Capture(expr)
+        self._capture = capture
         sender = RawSender()
         sel = selectors.DefaultSelector()
         sel.register(capture.fileno(), selectors.EVENT_READ)
@@ -124,7 +135,7 @@ class Engine:
     # -- loop -----------------------------------------------------------------
     def _loop(self, pending, capture, sender, sel) -> None:
         exhausted = False
-        last_flush = time.time()
+        last_flush = last_tick = time.time()
         while True:
             now = time.time()
             if not exhausted and len(self._running) < self.cfg.max_in_flight:
@@ -133,9 +144,13 @@ class Engine:
                 return
             self._drain(capture, sender)
             self._fire_timers(sender, time.time())
-            if now - last_flush > 1.0:
+            if now - last_flush > 1.0:  # batched: one nft call for many finished probes
                 self._flush_discards()
                 last_flush = now
+            if self.on_tick is not None and now - last_tick > 0.25:
+                self.stats.kernel_drops = self._capture.kernel_drops()
+                self.on_tick(self.stats, len(self._running))
+                last_tick = now
             timeout = self._next_wakeup(exhausted)
             if timeout > 0:
                 sel.select(timeout)
@@ -215,6 +230,8 @@ class Engine:
                 if run is None or not self._valid_reply(run, seg):
                     continue
                 self.stats.packets_in += 1
+            if self.packet_sink is not None:
+                self.packet_sink(pkt.ts, pkt.data)
             self._send(sender, run.probe.on_packet(pkt.ts, seg, outgoing))
             self._after_event(run)
 
