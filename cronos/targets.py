@@ -83,7 +83,7 @@ def parse_methods(spec: str) -> list[str]:
 
 _SPECIAL = [
     ipaddress.ip_network(n)
-    for n in ("0.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4", "255.255.255.255/32")
+    for n in ("255.255.255.255/32", "0.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4")
 ]
 _SPECIAL_WHY = {
     "0.0.0.0/8": "'this network'",
