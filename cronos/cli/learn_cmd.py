@@ -1,0 +1,102 @@
+"""``cron-os learn``: measure a known host N times and print its database block."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from ..errors import DatabaseError, PrivilegeError, UsageError
+from ..model import Method, Observation
+from ..targets import parse_methods, parse_ports, resolve
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "learn",
+        help="measure a known host and print a database block for it",
+        description="Measure TARGET:PORT in each state --tries times and print the "
+        "signature in the database's syntax; --db-out FILE appends it to FILE.",
+    )
+    p.add_argument("target", metavar="TARGET")
+    p.add_argument("-p", "--port", default="80", help="one port (default 80)")
+    p.add_argument("-m", "--method", default="slf", help="states to learn (default slf)")
+    p.add_argument("--label", required=True, metavar="NAME", help="the signature's name")
+    p.add_argument(
+        "--class",
+        dest="os_class",
+        required=True,
+        metavar="CLASS",
+        help="'vendor | family | generation | device type', e.g. 'Linux | Linux | 6.X | general purpose'",
+    )
+    p.add_argument("--cpe", action="append", default=[], metavar="CPE")
+    p.add_argument("--source", default="", help="provenance text (default: lab, date, tries)")
+    p.add_argument("--tries", type=int, default=3, metavar="N", help="tries per state (default 3)")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S")
+    p.add_argument("--window", type=float, default=180.0, metavar="S")
+    p.add_argument("--db-out", metavar="FILE", help="append the block to FILE (checked first)")
+    p.add_argument("--netns", metavar="NAME", help="run from inside network namespace NAME")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..db import load_db, parse_db_text
+    from ..learn import build_signature, parse_class
+
+    ports = parse_ports(args.port)
+    if len(ports) != 1:
+        raise UsageError("learn measures one port: give -p PORT")
+    methods = [Method(m) for m in parse_methods(args.method)]
+    os_class = parse_class(args.os_class)
+    if not args.label.strip() or "\n" in args.label:
+        raise UsageError("--label must be a non-empty single line")
+    if not 1 <= args.tries <= 50:
+        raise UsageError("--tries must be between 1 and 50")
+    if not args.timeout > 0 or not args.window > 0:
+        raise UsageError("--timeout and --window must be > 0")
+    if os.geteuid() != 0:
+        raise PrivilegeError("cron-os learn needs root (raw sockets, packet capture, nftables)")
+    if args.netns:
+        from ..net import netns
+
+        netns.enter(args.netns)
+    target = resolve(args.target)
+    from ..net import firewall
+    from ..net.engine import Engine, EngineConfig, Job
+
+    firewall.cleanup_stale()
+    results: list[Observation] = []
+    jobs = [Job(target, ports[0], m, k) for m in methods for k in range(1, args.tries + 1)]
+    cfg = EngineConfig(timeout_s=args.timeout, window_s=args.window)
+    print(
+        f"Learning {target}:{ports[0]} ({''.join(m.value for m in methods)}, "
+        f"{args.tries} tries per state) ...",
+        file=sys.stderr,
+    )
+    Engine(cfg, results.append).run(jobs, targets_hint=[target])
+    sig = build_signature(results, args.label.strip(), [os_class], args.cpe, args.source)
+    block = sig.block()
+    parse_db_text(block, "<learned>")  # what we print must load
+    if args.db_out:
+        path = Path(args.db_out)
+        existing = path.read_text(encoding="utf-8") if path.exists() else ""
+        sep = "" if not existing or existing.endswith("\n\n") else "\n"
+        text = existing + sep + block
+        trial = path.with_name(path.name + ".cronos-check")
+        try:
+            trial.write_text(text, encoding="utf-8")
+            load_db([trial], builtin=path.resolve() not in _builtin_resolved())
+        except DatabaseError as exc:
+            raise DatabaseError(f"not appended to {path}: {exc}") from None
+        finally:
+            trial.unlink(missing_ok=True)
+        path.write_text(text, encoding="utf-8")
+        print(f"appended to {path}", file=sys.stderr)
+    sys.stdout.write(block)
+    return 0
+
+
+def _builtin_resolved() -> set[Path]:
+    from ..db import builtin_paths
+
+    return {p.resolve() for p in builtin_paths()}

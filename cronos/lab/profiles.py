@@ -1,0 +1,153 @@
+"""Lab profiles: which real TCP stack a target runs, and what it should show.
+
+One ``Profile`` per entry of ``PROFILES``. ``setup`` is a ``"module:function"``
+string resolved when the profile is used, so a profile whose module is not
+installed is simply unavailable (``LabError``), and the rest of the lab works.
+The function is called as ``setup(ctx, index)`` with ``ctx.profile`` set to
+the ``Profile`` (see ``cronos.lab.core`` for the contract).
+
+``expected_ms`` maps a state to the gaps (ms) between the first packet of the
+retransmitted series and each retransmission, measured on the lab machine
+(kernel 6.18, veth, RTT < 0.1 ms); see docs/lab.md for how. Real gaps vary by
+a few percent, plus up to one jiffy (1-4 ms).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from ..errors import LabError
+
+#: Linux 6.x default retransmissions of our FIN when the peer never ACKs it:
+#: tcp_orphan_retries=0 means 8, RTO starting at rto_min=200 ms.
+_LINUX_FIN_MS = (205, 420, 828, 1664, 3456, 6656, 13316, 27900)
+_LINUX_SYNACK_MS = (1020, 2020, 4100, 8200, 16120)
+
+
+def _same_closing(fin_ms: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    return {"LAST_ACK": fin_ms, "FIN_WAIT1": fin_ms}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A kind of target: its sysctls, route options and expected schedules."""
+
+    name: str
+    description: str
+    kind: str  # "linux", "synproxy", "slirp", "pytcp"
+    setup: str  # "module:function", called as fn(ctx, index) -> LabTarget
+    sysctls: tuple[tuple[str, str], ...] = ()  # applied in the server namespace
+    route: tuple[tuple[str, str], ...] = ()  # e.g. (("rto_min", "20ms"),)
+    expected_ms: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    notes: str = ""
+
+    def resolve(self) -> Callable:
+        """The setup function; ``LabError`` if its module is not available."""
+        mod_name, _, fn_name = self.setup.partition(":")
+        try:
+            mod = importlib.import_module(mod_name)
+        except ImportError as exc:
+            raise LabError(f"profile {self.name!r} is not available ({mod_name}: {exc})") from exc
+        fn = getattr(mod, fn_name, None)
+        if not callable(fn):
+            raise LabError(f"profile {self.name!r}: {self.setup} is not a function")
+        return fn
+
+
+_LINUX = "cronos.lab.linux:setup_linux"
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in [
+        Profile(
+            "linux-default",
+            "Linux kernel stack, default TCP settings",
+            "linux",
+            _LINUX,
+            sysctls=(("net.ipv4.tcp_synack_retries", "5"), ("net.ipv4.tcp_orphan_retries", "0")),
+            expected_ms={"SYN_RCVD": _LINUX_SYNACK_MS, **_same_closing(_LINUX_FIN_MS)},
+        ),
+        Profile(
+            "linux-synack2",
+            "Linux, tcp_synack_retries=2",
+            "linux",
+            _LINUX,
+            sysctls=(("net.ipv4.tcp_synack_retries", "2"),),
+            expected_ms={"SYN_RCVD": (1020, 2020), **_same_closing(_LINUX_FIN_MS)},
+        ),
+        Profile(
+            "linux-synack3",
+            "Linux, tcp_synack_retries=3, tcp_orphan_retries=3",
+            "linux",
+            _LINUX,
+            sysctls=(("net.ipv4.tcp_synack_retries", "3"), ("net.ipv4.tcp_orphan_retries", "3")),
+            expected_ms={"SYN_RCVD": (1020, 2020, 4100), **_same_closing((210, 430, 860, 1700))},
+            notes="tcp_orphan_retries is a time budget (3 s from the first retransmission): "
+            "the 4th FIN retransmission falls on its edge and is sometimes missing",
+        ),
+        Profile(
+            "linux-orphan2",
+            "Linux, tcp_synack_retries=1, tcp_orphan_retries=2",
+            "linux",
+            _LINUX,
+            sysctls=(("net.ipv4.tcp_synack_retries", "1"), ("net.ipv4.tcp_orphan_retries", "2")),
+            expected_ms={"SYN_RCVD": (1020,), **_same_closing((207, 412, 832))},
+        ),
+        Profile(
+            "linux-rto20",
+            "Linux, tcp_synack_retries=2, tcp_orphan_retries=2, route rto_min 20ms",
+            "linux",
+            _LINUX,
+            sysctls=(("net.ipv4.tcp_synack_retries", "2"), ("net.ipv4.tcp_orphan_retries", "2")),
+            route=(("rto_min", "20ms"),),
+            expected_ms={"SYN_RCVD": (1020, 2020), **_same_closing((25, 52, 100, 196, 404))},
+            notes="rto_min only shortens data/FIN retransmissions, not SYN-ACKs",
+        ),
+        Profile(
+            "synproxy",
+            "Linux server behind a router running iptables SYNPROXY (ports 80, 1234)",
+            "synproxy",
+            "cronos.lab.synproxy:setup",
+            sysctls=(("net.ipv4.tcp_synack_retries", "5"), ("net.ipv4.tcp_orphan_retries", "0")),
+            expected_ms={"SYN_RCVD": (), **_same_closing(_LINUX_FIN_MS)},
+            notes="one SYN-ACK (TTL 64, from the router), never retransmitted; "
+            "server packets are forwarded (TTL 63)",
+        ),
+        Profile(
+            "slirp",
+            "libslirp user-mode stack (slirp4netns on the scanner namespace)",
+            "slirp",
+            "cronos.lab.slirp:setup",
+            notes="target 10.0.2.2; schedule given by the module",
+        ),
+        Profile(
+            "pytcp",
+            "PyTCP user-space stack on a TAP device in the scanner namespace",
+            "pytcp",
+            "cronos.lab.pytcp_host:setup",
+            notes="schedule given by the module",
+        ),
+    ]
+}
+
+#: What ``cron-os lab up`` builds without ``--profile``: the kernel-only ones.
+DEFAULT_PROFILES: tuple[str, ...] = tuple(
+    n for n, p in PROFILES.items() if p.kind in ("linux", "synproxy")
+)
+
+
+def get(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise LabError(f"unknown lab profile {name!r}; valid: {', '.join(PROFILES)}") from None
+
+
+def available(name: str) -> bool:
+    try:
+        get(name).resolve()
+    except LabError:
+        return False
+    return True

@@ -1,0 +1,61 @@
+"""PyTCP target: a pure-Python TCP/IP stack behind a TAP in the scanner namespace.
+
+    scanner ns cronos-<id>-scan
+      tap cr<id>p<k> 10.77.k.1/24  ◄─ fd ─  python -m cronos.lab.pytcp_app (PyTCP, 10.77.k.2)
+
+The persistent TAP is created in the scanner namespace; the PyTCP process
+(also in the scanner namespace, ``cronos.lab.pytcp_app``) attaches to it with
+``TUNSETIFF`` and answers ARP and TCP for 10.77.k.2 itself. Retransmissions
+are PyTCP's: 1 s timer doubled (measured ~1.14, 2.26, 4.55 s, the timer
+thread overshoots a little), three retries, then RST/ACK ~17 s after the
+first packet, in all three states.
+
+PyTCP is GPLv3 and optional (PyPI ``pytcp==2.7.6``); it runs in its own
+process, Cron-OS never imports it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+from ..errors import DependencyError
+from .core import PORTS, LabContext, LabTarget, target_subnet
+from .slirp import wait_http
+
+#: Gaps (ms) from the first packet of the series, measured on the lab machine
+#: (PyTCP 2.7.6, see docs/lab-extras.md); RST/ACK follows at ~17 s.
+RETRANS_MS = (1140, 3400, 7950)
+
+
+def setup(ctx: LabContext, index: int) -> LabTarget:
+    if importlib.util.find_spec("pytcp") is None:
+        raise DependencyError("the pytcp profile needs PyPI pytcp (pip install pytcp==2.7.6)")
+    net = target_subnet(index)
+    ns = ctx.scanner_ns
+    tap = ctx.ifname(f"p{index}")
+    ctx.record.add("interfaces", tap)  # recorded before it exists
+    ctx.run("ip", "-n", ns, "tuntap", "add", "mode", "tap", "name", tap)
+    ctx.add_cleanup(lambda: ctx.run("ip", "-n", ns, "link", "del", tap, check=False))
+    ctx.ns_exec(ns, "ethtool", "-K", tap, "tx", "off", "tso", "off", "gso", "off", check=False)
+    ctx.sysctl(ns, {f"net.ipv6.conf.{tap}.disable_ipv6": 1})  # no ND/RS chatter
+    ctx.run("ip", "-n", ns, "addr", "add", f"{net}.1/24", "dev", tap)
+    ctx.run("ip", "-n", ns, "link", "set", tap, "up")
+
+    env = dict(os.environ)
+    pkg_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_root, env.get("PYTHONPATH")]))
+    argv = [sys.executable, "-m", "cronos.lab.pytcp_app", "--tap", tap, "--ip", f"{net}.2/24",
+            "--mac", f"02:00:00:77:{index:02x}:02", "--ports", ",".join(map(str, PORTS))]  # fmt: skip
+    proc = ctx.spawn(ns, argv, env=env)
+    ip = f"{net}.2"
+    wait_http(ctx, ip, proc, "pytcp")
+    p = ctx.profile
+    expected = {state: RETRANS_MS for state in ("SYN_RCVD", "LAST_ACK", "FIN_WAIT1")}
+    notes = (
+        f"PyTCP 2.7.6 on tap {tap} (scanner namespace); retransmissions ~1.14, 2.26, 4.55 s "
+        "then RST/ACK ~17 s in every state; SYN-ACK window 65535, MSS 1460 only"
+    )
+    return LabTarget(p.name if p else "pytcp", ip, PORTS, None, "pytcp", expected, notes)

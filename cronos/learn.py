@@ -1,0 +1,106 @@
+"""Build a database signature from repeated measurements (pure).
+
+Per state, the tries that reached the state (status ok) and saw the most
+common number of retransmissions are combined: the median of each gap, the
+median RTT (``Connect=``) and final RST delay, and, as ``Spread``, the spread
+of each arrival across tries (floored at 1 ms: timer granularity).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from collections.abc import Sequence
+from datetime import date
+
+from .db import OsClass, Signature
+from .errors import UsageError
+from .model import Method, Observation, StateFingerprint, Status
+
+SPREAD_FLOOR_US = 1000
+
+
+def _combine(obs: list[Observation]) -> tuple[StateFingerprint, tuple[int, ...], int | None]:
+    counts = Counter(o.fingerprint.nb_pkt for o in obs)
+    nb = max(counts, key=lambda n: (counts[n], n))
+    same = [o.fingerprint for o in obs if o.fingerprint.nb_pkt == nb]
+    gaps = tuple(round(statistics.median(fp.gaps_us[i] for fp in same)) for i in range(nb))
+    spread = []
+    for i in range(nb):  # spread of the arrival time of retransmission i+1
+        arrivals = [sum(fp.gaps_us[: i + 1]) for fp in same]
+        sd = statistics.pstdev(arrivals) if len(arrivals) > 1 else 0.0
+        spread.append(max(SPREAD_FLOOR_US, round(2 * sd)))
+    conns = [fp.connect_us for fp in same if fp.connect_us is not None]
+    rsts = [fp.rst_us for fp in same if fp.rst_us is not None]
+    rst = round(statistics.median(rsts)) if len(rsts) * 2 > len(same) else None
+    rst_spread = None
+    if rst is not None:
+        rst_spread = (
+            max(SPREAD_FLOOR_US, round(2 * statistics.pstdev(rsts)))
+            if len(rsts) > 1
+            else SPREAD_FLOOR_US
+        )
+    fp = StateFingerprint(
+        method=same[0].method,
+        time_s=max(f.time_s for f in same),
+        gaps_us=gaps,
+        connect_us=round(statistics.median(conns)) if conns else None,
+        rst_us=rst,
+    )
+    return fp, tuple(spread), rst_spread
+
+
+def build_signature(
+    observations: Sequence[Observation],
+    name: str,
+    classes: Sequence[OsClass],
+    cpes: Sequence[str] = (),
+    source: str = "",
+) -> Signature:
+    """A Signature from the ok observations of one target/port (all states)."""
+    by_method: dict[Method, list[Observation]] = {}
+    for o in observations:
+        if o.status is Status.OK:
+            by_method.setdefault(o.method, []).append(o)
+    if not by_method:
+        statuses = ", ".join(
+            sorted({f"{o.method.state_name}: {o.status.value}" for o in observations})
+        )
+        raise UsageError(f"nothing to learn: no state was measured ({statuses or 'no result'})")
+    states: dict[Method, StateFingerprint] = {}
+    spread: dict[Method, tuple[int, ...]] = {}
+    rst_spread: dict[Method, int] = {}
+    for m in Method:
+        if m in by_method:
+            fp, sp, rs = _combine(by_method[m])
+            states[m] = fp
+            if sp:
+                spread[m] = sp
+            if rs is not None:
+                rst_spread[m] = rs
+    syn = by_method.get(Method.SYN_RCVD, [])
+    features = next((o.features for o in syn if o.features is not None), None)
+    tries = max(len(v) for v in by_method.values())
+    src = source or (
+        f"lab measured by cron-os learn on {date.today().isoformat()}, "
+        f"{tries} tr{'y' if tries == 1 else 'ies'} per state"
+    )
+    return Signature(
+        name=name,
+        classes=tuple(classes),
+        cpes=tuple(cpes),
+        sources=(src,),
+        features=features,
+        states=states,
+        spread_us=spread,
+        rst_spread_us=rst_spread,
+    )
+
+
+def parse_class(text: str) -> OsClass:
+    """``vendor | family | generation | device type`` (missing parts empty)."""
+    parts = [p.strip() for p in text.split("|")]
+    if not parts[0] or len(parts) > 4:
+        raise UsageError(f"bad --class {text!r}: expected 'vendor | family | generation | type'")
+    parts += [""] * (4 - len(parts))
+    return OsClass(*parts)
