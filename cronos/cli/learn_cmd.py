@@ -27,7 +27,7 @@ def register(sub) -> None:
         dest="os_class",
         required=True,
         metavar="CLASS",
-        help="'vendor | family | generation | device type', e.g. 'Linux | Linux | 6.X | general purpose'",
+        help="'vendor | family | generation | device type', e.g. 'Linux | Linux | 6.X | general'",
     )
     p.add_argument("--cpe", action="append", default=[], metavar="CPE")
     p.add_argument("--source", default="", help="provenance text (default: lab, date, tries)")
