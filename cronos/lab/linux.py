@@ -9,6 +9,7 @@ start, so every socket is born with them.
 from __future__ import annotations
 
 from .core import PORTS, LabContext, LabTarget, target_subnet
+from .servers import SPECIAL_PORTS
 
 
 def apply_stack_settings(ctx: LabContext, ns: str, dev: str, net: str) -> None:
@@ -27,6 +28,6 @@ def setup_linux(ctx: LabContext, index: int) -> LabTarget:
     ctx.run("ip", "-n", ctx.scanner_ns, "addr", "add", f"{net}.1/24", "dev", scan_if)
     ctx.run("ip", "-n", ns, "addr", "add", f"{net}.2/24", "dev", tgt_if)
     apply_stack_settings(ctx, ns, tgt_if, net)
-    ctx.start_servers(ns, PORTS)
+    ctx.start_servers(ns, PORTS + SPECIAL_PORTS)  # 1235 no-close, 1236 reset
     p = ctx.profile
     return LabTarget(p.name, f"{net}.2", PORTS, ns, p.kind, dict(p.expected_ms), p.notes)

@@ -5,7 +5,10 @@
 Port 80 behaves like an HTTP/1.0 server: it reads one request (up to the
 blank line), answers with a small response and closes first, which puts the
 server side in FIN_WAIT1. If the peer sends FIN before any request, it closes
-too (LAST_ACK). Every other port reads until EOF, then closes (LAST_ACK).
+too (LAST_ACK). Port 1235 never closes (it reads and ignores EOF): the
+closing probes report ``no-close``. Port 1236 resets every connection once
+established (SO_LINGER 0): the closing probes report ``reset``. Every other
+port reads until EOF, then closes (LAST_ACK).
 
 The process prints nothing; it runs until killed. One thread per listener
 and per connection keeps it obvious.
@@ -16,10 +19,14 @@ from __future__ import annotations
 import argparse
 import signal
 import socket
+import struct
 import sys
 import threading
 
 HTTP_PORT = 80
+NO_CLOSE_PORT = 1235
+RESET_PORT = 1236
+SPECIAL_PORTS = (NO_CLOSE_PORT, RESET_PORT)
 _BODY = b"cron-os lab target\n"
 RESPONSE = (
     b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n"
@@ -51,10 +58,24 @@ def _serve_sink(conn: socket.socket) -> None:
         pass
 
 
+def _hold(conn: socket.socket) -> None:
+    while conn.recv(65536):
+        pass
+    threading.Event().wait(_IO_TIMEOUT_S)  # EOF seen; never close before the timeout
+
+
+def _reset(conn: socket.socket) -> None:
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
 def _handle(conn: socket.socket, port: int) -> None:
     try:
         conn.settimeout(_IO_TIMEOUT_S)
-        if port == HTTP_PORT:
+        if port == NO_CLOSE_PORT:
+            _hold(conn)
+        elif port == RESET_PORT:
+            _reset(conn)
+        elif port == HTTP_PORT:
             _serve_http(conn)
         else:
             _serve_sink(conn)
