@@ -8,6 +8,7 @@ segment); ``build_ip`` turns one into bytes for the raw socket.
 from __future__ import annotations
 
 import logging
+import struct
 from dataclasses import dataclass, field
 from struct import error as struct_error
 
@@ -75,14 +76,20 @@ class Segment:
         )
 
 
-def _tcp_checksum_ok(ip: IP) -> bool:
-    """Recompute the TCP checksum of a parsed packet and compare."""
-    tcp = ip[TCP]
-    got = tcp.chksum
-    clone = IP(bytes(ip))
-    del clone[TCP].chksum
-    want = IP(bytes(clone))[TCP].chksum
-    return got == want
+def tcp_checksum_ok(data: bytes) -> bool:
+    """Check the TCP checksum of raw IPv4 bytes (RFC 1071 sum over the
+    pseudo-header and the segment, checksum field included, must be 0xFFFF)."""
+    ihl = (data[0] & 0x0F) * 4
+    total = int.from_bytes(data[2:4], "big")
+    seg = data[ihl:total] if ihl <= total <= len(data) else data[ihl:]
+    pseudo = data[12:20] + b"\0\x06" + len(seg).to_bytes(2, "big")
+    buf = pseudo + seg
+    if len(buf) % 2:
+        buf += b"\0"
+    acc = sum(struct.unpack(f"!{len(buf) // 2}H", buf))
+    while acc >> 16:
+        acc = (acc & 0xFFFF) + (acc >> 16)
+    return acc == 0xFFFF
 
 
 def parse_ip(data: bytes, verify_checksum: bool = False) -> Segment | None:
@@ -110,7 +117,7 @@ def parse_ip(data: bytes, verify_checksum: bool = False) -> Segment | None:
         payload = bytes(tcp.payload) if tcp.payload else b""
         if isinstance(tcp.payload, Raw):
             payload = tcp.payload.load
-        ok = _tcp_checksum_ok(ip) if verify_checksum else True
+        ok = tcp_checksum_ok(data) if verify_checksum else True
         return Segment(
             src=ip.src,
             dst=ip.dst,
