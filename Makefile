@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 APT_PKGS := nmap nftables iproute2 ethtool tcpdump iptables slirp4netns \
-            libnetfilter-queue-dev python3-venv python3-dev gcc procps psmisc
+            libnetfilter-queue-dev python3-venv python3-dev gcc procps psmisc \
+            chromium libxml2-utils
 STAMP_APT := $(VENV)/.apt-done
 STAMP_PIP := $(VENV)/.pip-done
 
