@@ -23,6 +23,7 @@ def register(sub) -> None:
         help="build the built-in lab, scan it, print the report, remove the lab",
     )
     p.add_argument(
+        "-P",
         "--profile",
         action="append",
         metavar="NAME",
