@@ -105,7 +105,8 @@ def _summary(targets, jsonl: str) -> None:
         with open(jsonl, encoding="utf-8") as fh:
             for line in fh:
                 rec = json.loads(line)
-                rows[(rec["target"], rec["state"])].append(rec)
+                if "state" in rec:  # skip the verdict records
+                    rows[(rec["target"], rec["state"])].append(rec)
     print("Measured against each profile's schedule (ms):")
     print(f"  {'PROFILE':<16} {'STATE':<10} {'STATUS':<9} {'MEASURED':<44} EXPECTED")
     for t in targets:

@@ -101,6 +101,14 @@ def register(sub) -> None:
     p.add_argument(
         "--netns", metavar="NAME", help="run from inside network namespace NAME (a lab scanner)"
     )
+    p.add_argument(
+        "--db",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="signature file to add to the built-in database (repeatable)",
+    )
+    p.add_argument("--top", type=int, default=5, metavar="N", help="guesses shown (default 5)")
     p.add_argument("-q", "--quiet", action="store_true", help="no human report on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
     p.set_defaults(func=run)
@@ -143,6 +151,11 @@ def _check(args) -> tuple[TargetSet, list[int], list[Method], bytes]:
         from ..net import netns
 
         netns.enter(args.netns)
+    if not 1 <= args.top <= 100:
+        raise UsageError("--top must be between 1 and 100")
+    from ..db import load_db
+
+    args.database = load_db(args.db)  # bad --db: file:line error before any packet
     targets = TargetSet(specs, exclude, allow_special=args.allow_special)
     n = targets.upper_bound()
     if n > MAX_HOSTS_WITHOUT_YES and not args.yes:
@@ -199,6 +212,27 @@ class _Progress:
             sys.stderr.flush()
 
 
+def guess(target: str, observations: list[Observation], db, top: int) -> list[dict]:
+    """Match each port's observations; verdict records (JSON) with their text."""
+    from ..classify import TargetVerdict
+    from ..match import match
+    from ..verdict_text import render, verdict_dict
+
+    out = []
+    for port in sorted({o.port for o in observations}):
+        obs = [o for o in observations if o.port == port]
+        if not any(o.status.value in ("ok", "aborted") for o in obs):
+            continue
+        tv = TargetVerdict(f"{target}:{port}", tuple(obs), match(obs, db, top=top))
+        rec = verdict_dict(tv)
+        rec.update(target=target, port=port)
+        rec["text"] = (
+            render(tv, top=top).rstrip("\n").replace(f"Target {target}:{port}", f"Port {port}:", 1)
+        )
+        out.append(rec)
+    return out
+
+
 def run(args) -> int:
     targets, ports, methods, payload = _check(args)
     from ..net import firewall
@@ -250,9 +284,17 @@ def run(args) -> int:
         if remaining[obs.target] <= 0:
             observations = per_host.pop(obs.target)
             remaining.pop(obs.target, None)
-            if not args.quiet:
-                progress.clear()
-                print("\n" + host_block(obs.target, observations), file=out, flush=True)
+            _host_done(obs.target, observations)
+
+    def _host_done(target: str, observations: list[Observation]) -> None:
+        verdicts = guess(target, observations, args.database, args.top)
+        if writer:
+            for v in verdicts:
+                writer.write(v)
+        if not args.quiet:
+            progress.clear()
+            text = host_block(target, observations, "\n".join(v["text"] for v in verdicts))
+            print("\n" + text, file=out, flush=True)
 
     cfg = EngineConfig(
         timeout_s=args.timeout,
@@ -270,9 +312,9 @@ def run(args) -> int:
         progress.clear()
         if writer:
             writer.close()
-        for target, observations in per_host.items():  # interrupted: partial hosts too
-            if observations and not args.quiet:
-                print("\n" + host_block(target, observations), file=out, flush=True)
+        for target, observations in list(per_host.items()):  # interrupted: partial hosts too
+            if observations:
+                _host_done(target, observations)
     if not args.quiet:
         took = stats.finished - stats.started
         extra = f", {skipped} already done (--resume)" if skipped else ""
