@@ -127,6 +127,7 @@ class Observation:
     started_at: float = 0.0  # unix time the stimulus was sent
     arrivals_us: tuple[int, ...] = ()  # arrival of each timed packet, from the stimulus
     packets_in: int = 0
+    ttl_in: int | None = None  # IP TTL of the first timed packet (SYN-ACK or FIN)
     note: str = ""
     extra: dict = field(default_factory=dict, compare=False)
 
@@ -148,6 +149,7 @@ class Observation:
             "rst_us": fp.rst_us,
             "arrivals_us": list(self.arrivals_us),
             "packets_in": self.packets_in,
+            "ttl_in": self.ttl_in,
             "fingerprint": fp.line(),
             "features": asdict(self.features) if self.features else None,
             "note": self.note,
@@ -179,6 +181,7 @@ class Observation:
                 started_at=float(d.get("started_at", 0.0)),
                 arrivals_us=tuple(int(a) for a in d.get("arrivals_us") or ()),
                 packets_in=int(d.get("packets_in", 0)),
+                ttl_in=None if d.get("ttl_in") is None else int(d["ttl_in"]),
                 note=str(d.get("note", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:

@@ -114,6 +114,7 @@ class ClosingProbe(Probe):
         self.syn_clock: list[float] = []  # engine clock when we emitted them (fallback)
         self.synack_at: float | None = None
         self.fins: list[float] = []  # arrivals of the server's FIN
+        self.ttl_in: int | None = None  # TTL of the server's first FIN
         self.fin_seq: int | None = None
         self.rst_at: float | None = None
         self.t_end: float | None = None
@@ -279,6 +280,7 @@ class ClosingProbe(Probe):
             if not 0 <= seq_diff(fin_seq, self.rcv_nxt) <= RCV_WINDOW:
                 return
             self.fin_seq = fin_seq
+            self.ttl_in = seg.ttl
             self._goto(self.PEER_FIN_STATE)
             self.status = Status.OK
             if self.snd_una != self.snd_nxt:
@@ -423,6 +425,7 @@ class ClosingProbe(Probe):
             started_at=t0,
             arrivals_us=tuple(round((t - t0) * 1e6) for t in fins),
             packets_in=self.packets_in,
+            ttl_in=self.ttl_in,
             note="; ".join(notes),
         )
 

@@ -147,5 +147,6 @@ class SynProbe(Probe):
             started_at=t0,
             arrivals_us=tuple(round((t - t0) * 1e6) for t in self.synacks),
             packets_in=self.packets_in,
+            ttl_in=self.features.ttl if self.features else None,
             note="interrupted" if self.aborted else "",
         )
