@@ -6,6 +6,7 @@ import json
 import os
 import resource
 import sys
+import time
 from collections import defaultdict
 
 from .. import __version__
@@ -109,6 +110,14 @@ def register(sub) -> None:
         help="signature file to add to the built-in database (repeatable)",
     )
     p.add_argument("--top", type=int, default=5, metavar="N", help="guesses shown (default 5)")
+    p.add_argument(
+        "--nmap",
+        action="store_true",
+        help="also run nmap -O on the same targets and ports; report both views side by side",
+    )
+    p.add_argument(
+        "-oX", dest="xml_out", metavar="FILE", help="write nmap-compatible XML (nmap's DTD)"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no human report on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
     p.set_defaults(func=run)
@@ -143,6 +152,8 @@ def _check(args) -> tuple[TargetSet, list[int], list[Method], bytes]:
         raise UsageError("--max-hosts must be >= 1")
     if args.resume and args.json_out and args.json_out != args.resume:
         raise UsageError("--resume FILE already appends to FILE: drop -oJ or give the same file")
+    if args.xml_out and not os.path.isdir(os.path.dirname(os.path.abspath(args.xml_out))):
+        raise UsageError(f"-oX {args.xml_out}: directory does not exist")
     payload = _payload(args.payload)
     exclude = read_list_file(args.exclude_file, "--exclude-file") if args.exclude_file else []
     if os.geteuid() != 0:
@@ -212,25 +223,91 @@ class _Progress:
             sys.stderr.flush()
 
 
-def guess(target: str, observations: list[Observation], db, top: int) -> list[dict]:
-    """Match each port's observations; verdict records (JSON) with their text."""
-    from ..classify import TargetVerdict
-    from ..match import match
-    from ..verdict_text import render, verdict_dict
+class HostReporter:
+    """Turns a finished host's observations into verdicts, text and records.
 
-    out = []
-    for port in sorted({o.port for o in observations}):
-        obs = [o for o in observations if o.port == port]
-        if not any(o.status.value in ("ok", "aborted") for o in obs):
-            continue
-        tv = TargetVerdict(f"{target}:{port}", tuple(obs), match(obs, db, top=top))
-        rec = verdict_dict(tv)
-        rec.update(target=target, port=port)
-        rec["text"] = (
-            render(tv, top=top).rstrip("\n").replace(f"Target {target}:{port}", f"Port {port}:", 1)
-        )
-        out.append(rec)
-    return out
+    Per port: the matcher's guesses, the architecture verdict (per-state
+    matches, nmap's view when ``--nmap``), JSON verdict records, and the
+    data for ``-oX``. With ``--nmap`` a host waits until nmap has answered.
+    """
+
+    def __init__(self, args, writer, out, nmap_future=None):
+        self.args = args
+        self.writer = writer
+        self.out = out
+        self.nmap_future = nmap_future
+        self.nmap_hosts: dict | None = None
+        self.nmap_error: str | None = None
+        self.deferred: list[tuple[str, list[Observation]]] = []
+        self.xml_hosts: list = []
+
+    def host_done(self, target: str, observations: list[Observation]) -> None:
+        if self.nmap_future is not None and self.nmap_hosts is None and self.nmap_error is None:
+            if not self.nmap_future.done():
+                self.deferred.append((target, observations))
+                return
+            self._collect_nmap()
+        self._report(target, observations)
+
+    def finish(self) -> None:
+        if self.nmap_future is not None and self.nmap_hosts is None and self.nmap_error is None:
+            self._collect_nmap()
+        for target, observations in self.deferred:
+            self._report(target, observations)
+        self.deferred = []
+
+    def _collect_nmap(self) -> None:
+        from ..errors import CronosError
+
+        try:
+            self.nmap_hosts = self.nmap_future.result()
+        except CronosError as exc:
+            self.nmap_error = str(exc)
+            print(f"cron-os: {exc}", file=sys.stderr)
+
+    def _report(self, target: str, observations: list[Observation]) -> None:
+        from ..architecture import infer, match_by_state
+        from ..classify import TargetVerdict
+        from ..match import match
+        from ..merged import render_merged
+        from ..nmapxml import HostReport, cronos_lines, osmatches_from
+        from ..verdict_text import render, verdict_dict
+
+        args, db = self.args, self.args.database
+        nmap_host = (self.nmap_hosts or {}).get(target)
+        texts, best = [], None
+        for port in sorted({o.port for o in observations}):
+            obs = [o for o in observations if o.port == port]
+            answered = any(o.status.value in ("ok", "aborted") for o in obs)
+            result = match(obs, db, top=args.top) if answered else None
+            arch = infer(obs, match_by_state(obs, db, top=args.top), nmap_host)
+            rec = {"type": "verdict", "target": target, "port": port}
+            if result is not None:
+                tv = TargetVerdict(f"{target}:{port}", tuple(obs), result)
+                rec.update(verdict_dict(tv), target=target, port=port)
+                texts.append(
+                    render(tv, top=args.top)
+                    .rstrip("\n")
+                    .replace(f"Target {target}:{port}", f"Port {port}:", 1)
+                )
+                if best is None or result.confidence > best.confidence:
+                    best = result
+            rec["architecture"] = {"kind": arch.kind, "summary": arch.summary,
+                                   "evidence": list(arch.evidence)}  # fmt: skip
+            if self.writer:
+                self.writer.write(rec)
+            if args.nmap:
+                texts.append(render_merged(f"{target} port {port}", nmap_host,
+                                           cronos_lines(obs), arch).rstrip("\n"))  # fmt: skip
+            else:
+                texts.append(f"Architecture: {arch.summary} [{arch.kind}]")
+                texts += [f"  - {e}" for e in arch.evidence]
+        if args.xml_out:
+            cands = osmatches_from(best, top=args.top) if best is not None else ()
+            self.xml_hosts.append(HostReport(target, tuple(observations), cands, nmap=nmap_host))
+        if not args.quiet:
+            print("\n" + host_block(target, observations, "\n".join(texts)), file=self.out,
+                  flush=True)  # fmt: skip
 
 
 def run(args) -> int:
@@ -287,14 +364,8 @@ def run(args) -> int:
             _host_done(obs.target, observations)
 
     def _host_done(target: str, observations: list[Observation]) -> None:
-        verdicts = guess(target, observations, args.database, args.top)
-        if writer:
-            for v in verdicts:
-                writer.write(v)
-        if not args.quiet:
-            progress.clear()
-            text = host_block(target, observations, "\n".join(v["text"] for v in verdicts))
-            print("\n" + text, file=out, flush=True)
+        progress.clear()
+        reporter.host_done(target, observations)
 
     cfg = EngineConfig(
         timeout_s=args.timeout,
@@ -304,17 +375,33 @@ def run(args) -> int:
         payload=payload,
         sack=args.sack,
     )
+    nmap_future = None
+    if args.nmap:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from ..nmap import run_nmap
+
+        pool = ThreadPoolExecutor(max_workers=1)  # one nmap subprocess for the batch
+        nmap_future = pool.submit(run_nmap, list(targets), ports)
+        pool.shutdown(wait=False)
+    reporter = HostReporter(args, writer, out, nmap_future)
     hint = list(targets) if targets.upper_bound() <= 64 else None
     engine = Engine(cfg, on_result, on_tick=progress.tick)
     try:
         stats = engine.run(jobs(), targets_hint=hint)
     finally:
         progress.clear()
-        if writer:
-            writer.close()
         for target, observations in list(per_host.items()):  # interrupted: partial hosts too
             if observations:
                 _host_done(target, observations)
+        reporter.finish()
+        if writer:
+            writer.close()
+        if args.xml_out:
+            from ..nmapxml import write_nmap_xml
+
+            write_nmap_xml(args.xml_out, reporter.xml_hosts, args=" ".join(sys.argv),
+                           start=engine.stats.started or time.time(), end=time.time())  # fmt: skip
     if not args.quiet:
         took = stats.finished - stats.started
         extra = f", {skipped} already done (--resume)" if skipped else ""
@@ -328,6 +415,8 @@ def run(args) -> int:
             file=out,
             flush=True,
         )
+    if reporter.nmap_error:
+        return 1
     if stats.kernel_drops:
         print(
             f"cron-os: warning: the kernel dropped {stats.kernel_drops} captured packets; "
