@@ -70,9 +70,9 @@ _LISTEN_TIMEOUT_S = 15.0
 class LabTarget:
     """One target of a lab, as the scanner sees it.
 
-    ``expected_ms`` maps a state name (``STATES``) to the gaps, in
-    milliseconds, between the first packet of the retransmitted series and
-    each retransmission (``()`` means: one packet, no retransmission). A
+    ``expected_ms`` maps a state name (``STATES``) to the successive gaps, in
+    milliseconds, between the packets of the retransmitted series (the
+    ``p=`` values / 1000; ``()`` means: one packet, no retransmission). A
     state missing from the map has no documented expectation.
     ``netns`` is the namespace of the server (None if it is not a namespace,
     e.g. slirp); ``gateway_ns`` a middlebox namespace in front of it, if any.

@@ -26,16 +26,17 @@ same losses and delays in the same order):
   ``[-jitter, +jitter]``, clipped at 0, then ``accept()``-ed from the worker's
   own timer loop (``select`` on the queue fd + ``run(block=False)``; the verdict
   is given after the callback returned, which libnetfilter_queue allows);
-* order is kept (FIFO): a packet is never released before the one queued
-  before it, so with jitter a packet may wait longer than its draw. The
-  *applied* delay recorded is the real hold time (verdict time - arrival in
-  the worker), not the draw.
+* order is kept within each flow (one direction of one TCP connection): a
+  packet is never released before the previous one of its flow, so with
+  jitter a packet may wait longer than its draw; different flows and the two
+  directions do not wait for each other. The *applied* delay recorded is the
+  real hold time (verdict time - arrival in the worker), not the draw.
 
 The worker writes its statistics (``count``, ``dropped``, ``loss_pct``
 applied, applied delay ``p50/p99/mean/min/max`` in ms) to a JSON file every
 0.5 s and at exit; :func:`stats` reads it back. The file is
-``<tmp>/cronos-<id>-imp-<ns>.json`` and is kept after teardown (it is the
-record of what was applied); ``stats(ctx)`` returns every impairment of a lab.
+``<tmp>/cronos-<id>-imp-<ns>[-<peer>].json``, removed at teardown: read it
+before. ``stats(ctx_or_lab)`` returns every impairment of a lab.
 
 Limitation: when the impaired namespace is the scanner's own (slirp and pytcp
 targets, whose "link" is a TAP in the scanner namespace), traffic is matched
@@ -48,6 +49,8 @@ from __future__ import annotations
 
 import argparse
 import glob
+import heapq
+import ipaddress
 import json
 import math
 import os
@@ -58,7 +61,6 @@ import signal
 import sys
 import tempfile
 import time
-from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -67,6 +69,8 @@ from ..errors import DependencyError, LabError
 DEFAULT_QUEUE = 4711
 _READY_TIMEOUT_S = 10.0
 _STATS_EVERY_S = 0.5
+_QUEUE_TRIES = 16
+_COPY_BYTES = 64  # IPv4 header (up to 60 bytes) + TCP ports
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,7 @@ class ImpairStats:
 @dataclass(frozen=True)
 class ImpairHandle:
     ns: str
-    chain: str  # iptables chain (mangle table) cronos_<id>_imp
+    chain: str  # iptables chain (mangle table) cronos_<id>_imp[_<peer hex>]
     queue: int
     stats_path: str
     spec: Impairment
@@ -159,8 +163,31 @@ def parse_impairment(
 # -- lab side ---------------------------------------------------------------------
 
 
-def stats_path(ctx, ns: str) -> str:
-    return os.path.join(tempfile.gettempdir(), f"cronos-{ctx.id}-imp-{ns}.json")
+def stats_path(ctx, ns: str, peer: str | None = None) -> str:
+    tail = f"-{peer}" if peer else ""
+    return os.path.join(tempfile.gettempdir(), f"cronos-{ctx.id}-imp-{ns}{tail}.json")
+
+
+def _start_worker(ctx, ns: str, spec: Impairment, path: str, queue: int):
+    """Spawn the worker on the first free queue from ``queue``; (proc, queue)."""
+    env = dict(os.environ)
+    pkg_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_root, env.get("PYTHONPATH")]))
+    for q in range(queue, queue + _QUEUE_TRIES):
+        argv = [sys.executable, "-m", "cronos.lab.impair", "--queue", str(q), "--ns", ns,
+                "--delay-ms", repr(spec.delay_ms), "--jitter-ms", repr(spec.jitter_ms),
+                "--loss-pct", repr(spec.loss_pct), "--stats", path]  # fmt: skip
+        if spec.seed is not None:
+            argv += ["--seed", str(spec.seed)]
+        proc = ctx.spawn(ns, argv, env=env)
+        try:
+            _wait_ready(path, proc)
+            return proc, q
+        except LabError:
+            if proc.poll() is None:  # alive but silent: not a busy queue
+                raise
+            # exited: most likely the queue is bound by another worker in ns
+    raise LabError(f"impairment worker could not bind queues {queue}..{q} in {ns}")
 
 
 def _ipt_rules(chain: str, queue: int, peer: str | None) -> list[list[str]]:
@@ -223,20 +250,19 @@ def setup(ctx, ns: str, spec: Impairment, *, peer: str | None = None,
         raise LabError(f"impairment spec must be an Impairment, not {type(spec).__name__}")
     if peer is None and ns == getattr(ctx, "scanner_ns", None):
         peer = _last_target_ip(ctx)
+    # one chain, queue and stats file per (namespace, peer): two impaired
+    # targets may share the scanner namespace
     chain = f"cronos_{ctx.id}_imp"
-    path = stats_path(ctx, ns)
+    if peer:
+        try:
+            chain += "_" + ipaddress.IPv4Address(peer).packed.hex()
+        except ValueError as exc:
+            raise LabError(f"impairment peer {peer!r} is not an IPv4 address") from exc
+    path = stats_path(ctx, ns, peer)
     if os.path.exists(path):
         os.unlink(path)  # readiness = the worker's first write
-    env = dict(os.environ)
-    pkg_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_root, env.get("PYTHONPATH")]))
-    argv = [sys.executable, "-m", "cronos.lab.impair", "--queue", str(queue), "--ns", ns,
-            "--delay-ms", repr(spec.delay_ms), "--jitter-ms", repr(spec.jitter_ms),
-            "--loss-pct", repr(spec.loss_pct), "--stats", path]  # fmt: skip
-    if spec.seed is not None:
-        argv += ["--seed", str(spec.seed)]
-    proc = ctx.spawn(ns, argv, env=env)
-    _wait_ready(path, proc)
+    ctx.track_file(path)  # removed at teardown, after the cleanups
+    proc, queue = _start_worker(ctx, ns, spec, path, queue)
     rules = _ipt_rules(chain, queue, peer)
 
     def _remove() -> None:
@@ -287,16 +313,27 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[k]
 
 
+def flow_key(header: bytes) -> bytes:
+    """(src, dst, sport, dport) of an IPv4 TCP packet, from its first bytes."""
+    ihl = (header[0] & 0x0F) * 4 if header else 0
+    return header[12:20] + header[ihl : ihl + 4]
+
+
 class _Worker:
-    """Holds packets for their delay; drops the lost ones; keeps FIFO order."""
+    """Holds packets for their delay; drops the lost ones; FIFO within each flow.
+
+    Each direction of each TCP connection is its own FIFO: a packet never
+    overtakes an earlier one of the same flow, but flows (and the two
+    directions) do not wait for each other.
+    """
 
     def __init__(self, spec: Impairment, ns: str, path: str):
         self.spec, self.ns, self.path = spec, ns, path
         self.rng = random.Random(spec.seed)
-        self.held: deque = deque()  # (release_at, arrived_at, packet)
+        self.held: list = []  # heap of (release_at, n, arrived_at, packet)
+        self.flow_last: dict[bytes, float] = {}  # flow -> release time of its last packet
         self.applied_ms: list[float] = []
         self.count = self.dropped = 0
-        self.last_release = 0.0
 
     def on_packet(self, pkt) -> None:
         now = time.monotonic()
@@ -307,22 +344,29 @@ class _Worker:
             return
         j = self.spec.jitter_ms
         hold_ms = max(0.0, self.spec.delay_ms + (self.rng.uniform(-j, j) if j else 0.0))
-        release = max(now + hold_ms / 1000, self.last_release)  # FIFO
-        self.last_release = release
-        self.held.append((release, now, pkt))
+        try:
+            flow = flow_key(pkt.get_payload())
+        except Exception:  # no header copied: one shared FIFO
+            flow = b""
+        release = max(now + hold_ms / 1000, self.flow_last.get(flow, 0.0))
+        self.flow_last[flow] = release
+        heapq.heappush(self.held, (release, self.count, now, pkt))
+        if len(self.flow_last) > 4096:  # forget flows with nothing held
+            self.flow_last = {k: v for k, v in self.flow_last.items() if v > now}
+
+    def _release(self) -> None:
+        _, _, arrived, pkt = heapq.heappop(self.held)
+        pkt.accept()
+        self.applied_ms.append((time.monotonic() - arrived) * 1000)
 
     def release_due(self) -> None:
         now = time.monotonic()
         while self.held and self.held[0][0] <= now:
-            _, arrived, pkt = self.held.popleft()
-            pkt.accept()
-            self.applied_ms.append((time.monotonic() - arrived) * 1000)
+            self._release()
 
     def flush(self) -> None:
         while self.held:
-            _, arrived, pkt = self.held.popleft()
-            pkt.accept()
-            self.applied_ms.append((time.monotonic() - arrived) * 1000)
+            self._release()
 
     def timeout(self) -> float | None:
         return max(0.0, self.held[0][0] - time.monotonic()) if self.held else None
@@ -336,7 +380,7 @@ class _Worker:
             "delay_p50_ms": _percentile(d, 50), "delay_p99_ms": _percentile(d, 99),
             "delay_mean_ms": sum(d) / len(d) if d else 0.0,
             "delay_min_ms": d[0] if d else 0.0, "delay_max_ms": d[-1] if d else 0.0,
-            "delay_distribution": "uniform", "order": "fifo",
+            "delay_distribution": "uniform", "order": "fifo-per-flow",
         }  # fmt: skip
         tmp = self.path + ".tmp"
         with open(tmp, "w") as fh:
@@ -354,7 +398,7 @@ def _worker_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--stats", required=True)
     args = ap.parse_args(argv)
-    from netfilterqueue import COPY_META, NetfilterQueue
+    from netfilterqueue import COPY_PACKET, NetfilterQueue
 
     spec = Impairment(args.delay_ms, args.jitter_ms, args.loss_pct, args.seed)
     w = _Worker(spec, args.ns, args.stats)
@@ -362,7 +406,8 @@ def _worker_main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
     nfq = NetfilterQueue()
-    nfq.bind(args.queue, w.on_packet, max_len=8192, mode=COPY_META)
+    # only the IP+TCP header prefix is copied: enough for the flow key
+    nfq.bind(args.queue, w.on_packet, max_len=8192, mode=COPY_PACKET, range=_COPY_BYTES)
     fd = nfq.get_fd()
     w.write_stats()  # = ready
     next_stats = time.monotonic() + _STATS_EVERY_S

@@ -6,8 +6,8 @@
 The persistent TAP is created in the scanner namespace; the PyTCP process
 (also in the scanner namespace, ``cronos.lab.pytcp_app``) attaches to it with
 ``TUNSETIFF`` and answers ARP and TCP for 10.77.k.2 itself. Retransmissions
-are PyTCP's: 1 s timer doubled (measured ~1.14, 2.26, 4.55 s, the timer
-thread overshoots a little), three retries, then RST/ACK ~17 s after the
+are PyTCP's: 1 s timer doubled (measured ~1.15, 2.27, 4.55 s, the timer
+thread overshoots a little), three retries, then RST/ACK ~17.2 s after the
 first packet, in all three states.
 
 PyTCP is GPLv3 and optional (PyPI ``pytcp==2.7.6``); it runs in its own
@@ -26,8 +26,9 @@ from .core import PORTS, LabContext, LabTarget, target_subnet
 from .slirp import wait_http
 
 #: Gaps (ms) from the first packet of the series, measured on the lab machine
-#: (PyTCP 2.7.6, see docs/lab-extras.md); RST/ACK follows at ~17 s.
-RETRANS_MS = (1140, 3400, 7950)
+#: with ``cron-os scan -m slf`` (PyTCP 2.7.6, see docs/lab-extras.md);
+#: RST/ACK follows at ~17.2 s.
+RETRANS_MS = (1150, 2270, 4560)  # successive gaps (ms), the p= values (measured)
 
 
 def setup(ctx: LabContext, index: int) -> LabTarget:
@@ -47,15 +48,16 @@ def setup(ctx: LabContext, index: int) -> LabTarget:
     env = dict(os.environ)
     pkg_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_root, env.get("PYTHONPATH")]))
+    mac = f"02:00:00:77:{index:02x}:02"
     argv = [sys.executable, "-m", "cronos.lab.pytcp_app", "--tap", tap, "--ip", f"{net}.2/24",
-            "--mac", f"02:00:00:77:{index:02x}:02", "--ports", ",".join(map(str, PORTS))]  # fmt: skip
+            "--mac", mac, "--ports", ",".join(map(str, PORTS))]  # fmt: skip
     proc = ctx.spawn(ns, argv, env=env)
     ip = f"{net}.2"
     wait_http(ctx, ip, proc, "pytcp")
     p = ctx.profile
     expected = {state: RETRANS_MS for state in ("SYN_RCVD", "LAST_ACK", "FIN_WAIT1")}
     notes = (
-        f"PyTCP 2.7.6 on tap {tap} (scanner namespace); retransmissions ~1.14, 2.26, 4.55 s "
-        "then RST/ACK ~17 s in every state; SYN-ACK window 65535, MSS 1460 only"
+        f"PyTCP 2.7.6 on tap {tap} (scanner namespace); retransmissions ~1.15, 2.27, 4.55 s "
+        "then RST/ACK ~17.2 s in every state; SYN-ACK window 65535, MSS 1460 only"
     )
     return LabTarget(p.name if p else "pytcp", ip, PORTS, None, "pytcp", expected, notes)

@@ -12,7 +12,7 @@ BSD-derived stack and opens a second, ordinary kernel connection to
 127.0.0.1 in the slirp host namespace, where ``cronos.lab.servers`` runs. The
 kernel never sees the scanner's segments as its own, so the SYN-ACK and FIN
 retransmissions are libslirp's (500 ms slow-timer ticks: 6 s then every 12 s
-for SYN-ACKs, RST at ~75 s; 1.6 s, 3 s, 6.3 s, then every 12 s for FINs). Port forwarding
+for SYN-ACKs, RST at ~75 s; 1.5 s, 3 s, 6 s, then every 12 s for FINs). Port forwarding
 (``--api-socket add_hostfwd``) would NOT do: there the host kernel answers.
 
 Containment: the slirp host namespace has only ``lo``, so libslirp can
@@ -33,10 +33,12 @@ from ..errors import DependencyError, LabError
 from .core import PORTS, LabContext, LabTarget
 
 #: Gaps (ms) from the first packet of the series, measured on the lab machine
-#: (libslirp 4.7.0, see docs/lab-extras.md). SYN-ACK: 6 s, then every 12 s,
-#: RST/ACK at ~75 s. FIN: ~1.6 s, 3 s, 6 s, then every 12 s for minutes.
-SYNACK_MS = (6100, 18400, 30400, 42700, 54700, 66700)
-FIN_MS = (1600, 4600, 10950, 22950, 34900, 47200, 59200, 71200)
+#: with ``cron-os scan -m slf`` (libslirp 4.7.0, see docs/lab-extras.md).
+#: SYN-ACK: 6 s, then every 12 s, RST/ACK at ~74.9 s. FIN: 1.5 s (up to 1.8,
+#: the phase of the 500 ms tick), +3 s, +6 s, then every 12 s for minutes.
+# successive gaps (ms), as the p= values of the fingerprint lines (measured)
+SYNACK_MS = (6000, 11990, 11990, 11990, 11990, 11990)
+FIN_MS = (1500, 3000, 5990, 11990, 11990, 11990, 11990, 11990)
 _READY_TIMEOUT_S = 10.0
 
 
@@ -107,7 +109,7 @@ def setup(ctx: LabContext, index: int) -> LabTarget:
     expected = {"SYN_RCVD": SYNACK_MS, "LAST_ACK": FIN_MS, "FIN_WAIT1": FIN_MS}
     notes = (
         f"libslirp (slirp4netns) gateway of {net}.0/24, tap {tap} in the scanner namespace; "
-        "SYN-ACK after 6 s then every 12 s, RST/ACK at ~75.7 s; FIN gaps 1.6, 3, 6.3, then 12 s "
+        "SYN-ACK after 6 s then every 12 s, RST/ACK at ~75 s; FIN gaps 1.5-1.8, 3, 6, then 12 s "
         "for minutes; SYN-ACK window 65535 with MSS only (no WS/SACK/TS), ISN = k*64000+1"
     )
     return LabTarget(p.name if p else "slirp", ip, PORTS, None, "slirp", expected, notes)

@@ -1,0 +1,279 @@
+"""A lab with thousands of target addresses, for scale benchmarks.
+
+    with ScaleLab.create(10_000, ["linux-synack3"] * 4) as lab:
+        lab.write_targets("hosts.txt")
+        run_scan(netns=lab.scanner_ns, input_list="hosts.txt")
+        print(lab.counters())
+
+One scanner namespace and one target namespace per profile, joined by veth
+exactly like a ``Lab`` (``10.77.k.1`` scanner side, ``10.77.k.2`` target
+side). Target namespace *k* also owns the whole of ``10.<100+k>.0.0/16``
+through an AnyIP route (``ip route add local 10.<100+k>.0.0/16 dev lo``):
+every address of the range is local, so thousands of hosts cost no interface
+and no address (this kernel has no ``dummy`` module). The scanner routes the
+range via ``10.77.k.2``. One listener (``cronos.lab.scale_listener``) serves
+port 80 on 0.0.0.0 with a backlog of 262144.
+
+Each target namespace gets its profile's sysctls plus
+``tcp_syncookies=0`` (a full SYN queue must drop, never answer with a cookie,
+which is never retransmitted), ``tcp_max_syn_backlog`` and ``somaxconn``
+large. ``counters()`` reads what tells whether a target fell back anyway:
+TcpExt SyncookiesSent, ListenOverflows, ListenDrops, TCPReqQFullDrop, the
+veth drop counters and the softnet backlog drops (``netdev_max_backlog``).
+
+The lab is an ordinary lab record (``cronos.lab.state``): same naming,
+same state file, removed on every exit path and by ``cleanup_stale``.
+``n_hosts`` addresses are spread evenly over the namespaces; ``hosts`` lists
+them interleaved (one of each namespace in turn) so that a scan of the first
+N loads every namespace alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import LabError
+from . import profiles as _profiles
+from . import state as _state
+from .core import LabContext, LabTarget, require_tools, wait_listening
+from .lab import _new_id, require_root
+
+PORT = 80
+LISTEN_BACKLOG = 262144
+MAX_HOSTS_PER_NS = 254 * 256  # last octet 1..254 in each /24 of the /16
+#: Applied in every target namespace after the profile's own sysctls.
+SCALE_SYSCTLS = (
+    ("net.ipv4.tcp_syncookies", "0"),
+    ("net.ipv4.tcp_max_syn_backlog", str(LISTEN_BACKLOG)),
+    ("net.core.somaxconn", str(LISTEN_BACKLOG)),
+)
+_SYNACK_RE = re.compile(r"^linux-synack(\d)$")
+#: TcpExt counters read by ``counters()``.
+TCPEXT = ("SyncookiesSent", "ListenOverflows", "ListenDrops", "TCPReqQFullDrop",
+          "TCPReqQFullDoCookies")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ScaleGroup:
+    """One target namespace and the addresses it owns."""
+
+    profile: str
+    netns: str
+    subnet: str  # the AnyIP range, e.g. "10.101.0.0/16"
+    hosts: tuple[str, ...]
+    synack_retries: int | None
+    expected_synack_ms: tuple[int, ...]
+    scan_if: str
+    target_if: str
+
+
+def scale_profile(name: str) -> _profiles.Profile:
+    """A registry profile, or ``linux-synackN`` (N 1..6) built on the fly."""
+    if name in _profiles.PROFILES:
+        return _profiles.get(name)
+    m = _SYNACK_RE.match(name)
+    if not m or not 1 <= int(m.group(1)) <= 6:
+        return _profiles.get(name)  # raises LabError listing the valid names
+    n = int(m.group(1))
+    full = (*_profiles.PROFILES["linux-default"].expected_ms["SYN_RCVD"], 32200)
+    return _profiles.Profile(
+        name, f"Linux, tcp_synack_retries={n}", "linux", "cronos.lab.scale:setup_group",
+        sysctls=(("net.ipv4.tcp_synack_retries", str(n)),),
+        expected_ms={"SYN_RCVD": full[:n]},
+    )  # fmt: skip
+
+
+def synack_retries(profile: _profiles.Profile) -> int | None:
+    for key, value in profile.sysctls:
+        if key == "net.ipv4.tcp_synack_retries":
+            return int(value)
+    return None
+
+
+def host_address(index: int, i: int) -> str:
+    """Address ``i`` (0-based) of target namespace ``index``: never .0 nor .255."""
+    return f"10.{100 + index}.{i // 254}.{1 + i % 254}"
+
+
+def split(n_hosts: int, groups: int) -> list[int]:
+    base, extra = divmod(n_hosts, groups)
+    return [base + (1 if k < extra else 0) for k in range(groups)]
+
+
+def setup_group(ctx: LabContext, index: int, count: int) -> ScaleGroup:
+    """Target namespace ``index`` owning ``count`` addresses (``ctx.profile`` set)."""
+    profile = ctx.profile
+    net, rng = f"10.77.{index}", f"10.{100 + index}.0.0/16"
+    ns = ctx.new_netns(f"t{index}")
+    scan_if, tgt_if = ctx.veth(ctx.scanner_ns, f"s{index}", ns, f"t{index}")
+    ctx.run("ip", "-n", ctx.scanner_ns, "addr", "add", f"{net}.1/24", "dev", scan_if)
+    ctx.run("ip", "-n", ns, "addr", "add", f"{net}.2/24", "dev", tgt_if)
+    ctx.run("ip", "-n", ns, "route", "add", "local", rng, "dev", "lo")
+    ctx.run("ip", "-n", ctx.scanner_ns, "route", "add", rng, "via", f"{net}.2")
+    ctx.sysctl(ns, profile.sysctls)
+    ctx.sysctl(ns, SCALE_SYSCTLS)
+    env = dict(os.environ)
+    pkg_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_root, env.get("PYTHONPATH")]))
+    argv = [sys.executable, "-m", "cronos.lab.scale_listener", "--port", str(PORT),
+            "--backlog", str(LISTEN_BACKLOG)]  # fmt: skip
+    proc = ctx.spawn(ns, argv, env=env)
+    wait_listening(ctx, ns, [PORT], proc)
+    hosts = tuple(host_address(index, i) for i in range(count))
+    return ScaleGroup(profile.name, ns, rng, hosts, synack_retries(profile),
+                      tuple(profile.expected_ms.get("SYN_RCVD", ())), scan_if, tgt_if)  # fmt: skip
+
+
+class ScaleLab:
+    """A running scale lab; build it with ``ScaleLab.create``."""
+
+    def __init__(self, record: _state.LabRecord, ctx: LabContext, groups: Sequence[ScaleGroup]):
+        self.record = record
+        self._ctx = ctx
+        self.groups = tuple(groups)
+        self._destroyed = False
+        self._by_subnet = {g.subnet.split(".")[1]: g for g in self.groups}
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def scanner_ns(self) -> str:
+        return self.record.scanner_ns
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """Every target address, interleaved across the namespaces."""
+        longest = max((len(g.hosts) for g in self.groups), default=0)
+        return tuple(g.hosts[i] for i in range(longest) for g in self.groups
+                     if i < len(g.hosts))  # fmt: skip
+
+    def group_of(self, ip: str) -> ScaleGroup:
+        try:
+            return self._by_subnet[ip.split(".")[1]]
+        except (KeyError, IndexError):
+            raise LabError(f"{ip} is not an address of scale lab {self.id}") from None
+
+    def write_targets(self, path: str | os.PathLike, n: int | None = None) -> list[str]:
+        """Write the first ``n`` hosts (all by default), one a line, for ``-iL``."""
+        hosts = list(self.hosts[:n] if n is not None else self.hosts)
+        Path(path).write_text("".join(h + "\n" for h in hosts))
+        return hosts
+
+    # -- lifecycle ---------------------------------------------------------------
+    @classmethod
+    def create(cls, n_hosts: int, profiles: Sequence[str] = ("linux-synack3",) * 4) -> ScaleLab:
+        """``n_hosts`` addresses spread over one target namespace per profile."""
+        require_root()
+        chosen = [scale_profile(n) for n in profiles]
+        if not chosen:
+            raise LabError("a scale lab needs at least one profile")
+        if any(p.kind != "linux" for p in chosen):
+            raise LabError("a scale lab only runs Linux kernel profiles")
+        if len(chosen) > 150:
+            raise LabError("at most 150 target namespaces")
+        counts = split(n_hosts, len(chosen))
+        if n_hosts < 1 or max(counts) > MAX_HOSTS_PER_NS:
+            raise LabError(f"n_hosts must be 1..{MAX_HOSTS_PER_NS} per namespace")
+        require_tools("ip", "ethtool", "sysctl", "ss")
+        record = _state.LabRecord.new(_new_id(), [p.name for p in chosen], False)
+        ctx = LabContext(record)
+        groups: list[ScaleGroup] = []
+        try:
+            ctx.new_netns("scan")
+            for index, (profile, count) in enumerate(zip(chosen, counts, strict=True), 1):
+                ctx.profile = profile
+                group = setup_group(ctx, index, count)
+                groups.append(group)
+                record.add("targets", LabTarget(
+                    profile.name, group.hosts[0] if group.hosts else f"10.77.{index}.2", (PORT,),
+                    group.netns, "linux", dict(profile.expected_ms),
+                    f"scale lab: {count} addresses in {group.subnet}").to_json())  # fmt: skip
+        except BaseException:
+            with contextlib.suppress(LabError):
+                cls(record, ctx, groups).destroy()
+            raise
+        return cls(record, ctx, groups)
+
+    def destroy(self) -> None:
+        """Remove everything; idempotent. ``LabError`` lists what could not go."""
+        if self._destroyed:
+            return
+        errors = self._ctx.run_cleanups()
+        problems = [str(e) for e in errors] + _state.teardown(self.record)
+        for proc in self._ctx.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=2)
+        self._destroyed = True
+        if problems:
+            raise LabError(f"scale lab {self.id}: incomplete removal: {'; '.join(problems)}")
+
+    def __enter__(self) -> ScaleLab:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.destroy()
+
+    # -- observation -------------------------------------------------------------
+    def counters(self) -> dict[str, dict[str, int]]:
+        """Drop and cookie counters: per target namespace, the scanner, and "softnet".
+
+        Per namespace: the ``TCPEXT`` counters, ``veth_rx_dropped`` and
+        ``veth_tx_dropped`` of its veth end. "softnet": packets dropped by
+        the per-CPU backlog (``netdev_max_backlog``, machine-wide) and the
+        limit itself. Take two readings and subtract (``delta``).
+        """
+        out: dict[str, dict[str, int]] = {}
+        for g in self.groups:
+            c = _tcpext(self._ctx.ns_exec(g.netns, "cat", "/proc/net/netstat").stdout)
+            c.update(_link_drops(self._ctx, g.netns, g.target_if))
+            out[g.netns] = c
+        scan: dict[str, int] = {}
+        for g in self.groups:
+            for k, v in _link_drops(self._ctx, self.scanner_ns, g.scan_if).items():
+                scan[k] = scan.get(k, 0) + v
+        out[self.scanner_ns] = scan
+        out["softnet"] = {
+            "dropped": sum(int(line.split()[1], 16)
+                           for line in Path("/proc/net/softnet_stat").read_text().splitlines()),
+            "netdev_max_backlog": int(Path("/proc/sys/net/core/netdev_max_backlog").read_text()),
+        }  # fmt: skip
+        return out
+
+
+def delta(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -> dict:
+    """``after - before`` for every counter (limits such as netdev_max_backlog kept)."""
+    return {
+        where: {
+            k: v - before.get(where, {}).get(k, 0) if k != "netdev_max_backlog" else v
+            for k, v in counters.items()
+        }  # fmt: skip
+        for where, counters in after.items()
+    }
+
+
+def _tcpext(text: str) -> dict[str, int]:
+    lines = text.splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], map(int, values.split()[1:]), strict=False))
+            return {k: table.get(k, 0) for k in TCPEXT}
+    return dict.fromkeys(TCPEXT, 0)
+
+
+def _link_drops(ctx: LabContext, ns: str, dev: str) -> dict[str, int]:
+    res = ctx.ns_exec(ns, "ip", "-s", "-j", "link", "show", "dev", dev)
+    stats = json.loads(res.stdout)[0].get("stats64", {})
+    return {
+        "veth_rx_dropped": int(stats.get("rx", {}).get("dropped", 0)),
+        "veth_tx_dropped": int(stats.get("tx", {}).get("dropped", 0)),
+    }
