@@ -1,0 +1,68 @@
+"""``cron-os classify [FILE|-] [--db FILE]... [-oJ FILE] [--top N] [--novelty T]``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ..classify import classify, read_observations
+from ..db import load_db
+from ..errors import UsageError
+from ..match import NOVELTY
+from ..verdict_text import render, verdict_dict
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "classify",
+        help="match observations against the signature database",
+        description="Match Cron-OS observations (JSON Lines), fingerprint lines or "
+        "Hershel lines against the database; one verdict per target.",
+    )
+    p.add_argument("input", nargs="?", default="-", metavar="FILE|-", help="input (default stdin)")
+    p.add_argument("--db", action="append", type=Path, default=[], metavar="FILE",
+                   help="extra signature file, added to the built-in database")  # fmt: skip
+    p.add_argument("-oJ", dest="json_out", metavar="FILE", help="write verdicts as JSON Lines")
+    p.add_argument("--top", type=int, default=5, metavar="N", help="candidates shown (5)")
+    p.add_argument("--novelty", type=float, default=NOVELTY, metavar="T",
+                   help=f"mean fit above which the verdict is 'no match' ({NOVELTY})")  # fmt: skip
+    p.set_defaults(func=run)
+
+
+def _read_input(name: str) -> str:
+    if name == "-":
+        return sys.stdin.read()
+    try:
+        raw = Path(name).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{name}: cannot read: {exc.strerror or exc}") from exc
+    if b"\0" in raw:
+        raise UsageError(f"{name}: binary file, expected text observations")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{name}: not UTF-8 text") from exc
+
+
+def run(args) -> int:
+    if args.top < 1:
+        raise UsageError("--top must be at least 1")
+    if not args.novelty > 0:
+        raise UsageError("--novelty must be positive")
+    db = load_db(args.db)
+    source = "<stdin>" if args.input == "-" else args.input
+    obs = read_observations(_read_input(args.input), source)
+    verdicts = classify(obs, db, top=args.top, novelty=args.novelty)
+    for v in verdicts:
+        sys.stdout.write(render(v, args.top) + "\n")
+    if args.json_out:
+        text = "".join(json.dumps(verdict_dict(v)) + "\n" for v in verdicts)
+        if args.json_out == "-":
+            sys.stdout.write(text)
+        else:
+            try:
+                Path(args.json_out).write_text(text)
+            except OSError as exc:
+                raise UsageError(f"{args.json_out}: cannot write: {exc.strerror or exc}") from exc
+    return 0

@@ -1,0 +1,316 @@
+"""The reference database: text format, strict loader, block writer.
+
+One block per signature, blank-line separated, ``#`` starts a comment (in the
+spirit of p0f's ``p0f.fp`` and nmap-os-db)::
+
+    Fingerprint Windows 2008 SP1/SP2/R2
+    Class Microsoft | Windows | 2008 | general purpose
+    CPE cpe:/o:microsoft:windows_server_2008
+    Source hershel HershelDB_116OS.txt id=2 (50 samples)
+    CronOS_Hdr(W=2000%TTL=128%DF=Y%ID=%MSS=1460%O=MNWST%WS=)
+    CronOS_Syn(nbPkt=2%Time=60%p=2988000%p=6000000)
+    CronOS_Rst(Syn=12000000)
+    Spread Syn=3000,3500 SynRst=3600
+
+The state lines use exactly the scanner's syntax (``cronos.model``). The
+loader reports every error as ``file:line: reason`` and rejects duplicate
+names and duplicate signatures ("already covered by line N"). Field-by-field
+documentation: ``docs/database.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from .errors import DatabaseError, FingerprintSyntaxError
+from .model import (
+    Method,
+    StateFingerprint,
+    SynAckFeatures,
+    parse_hdr_line,
+    parse_rst_line,
+    parse_state_line,
+)
+
+MAX_LINE = 4096
+_STATE_PREFIXES = tuple(m.line_name + "(" for m in Method)
+_SPREAD_KEYS = (
+    {m.rst_key: (m, "gaps") for m in Method}
+    | {m.rst_key + "Rst": (m, "rst") for m in Method}
+    | {m.rst_key + "Offset": (m, "offset") for m in Method}
+)
+
+
+@dataclass(frozen=True)
+class OsClass:
+    """``Class vendor | family | generation | device type`` (nmap-os-db style)."""
+
+    vendor: str
+    family: str
+    generation: str = ""
+    device_type: str = ""
+
+    def line(self) -> str:
+        if self.vendor == "unknown" and not self.family:
+            return "Class unknown"
+        return f"Class {self.vendor} | {self.family} | {self.generation} | {self.device_type}"
+
+
+UNKNOWN_CLASS = OsClass("unknown", "")
+
+
+@dataclass(frozen=True)
+class Signature:
+    """One database block.
+
+    ``offset_spread_us[method]``: spread (robust standard deviation) of a
+    common shift of the whole series relative to the first packet (the first
+    packet's own lateness). ``spread_us[method]``: one value per ``p=`` gap,
+    the remaining spread of that retransmission's arrival time once the shift
+    is removed; ``rst_spread_us`` likewise for the final RST."""
+
+    name: str
+    classes: tuple[OsClass, ...]
+    cpes: tuple[str, ...]
+    sources: tuple[str, ...]
+    features: SynAckFeatures | None
+    states: dict[Method, StateFingerprint]
+    spread_us: dict[Method, tuple[int, ...]] = field(default_factory=dict)
+    rst_spread_us: dict[Method, int] = field(default_factory=dict)
+    offset_spread_us: dict[Method, int] = field(default_factory=dict)
+    file: str = "<memory>"
+    line: int = 0
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+    @property
+    def family(self) -> str:
+        """The family if every Class line agrees on one, else ""."""
+        fams = {c.family for c in self.classes if c.family}
+        return next(iter(fams)) if len(fams) == 1 else ""
+
+    def key(self) -> tuple:
+        """What makes two signatures identical (features and timings)."""
+        return (self.features, tuple(sorted(self.states.items(), key=lambda kv: kv[0].value)))
+
+    def block(self) -> str:
+        """The block in the database's own syntax, ready to paste."""
+        lines = [f"Fingerprint {self.name}"]
+        lines += [c.line() for c in self.classes]
+        lines += [f"CPE {c}" for c in self.cpes]
+        lines += [f"Source {s}" for s in self.sources]
+        if self.features is not None:
+            lines.append(self.features.line())
+        ordered = [self.states[m] for m in Method if m in self.states]
+        lines += [fp.line() for fp in ordered]
+        rsts = [f"{fp.method.rst_key}={fp.rst_us}" for fp in ordered if fp.rst_us is not None]
+        if rsts:
+            lines.append(f"CronOS_Rst({'%'.join(rsts)})")
+        spread = [f"{m.rst_key}={','.join(map(str, v))}" for m, v in self.spread_us.items() if v]
+        spread += [f"{m.rst_key}Rst={v}" for m, v in self.rst_spread_us.items()]
+        spread += [f"{m.rst_key}Offset={v}" for m, v in self.offset_spread_us.items()]
+        if spread:
+            lines.append("Spread " + " ".join(spread))
+        return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Database:
+    signatures: tuple[Signature, ...]
+    files: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.signatures)
+
+    def with_method(self, method: Method) -> list[int]:
+        return [i for i, s in enumerate(self.signatures) if method in s.states]
+
+
+# --- loading -----------------------------------------------------------------
+
+
+def builtin_paths() -> list[Path]:
+    """Every ``*.db`` file shipped in ``cronos/data``, sorted."""
+    root = resources.files("cronos") / "data"
+    return sorted(Path(str(p)) for p in root.iterdir() if p.name.endswith(".db"))
+
+
+def load_db(paths: list[Path] | None = None, *, builtin: bool = True) -> Database:
+    """Built-in database plus ``paths`` (users' ``--db FILE`` adds to it)."""
+    files = (builtin_paths() if builtin else []) + [Path(p) for p in paths or []]
+    sigs: list[Signature] = []
+    seen_names: dict[str, str] = {}
+    seen_keys: dict[tuple, str] = {}
+    for path in files:
+        for sig in parse_db_text(_read(path), str(path)):
+            if sig.name in seen_names:
+                raise DatabaseError(
+                    f"{sig.where}: duplicate name {sig.name!r}, already at {seen_names[sig.name]}"
+                )
+            k = sig.key()
+            if k in seen_keys:
+                raise DatabaseError(
+                    f"{sig.where}: signature already covered by line {seen_keys[k]}"
+                )
+            seen_names[sig.name] = sig.where
+            seen_keys[k] = sig.where
+            sigs.append(sig)
+    return Database(tuple(sigs), tuple(str(p) for p in files))
+
+
+def _read(path: Path) -> str:
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise DatabaseError(f"{path}:0: cannot read: {exc.strerror or exc}") from exc
+    if b"\0" in raw:
+        raise DatabaseError(f"{path}:1: binary content (NUL byte), not a signature file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DatabaseError(f"{path}:{line}: not UTF-8 text") from exc
+    if not text.strip():
+        raise DatabaseError(f"{path}:1: empty file")
+    return text
+
+
+def parse_db_text(text: str, filename: str = "<string>") -> list[Signature]:
+    """Parse one file's text into signatures (no cross-file checks)."""
+    out: list[Signature] = []
+    block: list[tuple[int, str]] = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        if len(raw) > MAX_LINE:
+            raise DatabaseError(f"{filename}:{n}: line longer than {MAX_LINE} characters")
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            if not raw.strip() and block:  # a blank line ends a block; comments do not
+                out.append(_parse_block(block, filename))
+                block = []
+            continue
+        block.append((n, line))
+    if block:
+        out.append(_parse_block(block, filename))
+    return out
+
+
+def _parse_block(block: list[tuple[int, str]], fn: str) -> Signature:
+    first_no, first = block[0]
+    if not first.startswith("Fingerprint "):
+        raise DatabaseError(f"{fn}:{first_no}: a block must start with 'Fingerprint NAME'")
+    name = first[len("Fingerprint ") :].strip()
+    if not name:
+        raise DatabaseError(f"{fn}:{first_no}: empty Fingerprint name")
+    classes: list[OsClass] = []
+    cpes: list[str] = []
+    sources: list[str] = []
+    features: SynAckFeatures | None = None
+    states: dict[Method, StateFingerprint] = {}
+    rsts: dict[Method, int] = {}
+    spread: dict[Method, tuple[int, ...]] = {}
+    rst_spread: dict[Method, int] = {}
+    offset_spread: dict[Method, int] = {}
+    spread_line = 0
+    for n, line in block[1:]:
+        where = f"{fn}:{n}"
+        try:
+            if line.startswith("Fingerprint "):
+                raise DatabaseError(f"{where}: new Fingerprint without a blank line before it")
+            if line.startswith("Class "):
+                classes.append(_parse_class(line[6:], where))
+            elif line.startswith("CPE "):
+                cpe = line[4:].strip()
+                if not cpe.startswith(("cpe:/", "cpe:2.3:")):
+                    raise DatabaseError(f"{where}: CPE must start with cpe:/ or cpe:2.3:")
+                cpes.append(cpe)
+            elif line.startswith("Source "):
+                sources.append(line[7:].strip())
+            elif line.startswith("CronOS_Hdr("):
+                if features is not None:
+                    raise DatabaseError(f"{where}: second CronOS_Hdr line in block")
+                features = parse_hdr_line(line)
+            elif line.startswith(_STATE_PREFIXES):
+                fp = parse_state_line(line)
+                if fp.method in states:
+                    raise DatabaseError(f"{where}: second {fp.method.line_name} line in block")
+                states[fp.method] = fp
+            elif line.startswith("CronOS_Rst("):
+                if rsts:
+                    raise DatabaseError(f"{where}: second CronOS_Rst line in block")
+                rsts = parse_rst_line(line)
+            elif line.startswith("Spread "):
+                if spread_line:
+                    raise DatabaseError(f"{where}: second Spread line in block")
+                spread_line = n
+                spread, rst_spread, offset_spread = _parse_spread(line[7:], where)
+            else:
+                raise DatabaseError(f"{where}: unknown line {line.split('(')[0][:40]!r}")
+        except FingerprintSyntaxError as exc:
+            raise DatabaseError(f"{where}: {exc}") from exc
+    where = f"{fn}:{first_no}"
+    if not sources:
+        raise DatabaseError(f"{where}: block {name!r} has no Source line")
+    if not classes:
+        raise DatabaseError(f"{where}: block {name!r} has no Class line")
+    if not states:
+        raise DatabaseError(f"{where}: block {name!r} has no CronOS_Syn/LastAck/FinWait line")
+    for m, us in rsts.items():
+        if m not in states:
+            raise DatabaseError(f"{where}: CronOS_Rst gives {m.rst_key} but no such state line")
+        states[m] = StateFingerprint(
+            m, states[m].time_s, states[m].gaps_us, states[m].connect_us, us
+        )
+    for m, vals in spread.items():
+        if m not in states or len(vals) != states[m].nb_pkt:
+            raise DatabaseError(
+                f"{fn}:{spread_line}: Spread {m.rst_key} needs one value per p= of that state"
+            )
+    for m in rst_spread:
+        if m not in rsts:
+            raise DatabaseError(f"{fn}:{spread_line}: Spread {m.rst_key}Rst without an RST")
+    for m in offset_spread:
+        if m not in states:
+            raise DatabaseError(f"{fn}:{spread_line}: Spread {m.rst_key}Offset without that state")
+    return Signature(
+        name, tuple(classes), tuple(cpes), tuple(sources), features, states, spread,
+        rst_spread, offset_spread, fn, first_no,
+    )  # fmt: skip
+
+
+def _parse_class(text: str, where: str) -> OsClass:
+    text = text.strip()
+    if text == "unknown":
+        return UNKNOWN_CLASS
+    parts = [p.strip() for p in text.split("|")]
+    if len(parts) != 4 or not parts[0] or not parts[1]:
+        raise DatabaseError(
+            f"{where}: Class needs 'vendor | family | generation | device type' or 'unknown'"
+        )
+    return OsClass(*parts)
+
+
+def _parse_spread(text: str, where: str) -> tuple[dict, dict, dict]:
+    spread: dict[Method, tuple[int, ...]] = {}
+    single: dict[str, dict[Method, int]] = {"rst": {}, "offset": {}}
+    for tok in text.split():
+        key, sep, val = tok.partition("=")
+        if not sep or key not in _SPREAD_KEYS:
+            raise DatabaseError(f"{where}: Spread field {tok[:30]!r}: expected e.g. Syn=1000,2000")
+        method, kind = _SPREAD_KEYS[key]
+        try:
+            nums = tuple(int(v) for v in val.split(",")) if val else ()
+        except ValueError:
+            raise DatabaseError(f"{where}: Spread {key}: values must be integers (us)") from None
+        if any(v < 0 for v in nums):
+            raise DatabaseError(f"{where}: Spread {key}: negative value")
+        if kind != "gaps":
+            if len(nums) != 1:
+                raise DatabaseError(f"{where}: Spread {key} takes one value")
+            single[kind][method] = nums[0]
+        else:
+            spread[method] = nums
+    return spread, single["rst"], single["offset"]

@@ -1,0 +1,75 @@
+"""Render match results: human text (nmap-like) and JSON-ready dicts."""
+
+from __future__ import annotations
+
+from .classify import TargetVerdict
+from .match import Candidate, MatchResult
+
+
+def candidate_dict(c: Candidate) -> dict:
+    return {
+        "name": c.name,
+        "line": c.where,
+        "score": round(c.score, 3),
+        "confidence": round(c.confidence, 3),
+        "success": c.success,
+        "tests": c.tests,
+        "class": [cl.line()[6:] for cl in c.signature.classes],
+        "cpe": list(c.signature.cpes),
+        "how": [
+            {
+                "state": h.method.state_name,
+                "try": h.try_index,
+                "positions": list(h.positions),
+                "offsets_us": list(h.offsets_us),
+                "shift_us": h.shift_us,
+                "lost": h.lost,
+                "first_lost": h.first_lost,
+                "unexplained": h.unexplained,
+                "rst": h.rst,
+                "scale": h.scale,
+                "header": h.header,
+                "success": h.success,
+            }
+            for h in c.how
+        ],
+    }
+
+
+def verdict_dict(v: TargetVerdict) -> dict:
+    r = v.result
+    d = {
+        "type": "verdict",
+        "target": v.target,
+        "observations": len(v.observations),
+        "verdict": r.verdict if r.verdict is not None else "no match",
+        "class": r.verdict_class,
+        "confidence": round(r.confidence, 3),
+        "ties": r.ties,
+        "fit": round(r.fit, 3) if r.fit != float("inf") else None,
+        "candidates": [candidate_dict(c) for c in r.candidates],
+    }
+    if r.verdict is None:
+        d["signature"] = r.observation_block
+    return d
+
+
+def render(v: TargetVerdict, top: int = 5) -> str:
+    r: MatchResult = v.result
+    lines = [f"Target {v.target} ({len(v.observations)} observations)"]
+    if r.verdict is None:
+        lines.append("No match (nothing in the database explains these timings).")
+    else:
+        lines.append(f"Verdict: {r.verdict}  (confidence {r.confidence:.2f})")
+        if r.ties > 1:
+            lines.append(f"  {r.ties} signatures fit equally well")
+        if r.verdict_class:
+            lines.append(f"  Class: {r.verdict_class}")
+    guesses = [f"{c.name} ({c.tally}, {c.confidence:.2f}) [{c.where}]" for c in r.candidates[:top]]
+    if guesses:
+        head = "Remote OS guesses" if r.verdict else "Closest signatures"
+        lines.append(f"{head}: " + ", ".join(guesses))
+    if r.verdict is None:
+        lines.append("Signature of this target (add it to a --db file):")
+        lines.append(r.observation_block.rstrip("\n"))
+    return "\n".join(lines) + "\n"
