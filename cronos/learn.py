@@ -3,7 +3,8 @@
 Per state, the tries that reached the state (status ok) and saw the most
 common number of retransmissions are combined: the median of each gap, the
 median RTT (``Connect=``) and final RST delay, and, as ``Spread``, the spread
-of each arrival across tries (floored at 1 ms: timer granularity).
+of each arrival across tries (twice the standard deviation, floored at 1 ms
+and at 3 % of the arrival time: timer quantisation).
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ from .errors import UsageError
 from .model import Method, Observation, StateFingerprint, Status
 
 SPREAD_FLOOR_US = 1000
+#: Retransmission timers are quantised: Linux's timer wheel rounds a timeout up
+#: by up to 12.5 % (HZ=250: 32 ms at 1 s, 256 ms at 4-16 s), BSD-derived stacks
+#: tick every 500 ms. A few tries under-sample that, so each arrival's spread
+#: is at least this fraction of its time.
+SPREAD_FLOOR_FRACTION = 0.03
 
 
 def _combine(obs: list[Observation]) -> tuple[StateFingerprint, tuple[int, ...], int | None]:
@@ -29,7 +35,8 @@ def _combine(obs: list[Observation]) -> tuple[StateFingerprint, tuple[int, ...],
     for i in range(nb):  # spread of the arrival time of retransmission i+1
         arrivals = [sum(fp.gaps_us[: i + 1]) for fp in same]
         sd = statistics.pstdev(arrivals) if len(arrivals) > 1 else 0.0
-        spread.append(max(SPREAD_FLOOR_US, round(2 * sd)))
+        floor = max(SPREAD_FLOOR_US, SPREAD_FLOOR_FRACTION * statistics.median(arrivals))
+        spread.append(round(max(floor, 2 * sd)))
     conns = [fp.connect_us for fp in same if fp.connect_us is not None]
     rsts = [fp.rst_us for fp in same if fp.rst_us is not None]
     rst = round(statistics.median(rsts)) if len(rsts) * 2 > len(same) else None

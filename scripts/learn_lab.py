@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Measure every lab profile with ``cron-os learn`` and write cronos/data/lab.db.
+
+    sudo .venv/bin/python scripts/learn_lab.py [--tries 3] [--timeout 30] [--window 180]
+
+One lab with all profiles is built; one ``cron-os learn`` per target runs
+concurrently from the lab's scanner namespace; the blocks are written, in
+profile order, to the built-in database. Takes about 4 minutes (libslirp's
+12 s FIN retransmissions run until the window ends).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cronos.lab import Lab  # noqa: E402
+
+LINUX = ("Linux | Linux | 6.X | general purpose", "cpe:/o:linux:linux_kernel:6")
+LABELS = {
+    "linux-default": ("Linux 6.x, default TCP settings [lab linux-default]", *LINUX),
+    "linux-synack2": ("Linux 6.x, tcp_synack_retries=2 [lab linux-synack2]", *LINUX),
+    "linux-synack3": (
+        "Linux 6.x, tcp_synack_retries=3, tcp_orphan_retries=3 [lab linux-synack3]",
+        *LINUX,
+    ),
+    "linux-orphan2": (
+        "Linux 6.x, tcp_synack_retries=1, tcp_orphan_retries=2 [lab linux-orphan2]",
+        *LINUX,
+    ),
+    "linux-rto20": (
+        "Linux 6.x, tcp_synack_retries=2, tcp_orphan_retries=2, rto_min 20ms [lab linux-rto20]",
+        *LINUX,
+    ),
+    "synproxy": (
+        "Linux netfilter SYNPROXY in front of Linux 6.x [lab synproxy]",
+        "Linux | Linux | 6.X | firewall",
+        "cpe:/o:linux:linux_kernel:6",
+    ),
+    "slirp": (
+        "libslirp 4.7 user-mode TCP (slirp4netns, QEMU user networking) [lab slirp]",
+        "libslirp | slirp | 4.X | specialized",
+        "cpe:/a:libslirp_project:libslirp:4.7",
+    ),
+    "pytcp": (
+        "PyTCP 2.7 pure-Python TCP/IP stack [lab pytcp]",
+        "PyTCP | PyTCP | 2.X | specialized",
+        "",
+    ),
+}
+
+HEADER = """\
+# Cron-OS reference database: the lab's own stacks, measured on the lab by
+# `cron-os learn` through scripts/learn_lab.py (regenerate with it; do not
+# edit by hand). Linux kernel 6.18, veth RTT < 1 ms, {tries} tries per state,
+# idle timeout {timeout} s, window {window} s. Closing-state gaps depend on the
+# RTT (Connect=): the matcher rescales them for the observed RTT.
+"""
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tries", type=int, default=3)
+    ap.add_argument("--timeout", type=float, default=30)
+    ap.add_argument("--window", type=float, default=180)
+    ap.add_argument("--profile", action="append", help="default: every profile")
+    ap.add_argument("--out", default=str(ROOT / "cronos" / "data" / "lab.db"))
+    args = ap.parse_args()
+    profiles = args.profile or list(LABELS)
+    blocks: dict[str, str] = {}
+    with Lab.create(profiles) as lab:
+        procs = {}
+        for t in lab.targets:
+            label, cls, cpe = LABELS[t.profile]
+            port = "80"
+            cmd = [sys.executable, "-m", "cronos", "learn", "--netns", lab.scanner_ns, t.ip,
+                   "-p", port, "--label", label, "--class", cls, "--tries", str(args.tries),
+                   "--timeout", str(args.timeout), "--window", str(args.window),
+                   "--source", f"lab profile {t.profile}, cron-os learn, {args.tries} tries "
+                   f"per state (scripts/learn_lab.py)"]  # fmt: skip
+            if cpe:
+                cmd += ["--cpe", cpe]
+            procs[t.profile] = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        for name, p in procs.items():
+            out, _ = p.communicate()
+            if p.returncode != 0:
+                print(f"learn failed for {name} (exit {p.returncode})", file=sys.stderr)
+                return 1
+            blocks[name] = out
+    text = HEADER.format(tries=args.tries, timeout=args.timeout, window=args.window)
+    text += "\n" + "\n".join(blocks[n] for n in profiles if n in blocks)
+    Path(args.out).write_text(text, encoding="utf-8")
+    print(f"wrote {len(blocks)} signatures to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
