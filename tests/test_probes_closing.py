@@ -97,7 +97,8 @@ class Harness:
                 assert seq_diff(s.ack, fin_seq) <= 0, f"we acknowledged the FIN: {s}"
 
 
-def established(h: Harness, dt: float = 0.134591) -> None:
+def established(h: Harness, dt: float = 0.134571) -> None:
+    # Connect = our SYN's capture (T0 + lag) to our ACK's capture (dt + lag)
     h.rx(T0 + dt, synack())
 
 
@@ -114,7 +115,7 @@ def test_last_ack_happy_path_reads_like_the_talk():
     syn = h.sent[0][1]
     assert syn.flags == SYN and syn.seq == ISN and syn.window == 65535
     assert syn.options == (("MSS", 1460),)
-    established(h)  # 134571 us after our SYN's capture
+    established(h)  # our ACK is captured 134571 us after our SYN
     assert [(s.flags, s.seq, s.ack) for s in h.sent_after(0.1)] == [
         (ACK, ISN + 1, SISN + 1),
         (FIN | ACK, ISN + 1, SISN + 1),
@@ -308,10 +309,10 @@ def test_fin_wait_empty_payload_sends_only_the_ack():
     [
         ([], Status.FILTERED, None),
         ([(0.1, srv(RST | ACK, 0, ISN + 1))], Status.CLOSED, None),
-        ([(0.1, synack()), (0.5, srv(RST | ACK, SISN + 1, ISN + 1))], Status.RESET, 99980),
-        ([(0.1, synack())], Status.NO_CLOSE, 99980),
-        ([(0.1, srv(RST, 0, 0)), (0.2, synack())], Status.NO_CLOSE, 199980),  # blind RST
-        ([(0.1, synack(ack=ISN + 7)), (0.2, synack())], Status.NO_CLOSE, 199980),
+        ([(0.1, synack()), (0.5, srv(RST | ACK, SISN + 1, ISN + 1))], Status.RESET, 100000),
+        ([(0.1, synack())], Status.NO_CLOSE, 100000),
+        ([(0.1, srv(RST, 0, 0)), (0.2, synack())], Status.NO_CLOSE, 200000),  # blind RST
+        ([(0.1, synack(ack=ISN + 7)), (0.2, synack())], Status.NO_CLOSE, 200000),
     ],
 )
 def test_outcomes(probe_cls, events, status, connect):
@@ -358,7 +359,7 @@ def test_window_caps_listening():
 def test_connect_uses_the_last_syn_before_the_synack():
     h = Harness.make(LastAckProbe)
     h.rx(T0 + 3.05, synack())  # the SYNs went out at 0, 1 and 3 s
-    assert h.probe.result().fingerprint.connect_us == 50000 - 20
+    assert h.probe.result().fingerprint.connect_us == 50000  # SYN at 3 s + lag -> ACK + lag
 
 
 def test_connect_falls_back_to_engine_clock_without_capture():

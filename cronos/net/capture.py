@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ..errors import NetError, PrivilegeError
 from . import bpf
 
-ETH_P_IP = 0x0800
+ETH_P_ALL = 0x0003  # ETH_P_IP sockets are not given outgoing packets; the filter keeps IPv4
 SO_TIMESTAMPNS = 35
 SO_RCVBUFFORCE = 33
 SOL_PACKET = 263
@@ -47,7 +47,9 @@ class Capture:
         self.drops = 0
         self.packets = 0
         try:
-            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
+            self.sock = socket.socket(
+                socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL)
+            )
         except PermissionError:
             raise PrivilegeError("capturing packets needs root (CAP_NET_RAW)") from None
         try:

@@ -111,6 +111,7 @@ class ClosingProbe(Probe):
         super().__init__(cfg)
         self.t_start: float | None = None  # when start() was called
         self.syn_sent_at: list[float] = []  # capture times of our SYNs
+        self.ack_sent_at: float | None = None  # capture time of our handshake ACK
         self.syn_clock: list[float] = []  # engine clock when we emitted them (fallback)
         self.synack_at: float | None = None
         self.fins: list[float] = []  # arrivals of the server's FIN
@@ -187,9 +188,13 @@ class ClosingProbe(Probe):
         return self.seg(SYN, self.cfg.isn, 0, options=opts, window=RCV_WINDOW)
 
     def _on_outgoing(self, ts: float, seg: Segment) -> None:
+        if not self.is_ours(seg):
+            return
         is_syn = seg.flags & (SYN | ACK) == SYN and seg.seq & MASK == self.cfg.isn & MASK
-        if self.is_ours(seg) and is_syn and len(self.syn_sent_at) < self.MAX_SYN_CAPTURES:
+        if is_syn and len(self.syn_sent_at) < self.MAX_SYN_CAPTURES:
             self.syn_sent_at.append(ts)
+        elif seg.flags & ACK and not seg.flags & SYN and self.ack_sent_at is None:
+            self.ack_sent_at = ts  # our handshake ACK: where the server's RTT sample ends
 
     def _in_syn_sent(self, ts: float, seg: Segment) -> list[Segment]:
         acks_syn = bool(seg.flags & ACK) and seg.ack & MASK == self.isn1
@@ -384,12 +389,16 @@ class ClosingProbe(Probe):
 
     # -- result -------------------------------------------------------------------
     def _connect_us(self) -> int | None:
+        """The RTT the server measured on the handshake, which sets its RTO: from
+        our (last) SYN to our ACK of its SYN-ACK (network RTT plus our reaction
+        time), both capture times. Without our ACK's capture: SYN to SYN-ACK."""
         if self.synack_at is None:
             return None
+        end = self.ack_sent_at if self.ack_sent_at is not None else self.synack_at
         for times in (self.syn_sent_at, self.syn_clock):  # capture first, clock fallback
             sent = [t for t in times if t <= self.synack_at]
             if sent:
-                return round((self.synack_at - max(sent)) * 1e6)
+                return round((end - max(sent)) * 1e6)
         return None
 
     def result(self) -> Observation:
