@@ -8,6 +8,7 @@ segment); ``build_ip`` turns one into bytes for the raw socket.
 from __future__ import annotations
 
 import logging
+import socket
 import struct
 from dataclasses import dataclass, field
 from struct import error as struct_error
@@ -138,8 +139,8 @@ def parse_ip(data: bytes, verify_checksum: bool = False) -> Segment | None:
         return None
 
 
-def build_ip(seg: Segment) -> bytes:
-    """Serialise a Segment to IPv4 bytes (checksums computed)."""
+def build_ip_scapy(seg: Segment) -> bytes:
+    """Serialise a Segment with scapy (the reference ``build_ip`` is tested against)."""
     pkt = IP(
         src=seg.src,
         dst=seg.dst,
@@ -158,3 +159,60 @@ def build_ip(seg: Segment) -> bytes:
     if seg.payload:
         pkt = pkt / Raw(seg.payload)
     return bytes(pkt)
+
+
+def _option_bytes(options) -> bytes:
+    out = b""
+    for name, value in options:
+        if name == "MSS":
+            out += struct.pack("!BBH", 2, 4, value)
+        elif name == "NOP":
+            out += b"\x01"
+        elif name == "EOL":
+            out += b"\x00"
+        elif name == "WScale":
+            out += struct.pack("!BBB", 3, 3, value)
+        elif name == "SAckOK":
+            out += b"\x04\x02"
+        elif name == "Timestamp":
+            out += struct.pack("!BBII", 8, 10, value[0], value[1])
+        else:
+            raise ValueError(f"cannot build TCP option {name!r}")
+    if len(out) > MAX_OPTIONS:
+        raise ValueError(f"{len(out)} bytes of TCP options: at most {MAX_OPTIONS}")
+    return out + b"\x00" * (-len(out) % 4)  # EOL padding to 32 bits, as scapy
+
+
+def _fold(acc: int) -> int:
+    while acc >> 16:
+        acc = (acc & 0xFFFF) + (acc >> 16)
+    return acc
+
+
+def _sum16(buf: bytes) -> int:
+    if len(buf) % 2:
+        buf += b"\0"
+    return sum(struct.unpack(f"!{len(buf) // 2}H", buf))
+
+
+def build_ip(seg: Segment) -> bytes:
+    """Serialise a Segment to IPv4 bytes, checksums computed (struct: ~20x faster
+    than scapy on the send path, where it delays our ACKs; byte-identical to
+    ``build_ip_scapy``, which the tests check)."""
+    opts = _option_bytes(seg.options)
+    offset = (20 + len(opts)) // 4
+    src, dst = socket.inet_aton(seg.src), socket.inet_aton(seg.dst)
+    tcp = struct.pack(
+        "!HHIIBBHHH", seg.sport, seg.dport, seg.seq & 0xFFFFFFFF, seg.ack & 0xFFFFFFFF,
+        offset << 4, seg.flags & 0xFF, seg.window, 0, 0,
+    ) + opts + seg.payload  # fmt: skip
+    pseudo = src + dst + struct.pack("!BBH", 0, 6, len(tcp))
+    csum = ~_fold(_sum16(pseudo + tcp)) & 0xFFFF
+    tcp = tcp[:16] + struct.pack("!H", csum) + tcp[18:]
+    total = 20 + len(tcp)
+    ip = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, total, seg.ip_id, 0x4000 if seg.df else 0, seg.ttl, 6, 0,
+        src, dst,
+    )  # fmt: skip
+    ip_csum = ~_fold(_sum16(ip)) & 0xFFFF
+    return ip[:10] + struct.pack("!H", ip_csum) + ip[12:] + tcp

@@ -84,6 +84,8 @@ class _Running:
 class Engine:
     """Run jobs concurrently; ``on_result`` gets each Observation as it completes."""
 
+    BATCH = 64  # probes started between two looks at the capture socket
+
     def __init__(
         self,
         cfg: EngineConfig,
@@ -137,13 +139,15 @@ class Engine:
         exhausted = False
         last_flush = last_tick = time.time()
         while True:
+            # replies first: a probe's ACK must leave as soon as its SYN-ACK is in,
+            # since the server's RTO, hence the timing, includes our reaction
+            self._drain(capture, sender)
+            self._fire_timers(sender, time.time())
             now = time.time()
             if not exhausted and len(self._running) < self.cfg.max_in_flight:
                 exhausted = self._start_some(pending, sender, now)
             if exhausted and not self._running:
                 return
-            self._drain(capture, sender)
-            self._fire_timers(sender, time.time())
             if now - last_flush > 1.0:  # batched: one nft call for many finished probes
                 self._flush_discards()
                 last_flush = now
@@ -169,7 +173,11 @@ class Engine:
         self._refill(now)
         batch: list[tuple[Job, _Running]] = []
         exhausted = False
-        while len(self._running) + len(batch) < self.cfg.max_in_flight and self._tokens >= 1.0:
+        while (
+            len(self._running) + len(batch) < self.cfg.max_in_flight
+            and self._tokens >= 1.0
+            and len(batch) < self.BATCH
+        ):
             job = next(pending, None)
             if job is None:
                 exhausted = True

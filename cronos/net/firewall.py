@@ -20,6 +20,7 @@ next start (or by ``cron-os cleanup``).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import secrets
@@ -33,23 +34,70 @@ PREFIX = "cronos_"
 _NAME_RE = re.compile(r"^cronos_(\d+)_(\d+)_[0-9a-f]+$")
 
 
+class _LibNft:
+    """libnftables (shipped with nftables) through ctypes: one in-process call
+    per command, instead of one ``nft`` process (a few ms) per started probe."""
+
+    def __init__(self):
+        lib = ctypes.CDLL("libnftables.so.1", use_errno=True)
+        lib.nft_ctx_new.restype = ctypes.c_void_p
+        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+        for fn in ("nft_ctx_buffer_output", "nft_ctx_buffer_error"):
+            getattr(lib, fn).argtypes = [ctypes.c_void_p]
+        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        for fn in ("nft_ctx_get_output_buffer", "nft_ctx_get_error_buffer"):
+            getattr(lib, fn).argtypes = [ctypes.c_void_p]
+            getattr(lib, fn).restype = ctypes.c_char_p
+        self.lib = lib
+        self.ctx = lib.nft_ctx_new(0)
+        lib.nft_ctx_buffer_output(self.ctx)
+        lib.nft_ctx_buffer_error(self.ctx)
+
+    def run(self, text: str) -> tuple[int, str, str]:
+        rc = self.lib.nft_run_cmd_from_buffer(self.ctx, text.encode())
+        out = (self.lib.nft_ctx_get_output_buffer(self.ctx) or b"").decode()
+        err = (self.lib.nft_ctx_get_error_buffer(self.ctx) or b"").decode()
+        return rc, out, err
+
+
+_LIB: list = []  # one context per process, made on first use (after any setns)
+
+
+def _libnft() -> _LibNft | None:
+    if not _LIB:
+        try:
+            _LIB.append(_LibNft())
+        except OSError:
+            _LIB.append(None)  # no libnftables: use the nft program
+    return _LIB[0]
+
+
 def _nft(args: list[str], script: str | None = None) -> str:
+    text = script if script is not None else " ".join(args)
+    lib = _libnft()
+    if lib is not None:
+        rc, out, err = lib.run(text)
+        return _check(rc, out, err, args)
     nft = shutil.which("nft") or "/usr/sbin/nft"
     if not os.path.exists(nft):
         raise DependencyError("nft (nftables) is missing: apt install nftables")
     try:
-        out = subprocess.run(
+        proc = subprocess.run(
             [nft, *args], input=script, capture_output=True, text=True, timeout=30, check=False
         )
     except OSError as exc:
         raise DependencyError(f"cannot run nft: {exc}") from exc
-    if out.returncode != 0:
-        err = out.stderr.strip().splitlines()
-        msg = err[0] if err else f"exit {out.returncode}"
-        if "Operation not permitted" in out.stderr:
+    return _check(proc.returncode, proc.stdout, proc.stderr, args)
+
+
+def _check(rc: int, out: str, err: str, args: list[str]) -> str:
+    if rc != 0:
+        lines = err.strip().splitlines()
+        msg = lines[0] if lines else f"exit {rc}"
+        if "Operation not permitted" in err:
             raise PrivilegeError("changing the firewall needs root (CAP_NET_ADMIN)")
         raise FirewallError(f"nft {' '.join(args[:2])}: {msg}")
-    return out.stdout
+    return out
 
 
 def proc_start_time(pid: int) -> int | None:
