@@ -22,6 +22,7 @@ SUBCOMMANDS = [
     "learn_cmd",
     "cleanup_cmd",
     "demo_cmd",
+    "plot_cmd",
 ]
 
 
@@ -39,7 +40,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="cron-os", description=__doc__.splitlines()[0])
+    p = _Parser(
+        prog="cron-os",
+        description="Cron-OS: tell a remote TCP/IP stack by timing its retransmissions "
+        "(SYN_RCVD, LAST_ACK, FIN_WAIT1).",
+    )
     p.add_argument("--version", action="version", version=f"cron-os {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in SUBCOMMANDS:

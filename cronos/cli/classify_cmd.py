@@ -27,6 +27,16 @@ def register(subparsers) -> None:
     p.add_argument("--top", type=int, default=5, metavar="N", help="candidates shown (5)")
     p.add_argument("--novelty", type=float, default=NOVELTY, metavar="T",
                    help=f"mean fit above which the verdict is 'no match' ({NOVELTY})")  # fmt: skip
+    p.add_argument("--pcap", metavar="FILE",
+                   help="derive the observations from a capture (a scan's -w file, or any "
+                   "tcpdump capture: retransmission series are found passively)")  # fmt: skip
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                   help="with --pcap: the scan's --timeout, for the same Time= (60)")  # fmt: skip
+    p.add_argument("--window", type=float, default=180.0, metavar="S",
+                   help="with --pcap: the scan's --window (180)")  # fmt: skip
+    p.add_argument("--plot", dest="plot_out", metavar="FILE",
+                   help="timeline against the candidates (.png/.svg/.pdf)")  # fmt: skip
+    p.add_argument("-oH", dest="html_out", metavar="FILE", help="self-contained HTML report")
     p.set_defaults(func=run)
 
 
@@ -50,10 +60,27 @@ def run(args) -> int:
         raise UsageError("--top must be at least 1")
     if not args.novelty > 0:
         raise UsageError("--novelty must be positive")
+    from ..html_report import check_outputs, write_evidence
+
+    check_outputs(args.html_out, args.plot_out)
     db = load_db(args.db)
-    source = "<stdin>" if args.input == "-" else args.input
-    obs = read_observations(_read_input(args.input), source)
+    if args.pcap:
+        from ..replay import analyse_pcap
+
+        if args.input != "-":
+            raise UsageError("give either FILE or --pcap FILE, not both")
+        kind, obs = analyse_pcap(args.pcap, timeout_s=args.timeout, window_s=args.window)
+        if not obs:
+            raise UsageError(f"{args.pcap}: no SYN-ACK or FIN retransmission series found")
+        print(f"{args.pcap}: {len(obs)} observation(s) ({kind})", file=sys.stderr)
+    else:
+        source = "<stdin>" if args.input == "-" else args.input
+        obs = read_observations(_read_input(args.input), source)
     verdicts = classify(obs, db, top=args.top, novelty=args.novelty)
+    write_evidence(
+        obs, html_path=args.html_out, plot_path=args.plot_out, db=db,
+        results={v.target: v.result for v in verdicts}, top=args.top,
+    )  # fmt: skip
     for v in verdicts:
         sys.stdout.write(render(v, args.top) + "\n")
     if args.json_out:

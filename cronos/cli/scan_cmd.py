@@ -118,6 +118,11 @@ def register(sub) -> None:
     p.add_argument(
         "-oX", dest="xml_out", metavar="FILE", help="write nmap-compatible XML (nmap's DTD)"
     )
+    p.add_argument(
+        "-w", dest="pcap_out", metavar="FILE", help="save every packet of the scan (pcap)"
+    )
+    p.add_argument("--plot", dest="plot_out", metavar="FILE", help="timeline plot (.png/.svg/.pdf)")
+    p.add_argument("-oH", dest="html_out", metavar="FILE", help="self-contained HTML report")
     p.add_argument("-q", "--quiet", action="store_true", help="no human report on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
     p.set_defaults(func=run)
@@ -154,6 +159,11 @@ def _check(args) -> tuple[TargetSet, list[int], list[Method], bytes]:
         raise UsageError("--resume FILE already appends to FILE: drop -oJ or give the same file")
     if args.xml_out and not os.path.isdir(os.path.dirname(os.path.abspath(args.xml_out))):
         raise UsageError(f"-oX {args.xml_out}: directory does not exist")
+    from ..html_report import check_outputs
+
+    check_outputs(args.html_out, args.plot_out)
+    if args.pcap_out and not os.path.isdir(os.path.dirname(os.path.abspath(args.pcap_out))):
+        raise UsageError(f"-w {args.pcap_out}: directory does not exist")
     payload = _payload(args.payload)
     exclude = read_list_file(args.exclude_file, "--exclude-file") if args.exclude_file else []
     if os.geteuid() != 0:
@@ -240,6 +250,8 @@ class HostReporter:
         self.nmap_error: str | None = None
         self.deferred: list[tuple[str, list[Observation]]] = []
         self.xml_hosts: list = []
+        self.all_obs: list[Observation] = []  # for --plot / -oH
+        self.architectures: dict = {}
 
     def host_done(self, target: str, observations: list[Observation]) -> None:
         if self.nmap_future is not None and self.nmap_hosts is None and self.nmap_error is None:
@@ -275,12 +287,15 @@ class HostReporter:
 
         args, db = self.args, self.args.database
         nmap_host = (self.nmap_hosts or {}).get(target)
+        if args.html_out or args.plot_out:
+            self.all_obs += observations
         texts, best = [], None
         for port in sorted({o.port for o in observations}):
             obs = [o for o in observations if o.port == port]
             answered = any(o.status.value in ("ok", "aborted") for o in obs)
             result = match(obs, db, top=args.top) if answered else None
             arch = infer(obs, match_by_state(obs, db, top=args.top), nmap_host)
+            self.architectures.setdefault(target, arch)
             rec = {"type": "verdict", "target": target, "port": port}
             if result is not None:
                 tv = TargetVerdict(f"{target}:{port}", tuple(obs), result)
@@ -386,17 +401,30 @@ def run(args) -> int:
         pool.shutdown(wait=False)
     reporter = HostReporter(args, writer, out, nmap_future)
     hint = list(targets) if targets.upper_bound() <= 64 else None
-    engine = Engine(cfg, on_result, on_tick=progress.tick)
+    sink = close_pcap = None
+    if args.pcap_out:
+        from ..pcapio import open_pcap_sink
+
+        sink, close_pcap = open_pcap_sink(args.pcap_out)
+    engine = Engine(cfg, on_result, packet_sink=sink, on_tick=progress.tick)
     try:
         stats = engine.run(jobs(), targets_hint=hint)
     finally:
         progress.clear()
+        if close_pcap is not None:
+            close_pcap()
         for target, observations in list(per_host.items()):  # interrupted: partial hosts too
             if observations:
                 _host_done(target, observations)
         reporter.finish()
         if writer:
             writer.close()
+        if args.html_out or args.plot_out:
+            from ..html_report import write_evidence
+
+            write_evidence(reporter.all_obs, html_path=args.html_out, plot_path=args.plot_out,
+                           db=args.database, top=args.top,
+                           architectures=reporter.architectures or None)  # fmt: skip
         if args.xml_out:
             from ..nmapxml import write_nmap_xml
 
