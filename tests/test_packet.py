@@ -4,7 +4,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cronos.packet import (
-    ACK, FIN, PSH, SYN, Segment, build_ip, build_ip_scapy, parse_ip, tcp_checksum_ok,
+    ACK,
+    FIN,
+    PSH,
+    SYN,
+    Segment,
+    build_ip,
+    build_ip_scapy,
+    parse_ip,
+    tcp_checksum_ok,
 )  # fmt: skip
 
 ports = st.integers(1, 65535)
