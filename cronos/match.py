@@ -49,6 +49,8 @@ FIRST_LOST = 2.5
 # p = 0.05 over a handful of packets one loss is common (log(P(0)/P(1)) ~ 1.4).
 LOST_FIT = 1.4
 RST_MISSING = 1.5
+# per observation, when every try of a state misses the signature's last packets
+TAIL_AGAIN = 3.0
 JITTER_US = 15_000
 REL = 0.005
 DEFAULT_SPREAD_US = 30_000
@@ -331,7 +333,8 @@ def _timing(prep: _Prep, fp: StateFingerprint, jitter: float) -> list[np.ndarray
     penalty = UNEXPLAINED * unexpl + rst_pen + OUTLIER * n_out
     # packets skipped inside, plus tail packets expected before the window ends
     inner = np.maximum((last - a.anchor_pos) - _colsum(ok), 0)
-    lost = inner + _count_tail(prep, last, a.anchor, fp.time_s * 1e6)
+    tail = _count_tail(prep, last, a.anchor, fp.time_s * 1e6)
+    lost = inner + tail
     # the fit is a surprise per observation: each inlier's z^2/2 averages 1/2
     # for the right signature, so a long series (Linux's 8 FINs, libslirp's
     # dozen) would look surprising for being long. Beyond 3 packets, that
@@ -347,7 +350,7 @@ def _timing(prep: _Prep, fp: StateFingerprint, jitter: float) -> list[np.ndarray
     sel = np.arange(n_rows) + pick * n_rows
     pos = np.where(ok, c - a.row_start, -1)[:, sel].T
     off = np.where(ok, r - shift, 0.0)[:, sel].T
-    out = [x[sel] for x in (cost, fit, lost + a.k0, unexpl, rst_code, a.k0, shift)]
+    out = [x[sel] for x in (cost, fit, lost + a.k0, unexpl, rst_code, a.k0, shift, tail)]
     return out[:2] + [pos, off] + out[2:]
 
 
@@ -493,6 +496,9 @@ def match(
     success = np.zeros(n_sig, dtype=np.int64)
     covered = np.zeros(n_sig, dtype=np.int64)
     per_obs = []  # (obs, prep, result arrays): the `how` of the top candidates
+    # per method: observations, and how many of them miss a signature's tail
+    tail_n: dict[Method, int] = {}
+    tail_all: dict[Method, np.ndarray] = {}
     for o in obs:
         m = o.fp.method
         if m is Method.SYN_RCVD:
@@ -515,8 +521,19 @@ def match(
             fit[prep.idx] += f
             success[prep.idx] += (res[5] == 0) & (f <= novelty)
             covered[prep.idx] += 1
+            t = np.zeros(n_sig, dtype=bool)
+            t[prep.idx] = res[-1] > 0
+            tail_n[m] = tail_n.get(m, 0) + 1
+            tail_all[m] = tail_all.get(m, np.ones(n_sig, dtype=bool)) & t
         total += row_cost
         per_obs.append((o, prep, res))
+    # Loss is random: the same expected packet(s) missing at the end of every
+    # try of a state means the stack stops earlier, not that the path lost them.
+    for m, n in tail_n.items():
+        if n >= 2:
+            pen = np.where(tail_all[m], TAIL_AGAIN * n, 0.0)
+            total += pen
+            fit += pen
     block = _observation_block(obs)
     if not obs or n_sig == 0 or not covered.any():
         return MatchResult((), None, None, 0.0, 0, len(obs), float("inf"), block)
@@ -581,7 +598,7 @@ def _how(sigs, i, o: _Obs, prep: _Prep, res, novelty: float) -> StateHow:
     r = prep.inv.get(int(i)) if res is not None else None
     if r is None:  # the signature has no such state
         return StateHow(m, o.try_index, (), (), 0, False, 0, 0, "-", 1.0, "", MISSING_STATE, False)
-    cost, fitc, pos, off, lost, unexpl, rst_state, k0, shift = (a[r] for a in res)
+    cost, fitc, pos, off, lost, unexpl, rst_state, k0, shift, _tail = (a[r] for a in res)
     scale = 1.0
     if m is not Method.SYN_RCVD:
         gaps = sigs[i].states[m].gaps_us

@@ -26,7 +26,7 @@ LABELS = {
     "linux-default": ("Linux 6.x, default TCP settings [lab linux-default]", *LINUX),
     "linux-synack2": ("Linux 6.x, tcp_synack_retries=2 [lab linux-synack2]", *LINUX),
     "linux-synack3": (
-        "Linux 6.x, tcp_synack_retries=3, tcp_orphan_retries=3 [lab linux-synack3]",
+        "Linux 6.x, tcp_synack_retries=3, tcp_orphan_retries=1 [lab linux-synack3]",
         *LINUX,
     ),
     "linux-orphan2": (
@@ -57,10 +57,20 @@ LABELS = {
 HEADER = """\
 # Cron-OS reference database: the lab's own stacks, measured on the lab by
 # `cron-os learn` through scripts/learn_lab.py (regenerate with it; do not
-# edit by hand). Linux kernel 6.18, veth RTT < 1 ms, {tries} tries per state,
-# idle timeout {timeout} s, window {window} s. Closing-state gaps depend on the
-# RTT (Connect=): the matcher rescales them for the observed RTT.
+# edit by hand). Linux kernel 6.18 (HZ=250), veth RTT < 1 ms; each block's
+# Source line says how it was measured. Closing-state gaps depend on the RTT
+# (Connect=): the matcher rescales Linux-like schedules for the observed RTT.
 """
+
+
+def _existing_blocks(path: Path) -> dict[str, str]:
+    """Blocks of an existing lab.db, keyed by profile ('[lab PROFILE]' in the name)."""
+    out: dict[str, str] = {}
+    for block in path.read_text(encoding="utf-8").split("\n\n"):
+        lines = [ln for ln in block.strip().splitlines() if not ln.startswith("#")]
+        if lines and lines[0].startswith("Fingerprint ") and "[lab " in lines[0]:
+            out[lines[0].rsplit("[lab ", 1)[1].rstrip("]")] = "\n".join(lines) + "\n"
+    return out
 
 
 def main() -> int:
@@ -70,6 +80,11 @@ def main() -> int:
     ap.add_argument("--window", type=float, default=180)
     ap.add_argument("--profile", action="append", help="default: every profile")
     ap.add_argument("--out", default=str(ROOT / "cronos" / "data" / "lab.db"))
+    ap.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace only the given profiles' blocks in --out, keep the others",
+    )
     args = ap.parse_args()
     profiles = args.profile or list(LABELS)
     blocks: dict[str, str] = {}
@@ -82,7 +97,8 @@ def main() -> int:
                    "-p", port, "--label", label, "--class", cls, "--tries", str(args.tries),
                    "--timeout", str(args.timeout), "--window", str(args.window),
                    "--source", f"lab profile {t.profile}, cron-os learn, {args.tries} tries "
-                   f"per state (scripts/learn_lab.py)"]  # fmt: skip
+                   f"per state, timeout {args.timeout:g} s, window {args.window:g} s "
+                   "(scripts/learn_lab.py)"]  # fmt: skip
             if cpe:
                 cmd += ["--cpe", cpe]
             procs[t.profile] = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -92,7 +108,10 @@ def main() -> int:
                 print(f"learn failed for {name} (exit {p.returncode})", file=sys.stderr)
                 return 1
             blocks[name] = out
-    text = HEADER.format(tries=args.tries, timeout=args.timeout, window=args.window)
+    if args.replace:
+        blocks = {**_existing_blocks(Path(args.out)), **blocks}
+        profiles = [n for n in LABELS if n in blocks]
+    text = HEADER
     text += "\n" + "\n".join(blocks[n] for n in profiles if n in blocks)
     Path(args.out).write_text(text, encoding="utf-8")
     print(f"wrote {len(blocks)} signatures to {args.out}")

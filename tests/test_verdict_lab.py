@@ -1,0 +1,66 @@
+"""Verdicts on the lab: each profile named first; a profile left out is "no match"."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, raw sockets)"),
+]
+
+CMD = [sys.executable, "-m", "cronos"]
+PROFILES = ["linux-orphan2", "linux-rto20", "linux-synack3"]
+
+
+@pytest.fixture(scope="module")
+def scanned(tmp_path_factory):
+    from cronos.lab import Lab
+
+    out = tmp_path_factory.mktemp("verdict") / "o.jsonl"
+    with Lab.create(PROFILES) as lab:
+        r = subprocess.run(
+            [*CMD, "scan", "--netns", lab.scanner_ns, *[t.ip for t in lab.targets], "-p", "80",
+             "-m", "slf", "--timeout", "6", "--tries", "2", "-oJ", str(out)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        targets = {t.ip: t.profile for t in lab.targets}
+    assert r.returncode == 0, r.stderr
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    return r.stdout, recs, targets
+
+
+def test_each_profile_is_named_first_with_tally_and_confidence(scanned):
+    stdout, recs, targets = scanned
+    verdicts = {v["target"]: v for v in recs if v.get("type") == "verdict"}
+    assert set(verdicts) == set(targets)
+    for ip, profile in targets.items():
+        v = verdicts[ip]
+        assert v["verdict"] != "no match", (profile, v["candidates"][:2])
+        best = v["candidates"][0]
+        assert f"[lab {profile}]" in best["name"], (profile, [c["name"] for c in v["candidates"]])
+        assert best["tests"] == 6 and best["success"] >= 5, best
+        assert v["confidence"] > 0.5
+    assert "Remote OS guesses: " in stdout and "success/6tests" in stdout
+
+
+def test_a_profile_left_out_of_the_database_is_no_match(scanned, tmp_path):
+    from cronos.classify import read_jsonl
+    from cronos.db import Database, load_db
+    from cronos.match import match
+
+    _, recs, targets = scanned
+    db = load_db()
+    for ip, profile in targets.items():
+        without = Database(tuple(s for s in db.signatures if f"[lab {profile}]" not in s.name))
+        assert len(without) == len(db) - 1
+        obs = read_jsonl("\n".join(json.dumps(r) for r in recs if r.get("target") == ip
+                                   and "state" in r))  # fmt: skip
+        res = match(obs, without)
+        assert res.verdict is None or res.confidence < 0.5, (profile, res.verdict)
+        if res.verdict is None:  # a block ready to paste into a --db file
+            block = res.observation_block
+            assert block.startswith("Fingerprint UNKNOWN") and "CronOS_LastAck(" in block
