@@ -71,7 +71,10 @@ def test_gaps_match_profiles_and_nbpkt_equals_retries(lab, tmp_path):
         assert rec["status"] == "ok"
         assert rec["nb_pkt"] == len(expected), rec
         for got, want in zip(rec["gaps_us"], expected, strict=True):
-            assert abs(got / 1000 - want) < 50, (rec["target"], rec["gaps_us"], expected)
+            # within 50 ms; above 2 s the kernel's timer wheel (HZ=250) rounds a
+            # timeout up by 0-256 ms, so there: within 150 ms of that range's middle
+            tol = 50 if want < 2100 else 150
+            assert abs(got / 1000 - want) < tol, (rec["target"], rec["gaps_us"], expected)
         assert rec["fingerprint"].startswith(f"CronOS_Syn(nbPkt={len(expected)}%Time=")
         assert rec["features"]["options"] == "MSTNW"
     # the human report carries the talk's line for every target
