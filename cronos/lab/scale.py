@@ -19,7 +19,10 @@ Each target namespace gets its profile's sysctls plus
 which is never retransmitted), ``tcp_max_syn_backlog`` and ``somaxconn``
 large. ``counters()`` reads what tells whether a target fell back anyway:
 TcpExt SyncookiesSent, ListenOverflows, ListenDrops, TCPReqQFullDrop, the
-veth drop counters and the softnet backlog drops (``netdev_max_backlog``).
+veth drop counters and the softnet backlog drops. The one machine-wide
+change: ``net.core.netdev_max_backlog`` is raised (65536 by default; the
+default 1000 drops SYN-ACK retransmissions that thousands of half-open
+connections send in the same timer tick) and restored by ``destroy()``.
 
 The lab is an ordinary lab record (``cronos.lab.state``): same naming,
 same state file, removed on every exit path and by ``cleanup_stale``.
@@ -48,6 +51,7 @@ from .lab import _new_id, require_root
 
 PORT = 80
 LISTEN_BACKLOG = 262144
+NETDEV_MAX_BACKLOG = 65536
 MAX_HOSTS_PER_NS = 254 * 256  # last octet 1..254 in each /24 of the /16
 #: Applied in every target namespace after the profile's own sysctls.
 SCALE_SYSCTLS = (
@@ -171,8 +175,22 @@ class ScaleLab:
 
     # -- lifecycle ---------------------------------------------------------------
     @classmethod
-    def create(cls, n_hosts: int, profiles: Sequence[str] = ("linux-synack3",) * 4) -> ScaleLab:
-        """``n_hosts`` addresses spread over one target namespace per profile."""
+    def create(
+        cls,
+        n_hosts: int,
+        profiles: Sequence[str] = ("linux-synack3",) * 4,
+        *,
+        netdev_max_backlog: int | None = NETDEV_MAX_BACKLOG,
+    ) -> ScaleLab:
+        """``n_hosts`` addresses spread over one target namespace per profile.
+
+        ``netdev_max_backlog``: raise the machine-wide per-CPU backlog to at
+        least this (None: leave it). Thousands of SYN-ACK retransmissions
+        leave a target in the same timer tick, and veth hands them to
+        ``netif_rx``: with the default 1000, the excess is dropped before the
+        scanner sees it. The old value is restored by ``destroy()`` (not
+        after a SIGKILL: a larger backlog is harmless).
+        """
         require_root()
         chosen = [scale_profile(n) for n in profiles]
         if not chosen:
@@ -189,6 +207,8 @@ class ScaleLab:
         ctx = LabContext(record)
         groups: list[ScaleGroup] = []
         try:
+            if netdev_max_backlog is not None:
+                _raise_backlog(ctx, netdev_max_backlog)
             ctx.new_netns("scan")
             for index, (profile, count) in enumerate(zip(chosen, counts, strict=True), 1):
                 ctx.profile = profile
@@ -248,6 +268,20 @@ class ScaleLab:
             "netdev_max_backlog": int(Path("/proc/sys/net/core/netdev_max_backlog").read_text()),
         }  # fmt: skip
         return out
+
+
+def _raise_backlog(ctx: LabContext, want: int) -> None:
+    path = Path("/proc/sys/net/core/netdev_max_backlog")
+    old = int(path.read_text())
+    if old >= want:
+        return
+
+    def restore() -> None:
+        if int(path.read_text()) == want:  # nobody changed it since
+            path.write_text(str(old))
+
+    ctx.add_cleanup(restore)
+    path.write_text(str(want))
 
 
 def delta(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -> dict:

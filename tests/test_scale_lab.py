@@ -1,0 +1,80 @@
+"""The scale lab: thousands of AnyIP addresses per namespace, scanned for real."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cronos.errors import LabError
+from cronos.lab import state as state_mod
+from cronos.lab.scale import ScaleLab, host_address, scale_profile, split
+
+ROOT = os.geteuid() == 0
+BACKLOG = Path("/proc/sys/net/core/netdev_max_backlog")
+
+
+def test_addresses_split_and_profiles():
+    assert split(10, 4) == [3, 3, 2, 2]
+    assert host_address(1, 0) == "10.101.0.1"
+    assert host_address(2, 253) == "10.102.0.254"
+    assert host_address(2, 254) == "10.102.1.1"  # never .0 nor .255
+    p = scale_profile("linux-synack4")
+    assert dict(p.sysctls)["net.ipv4.tcp_synack_retries"] == "4"
+    assert p.expected_ms["SYN_RCVD"] == (1020, 2020, 4100, 8200)
+    assert scale_profile("linux-synack3").name == "linux-synack3"  # the registry's
+    with pytest.raises(LabError):
+        scale_profile("linux-synack9")
+
+
+@pytest.fixture
+def lab():
+    with ScaleLab.create(64, ["linux-synack2", "linux-orphan2"]) as lab:
+        yield lab
+
+
+@pytest.mark.netns
+@pytest.mark.skipif(not ROOT, reason="needs root (namespaces, raw sockets)")
+def test_scan_64_addresses(lab, tmp_path):
+    assert len(lab.hosts) == 64 and len(set(lab.hosts)) == 64
+    assert lab.hosts[:2] == ("10.101.0.1", "10.102.0.1")  # interleaved
+    for g in lab.groups:
+        out = lab._ctx.ns_exec(g.netns, "sysctl", "-n", "net.ipv4.tcp_syncookies").stdout
+        assert out.strip() == "0"
+    assert int(BACKLOG.read_text()) >= 65536
+    hosts = tmp_path / "hosts.txt"
+    lab.write_targets(hosts)
+    out = tmp_path / "out.jsonl"
+    before = lab.counters()
+    res = subprocess.run(
+        [sys.executable, "-m", "cronos", "scan", "--netns", lab.scanner_ns, "-iL", str(hosts),
+         "-p", "80", "-m", "s", "--timeout", "3", "--max-rate", "2000", "-q", "-oJ", str(out)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    recs = [r for r in map(json.loads, out.read_text().splitlines()) if "arrivals_us" in r]
+    assert sorted(r["target"] for r in recs) == sorted(lab.hosts)
+    for r in recs:
+        want = lab.group_of(r["target"]).synack_retries
+        assert r["status"] == "ok" and r["nb_pkt"] == want, r
+    after = lab.counters()
+    for g in lab.groups:
+        for key in ("SyncookiesSent", "ListenDrops", "veth_rx_dropped"):
+            assert after[g.netns][key] == before[g.netns][key], (g.netns, key)
+
+
+@pytest.mark.netns
+@pytest.mark.skipif(not ROOT, reason="needs root (namespaces, raw sockets)")
+def test_removed_on_error_and_backlog_restored():
+    old = int(BACKLOG.read_text())
+    with pytest.raises(RuntimeError), ScaleLab.create(8, ["linux-synack2"]) as lab:
+        names = [g.netns for g in lab.groups] + [lab.scanner_ns]
+        lab_id = lab.id
+        raise RuntimeError("boom")
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not any(n in left for n in names)
+    assert lab_id not in state_mod.list_ids()
+    if old < 65536:
+        assert int(BACKLOG.read_text()) == old
