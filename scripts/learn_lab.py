@@ -23,7 +23,11 @@ from cronos.lab import Lab  # noqa: E402
 
 LINUX = ("Linux | Linux | 6.X | general purpose", "cpe:/o:linux:linux_kernel:6")
 LABELS = {
-    "linux-default": ("Linux 6.x, default TCP settings [lab linux-default]", *LINUX),
+    "linux-default": (
+        "Linux 3.1-6.x, default TCP settings [lab linux-default]",
+        "Linux | Linux | 3.X-6.X | general purpose",
+        "cpe:/o:linux:linux_kernel",
+    ),
     "linux-synack2": ("Linux 6.x, tcp_synack_retries=2 [lab linux-synack2]", *LINUX),
     "linux-synack3": (
         "Linux 6.x, tcp_synack_retries=3, tcp_orphan_retries=1 [lab linux-synack3]",

@@ -63,6 +63,20 @@ def register(sub) -> None:
         help=r"FIN_WAIT1 request (default 'GET / HTTP/1.0\r\n\r\n'; \r \n escapes)",
     )
     p.add_argument("--sack", action="store_true", help="offer SACK in the closing-state probes")
+    stop = p.add_mutually_exclusive_group()
+    stop.add_argument(
+        "--early-stop",
+        dest="early_stop",
+        action="store_true",
+        default=True,
+        help="stop listening to a state once more packets cannot change its verdict (default)",
+    )
+    stop.add_argument(
+        "--full",
+        dest="early_stop",
+        action="store_false",
+        help="listen until the timeout or the window ends, whatever the verdict",
+    )
     p.add_argument(
         "--max-rate",
         type=float,
@@ -367,7 +381,11 @@ def run(args) -> int:
             flush=True,
         )
 
+    verdict_times: list[float] = []
+
     def on_result(obs: Observation) -> None:
+        if "verdict_s" in obs.extra:
+            verdict_times.append(obs.extra["verdict_s"])
         if writer:
             writer.write(obs.to_dict())
         progress.done += 1
@@ -406,7 +424,12 @@ def run(args) -> int:
         from ..pcapio import open_pcap_sink
 
         sink, close_pcap = open_pcap_sink(args.pcap_out)
-    engine = Engine(cfg, on_result, packet_sink=sink, on_tick=progress.tick)
+    stopper = None
+    if args.early_stop:
+        from ..early import EarlyStopper
+
+        stopper = EarlyStopper(args.database)
+    engine = Engine(cfg, on_result, packet_sink=sink, on_tick=progress.tick, early_stop=stopper)
     try:
         stats = engine.run(jobs(), targets_hint=hint)
     finally:
@@ -433,6 +456,9 @@ def run(args) -> int:
     if not args.quiet:
         took = stats.finished - stats.started
         extra = f", {skipped} already done (--resume)" if skipped else ""
+        if verdict_times:
+            med = sorted(verdict_times)[len(verdict_times) // 2]
+            extra += f"; {len(verdict_times)} stopped early (median time to verdict {med:.1f} s)"
         skipped_addrs = ", ".join(f"{v} {k}" for k, v in targets.skipped.items())
         if skipped_addrs:
             extra += f"; addresses skipped: {skipped_addrs}"

@@ -62,6 +62,7 @@ class EngineStats:
     kernel_drops: int = 0
     rst_dropped: int = 0
     send_errors: int = 0
+    early_stops: int = 0
     capture_filter: str = ""
 
 
@@ -72,13 +73,15 @@ def isn_for(key: bytes, src: str, sport: int, dst: str, dport: int) -> int:
 
 
 class _Running:
-    __slots__ = ("probe", "reservation", "flow", "fw_flow")
+    __slots__ = ("probe", "reservation", "flow", "fw_flow", "timed_seen", "verdict_s")
 
     def __init__(self, probe: Probe, reservation: PortReservation, flow, fw_flow):
         self.probe = probe
         self.reservation = reservation
         self.flow = flow
         self.fw_flow = fw_flow
+        self.timed_seen = 0  # timed packets when the early stopper last looked
+        self.verdict_s: float | None = None
 
 
 class Engine:
@@ -92,6 +95,7 @@ class Engine:
         on_result: Callable[[Observation], None],
         packet_sink: Callable[[float, bytes], None] | None = None,
         on_tick: Callable[[EngineStats, int], None] | None = None,
+        early_stop=None,
     ):
         """``packet_sink(ts, ip_bytes)`` receives every captured packet of our
         flows, both directions, with its kernel timestamp (for ``-w FILE``)."""
@@ -99,6 +103,9 @@ class Engine:
         self.on_result = on_result
         self.packet_sink = packet_sink
         self.on_tick = on_tick  # (stats, probes in flight), a few times a second
+        # cronos.early.EarlyStopper: asked after each timed packet and at the
+        # times it names; stops a probe once its verdict cannot change
+        self.early_stop = early_stop
         self.stats = EngineStats()
         self._running: dict[tuple[str, int, str, int], _Running] = {}
         self._timers: list[tuple[float, int, tuple]] = []
@@ -241,6 +248,8 @@ class Engine:
             if self.packet_sink is not None:
                 self.packet_sink(pkt.ts, pkt.data)
             self._send(sender, run.probe.on_packet(pkt.ts, seg, outgoing))
+            if not outgoing and self.early_stop is not None:
+                self._maybe_stop_early(run, pkt.ts)
             self._after_event(run)
 
     def _valid_reply(self, run: _Running, seg: Segment) -> bool:
@@ -250,12 +259,37 @@ class Engine:
 
     def _fire_timers(self, sender: RawSender, now: float) -> None:
         while self._timers and self._timers[0][0] <= now:
-            when, _, flow = heapq.heappop(self._timers)
+            when, _, flow, *early = heapq.heappop(self._timers)
             run = self._running.get(flow)
-            if run is None or run.probe.deadline is None or run.probe.deadline > now:
+            if run is None:
+                continue
+            if early:  # an early-stop recheck
+                self._maybe_stop_early(run, now, force=True)
+                if run.probe.done:
+                    self._finish(run)
+                continue
+            if run.probe.deadline is None or run.probe.deadline > now:
                 continue  # stale entry; a fresh one was pushed when the deadline moved
             self._send(sender, run.probe.on_timer(now))
             self._after_event(run)
+
+    def _maybe_stop_early(self, run: _Running, now: float, force: bool = False) -> None:
+        probe = run.probe
+        if probe.done or (not force and probe.timed_count == run.timed_seen):
+            return
+        run.timed_seen = probe.timed_count
+        partial = probe.result()
+        if not partial.arrivals_us:
+            return
+        listened_us = int((now - partial.started_at) * 1e6) - partial.arrivals_us[0]
+        d = self.early_stop.decide(partial, listened_us)
+        if d.stop:
+            run.verdict_s = now - partial.started_at
+            probe.stop_early(now, f"early stop at {run.verdict_s:.1f} s: {d.reason}")
+            self.stats.early_stops += 1
+        elif d.recheck_us is not None:
+            when = partial.started_at + (partial.arrivals_us[0] + d.recheck_us) / 1e6
+            heapq.heappush(self._timers, (max(when, now), next(self._seq), run.flow, 1))
 
     def _after_event(self, run: _Running) -> None:
         if run.probe.done:
@@ -279,7 +313,10 @@ class Engine:
         self._running.pop(run.flow, None)
         run.reservation.release()
         self._to_discard.append(run.fw_flow)
-        self.on_result(run.probe.result())
+        obs = run.probe.result()
+        if run.verdict_s is not None:
+            obs.extra["verdict_s"] = round(run.verdict_s, 3)
+        self.on_result(obs)
 
     def _flush_discards(self) -> None:
         if self._to_discard:

@@ -72,6 +72,16 @@ class Probe:
         self.aborted = True
         self.done = True
 
+    @property
+    def timed_count(self) -> int:
+        """Packets of the timed series seen so far (SYN-ACKs or the server's FINs)."""
+        raise NotImplementedError
+
+    def stop_early(self, now: float, note: str) -> None:
+        """The verdict cannot change any more (engine's early stop): finish now,
+        status unchanged, ``Time`` = what was listened."""
+        raise NotImplementedError
+
     # -- helpers ------------------------------------------------------------
     def _goto(self, new: str) -> None:
         allowed = self.TRANSITIONS.get(self.state, frozenset())

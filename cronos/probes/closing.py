@@ -383,6 +383,15 @@ class ClosingProbe(Probe):
         self.deadline = None
         self.retx = None
 
+    @property
+    def timed_count(self) -> int:
+        return len(self.fins)
+
+    def stop_early(self, now: float, note: str) -> None:
+        if not self.done:
+            self._note(note)
+            self._finish(now)
+
     def _note(self, text: str) -> None:
         if text not in self.notes:
             self.notes.append(text)

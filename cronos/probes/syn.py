@@ -57,6 +57,7 @@ class SynProbe(Probe):
         self.packets_in = 0
         self.aborted = False
         self.status = Status.FILTERED
+        self.early_note = ""
 
     def start(self, now: float) -> list[Segment]:
         self._goto("SYN_SENT")
@@ -112,6 +113,15 @@ class SynProbe(Probe):
             self.aborted = True
             self._finish(now)
 
+    @property
+    def timed_count(self) -> int:
+        return len(self.synacks)
+
+    def stop_early(self, now: float, note: str) -> None:
+        if not self.done:
+            self.early_note = note
+            self._finish(now)
+
     def _finish(self, t_end: float) -> None:
         if self.state != "DONE":
             self._goto("DONE")
@@ -148,5 +158,5 @@ class SynProbe(Probe):
             arrivals_us=tuple(round((t - t0) * 1e6) for t in self.synacks),
             packets_in=self.packets_in,
             ttl_in=self.features.ttl if self.features else None,
-            note="interrupted" if self.aborted else "",
+            note="interrupted" if self.aborted else self.early_note,
         )

@@ -1,0 +1,138 @@
+"""Early verdicts: stop listening once more packets cannot change the answer.
+
+A pure function of a partial observation (what a probe has timed so far), the
+time listened, and the database. Every signature that still explains the
+partial series (the matcher's ``success`` for it) predicts a future: the
+packets (and final RST) it expects after the last one seen. A prediction whose
+first event is overdue (``now`` past it by more than its tolerance) has been
+contradicted and drops out. When every remaining signature predicts the same
+future (same number of events, at the same times within tolerance), waiting
+can only confirm what they share: the verdict cannot change, so the probe
+stops. When nothing explains the series ("no match"), there is no early stop:
+the probe listens to the end, as with ``--full``.
+
+The expensive part (one ``match``) does not depend on the time listened, only
+on the series so far, so it is memoised on a quantised key: a fleet of hosts
+with the same stack costs one match per distinct prefix, not one per host.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+
+from .db import Database
+from .match import match
+from .model import Method, Observation, Status
+
+TOP = 8  # candidates considered
+QUANTUM_US = 2_000  # prefix key resolution
+Z = 3.0  # an event is overdue Z tolerances after its expected time
+MIN_TOL_US = 20_000
+REL_TOL = 0.05
+
+
+@dataclass(frozen=True)
+class Future:
+    """What one still-fitting signature expects after the last packet seen."""
+
+    name: str
+    events_us: tuple[int, ...]  # from the first packet of the series
+    tol_us: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Decision:
+    stop: bool
+    recheck_us: int | None  # from the first packet: when the answer may change
+    reason: str
+
+
+def _tol(t_us: float) -> int:
+    return int(max(MIN_TOL_US, REL_TOL * t_us))
+
+
+def futures(partial: Observation, db: Database) -> tuple[Future, ...] | None:
+    """Futures of the signatures that still explain ``partial`` (None: no match)."""
+    fp = partial.fingerprint
+    # as if listening stopped at the last packet: no expected packet is due yet
+    last_us = sum(fp.gaps_us)
+    probe_fp = replace(fp, time_s=max(1, int(last_us // 1_000_000) + 1))
+    res = match([replace(partial, fingerprint=probe_fp, status=Status.OK)], db, top=TOP)
+    if res.no_match:
+        return None
+    out = []
+    for c in res.candidates:
+        how = c.how[0] if c.how else None
+        if how is None or not how.success or how.unexplained:
+            continue
+        sig_fp = c.signature.states.get(fp.method)
+        if sig_fp is None:
+            continue
+        cum = [0.0]
+        for g in sig_fp.gaps_us:
+            cum.append(cum[-1] + g * how.scale)
+        seen = [p for p in how.positions if p >= 0]
+        last = max(seen) if seen else 0
+        events = [cum[k] + how.shift_us for k in range(last + 1, len(cum))]
+        if sig_fp.rst_us is not None and fp.rst_us is None:
+            events.append(cum[-1] + sig_fp.rst_us * how.scale + how.shift_us)
+        out.append(Future(c.name, tuple(round(e) for e in events), tuple(_tol(e) for e in events)))
+    return tuple(out)
+
+
+def _same(a: Future, b: Future) -> bool:
+    if len(a.events_us) != len(b.events_us):
+        return False
+    return all(
+        abs(x - y) <= max(tx, ty) * Z
+        for x, y, tx, ty in zip(a.events_us, b.events_us, a.tol_us, b.tol_us, strict=True)
+    )
+
+
+def decide_from(fut: tuple[Future, ...] | None, listened_us: int) -> Decision:
+    """The time-dependent part: drop overdue predictions, compare the rest."""
+    if fut is None or not fut:
+        return Decision(False, None, "no signature explains the series yet")
+    alive = [f for f in fut if not f.events_us or listened_us <= f.events_us[0] + Z * f.tol_us[0]]
+    if not alive:
+        return Decision(False, None, "every prediction is overdue")
+    first = alive[0]
+    if all(_same(first, f) for f in alive[1:]):
+        return Decision(True, None, f"{len(alive)} fitting signature(s) agree on what follows")
+    pending = [f.events_us[0] + Z * f.tol_us[0] for f in alive if f.events_us]
+    return Decision(False, int(min(pending)) + 1 if pending else None, "predictions differ")
+
+
+class EarlyStopper:
+    """Memoised ``futures`` + ``decide_from`` for the engine (one per scan)."""
+
+    def __init__(self, db: Database, cache_size: int = 4096):
+        self.db = db
+        self.cache: OrderedDict[tuple, tuple[Future, ...] | None] = OrderedDict()
+        self.cache_size = cache_size
+        self.matches = 0
+
+    def decide(self, partial: Observation, listened_us: int) -> Decision:
+        if partial.status is not Status.OK or not partial.arrivals_us:
+            return Decision(False, None, "nothing timed yet")
+        fp = partial.fingerprint
+        if partial.method is not Method.SYN_RCVD and fp.connect_us is None:
+            return Decision(False, None, "no RTT")
+        key = (
+            partial.method,
+            partial.features,
+            tuple(round(g / QUANTUM_US) for g in fp.gaps_us),
+            None if fp.connect_us is None else round(fp.connect_us / QUANTUM_US),
+            fp.rst_us is not None,
+        )
+        fut = self.cache.get(key, ...)
+        if fut is ...:
+            fut = futures(partial, self.db)
+            self.matches += 1
+            self.cache[key] = fut
+            if len(self.cache) > self.cache_size:
+                self.cache.popitem(last=False)
+        else:
+            self.cache.move_to_end(key)
+        return decide_from(fut, listened_us)
