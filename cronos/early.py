@@ -26,6 +26,7 @@ from .match import match
 from .model import Method, Observation, Status
 
 TOP = 8  # candidates considered
+MIN_GAPS = 3  # evidence before stopping while some signature still expects packets
 QUANTUM_US = 2_000  # prefix key resolution
 Z = 3.0  # an event is overdue Z tolerances after its expected time
 MIN_TOL_US = 20_000
@@ -57,7 +58,7 @@ def futures(partial: Observation, db: Database) -> tuple[Future, ...] | None:
     fp = partial.fingerprint
     # as if listening stopped at the last packet: no expected packet is due yet
     last_us = sum(fp.gaps_us)
-    probe_fp = replace(fp, time_s=max(1, int(last_us // 1_000_000) + 1))
+    probe_fp = replace(fp, time_s=max(1, int(last_us // 1_000_000) + 1), listened_us=last_us)
     res = match([replace(partial, fingerprint=probe_fp, status=Status.OK)], db, top=TOP)
     if res.no_match:
         return None
@@ -90,15 +91,21 @@ def _same(a: Future, b: Future) -> bool:
     )
 
 
-def decide_from(fut: tuple[Future, ...] | None, listened_us: int) -> Decision:
-    """The time-dependent part: drop overdue predictions, compare the rest."""
+def decide_from(fut: tuple[Future, ...] | None, listened_us: int, n_gaps: int) -> Decision:
+    """The time-dependent part: drop overdue predictions, compare the rest.
+
+    The database is not the world: a stack it lacks may share a few first
+    packets with one it has. So while a signature still expects packets, the
+    probe stops only after ``MIN_GAPS`` retransmissions; when every fitting
+    signature's series is already complete, the verdict is final at once."""
     if fut is None or not fut:
         return Decision(False, None, "no signature explains the series yet")
     alive = [f for f in fut if not f.events_us or listened_us <= f.events_us[0] + Z * f.tol_us[0]]
     if not alive:
         return Decision(False, None, "every prediction is overdue")
     first = alive[0]
-    if all(_same(first, f) for f in alive[1:]):
+    complete = all(not f.events_us for f in alive)
+    if all(_same(first, f) for f in alive[1:]) and (complete or n_gaps >= MIN_GAPS):
         return Decision(True, None, f"{len(alive)} fitting signature(s) agree on what follows")
     pending = [f.events_us[0] + Z * f.tol_us[0] for f in alive if f.events_us]
     return Decision(False, int(min(pending)) + 1 if pending else None, "predictions differ")
@@ -135,4 +142,4 @@ class EarlyStopper:
                 self.cache.popitem(last=False)
         else:
             self.cache.move_to_end(key)
-        return decide_from(fut, listened_us)
+        return decide_from(fut, listened_us, fp.nb_pkt)

@@ -49,6 +49,7 @@ FIRST_LOST = 2.5
 # p = 0.05 over a handful of packets one loss is common (log(P(0)/P(1)) ~ 1.4).
 LOST_FIT = 1.4
 RST_MISSING = 1.5
+LISTEN_SLACK_US = 50_000  # an expected packet this close to the end may still be in flight
 # per observation, when every try of a state misses the signature's last packets
 TAIL_AGAIN = 3.0
 JITTER_US = 15_000
@@ -333,7 +334,7 @@ def _timing(prep: _Prep, fp: StateFingerprint, jitter: float) -> list[np.ndarray
     penalty = UNEXPLAINED * unexpl + rst_pen + OUTLIER * n_out
     # packets skipped inside, plus tail packets expected before the window ends
     inner = np.maximum((last - a.anchor_pos) - _colsum(ok), 0)
-    tail = _count_tail(prep, last, a.anchor, fp.time_s * 1e6)
+    tail = _count_tail(prep, last, a.anchor, _listened(fp))
     lost = inner + tail
     # the fit is a surprise per observation: each inlier's z^2/2 averages 1/2
     # for the right signature, so a long series (Linux's 8 FINs, libslirp's
@@ -364,10 +365,21 @@ def _colsum(x: np.ndarray) -> np.ndarray:
     return acc
 
 
+def _listened(fp: StateFingerprint) -> float:
+    """How long after the first packet of the series we surely listened (µs).
+
+    Exact when the scanner recorded it (``listened_us``); from a fingerprint
+    line only ``Time`` (whole seconds from the stimulus) is known, so a second
+    is taken off for its rounding and the first packet's own delay."""
+    if fp.listened_us is not None:
+        return fp.listened_us - LISTEN_SLACK_US
+    return fp.time_s * 1e6 - 1e6
+
+
 def _count_tail(prep: _Prep, last, anchor, window) -> np.ndarray:
     """Expected packets after the last matched one that should have arrived."""
     b = prep.both
-    horizon = np.minimum(anchor + window - 1e6, b.time_us)  # window began ~1 RTT before
+    horizon = np.minimum(anchor + window, b.time_us)
     due = (b.flat2 > last[b.row2]) & (b.t2 <= horizon[b.row2])
     return np.bincount(b.row2[due], minlength=len(anchor))
 
@@ -383,7 +395,7 @@ def _rst(prep, fp, obs, anchor, jitter):
     code = np.zeros(n, dtype=np.int64)
     zero = np.zeros(n)
     if fp.rst_us is None:
-        due = b.has_rst & (b.rst_t - anchor <= fp.time_s * 1e6 - 1e6)
+        due = b.has_rst & (b.rst_t - anchor <= _listened(fp))
         code[due] = 4
         return code, np.where(due, RST_MISSING, 0.0), zero, zero, zero
     t = (obs[-1] if len(obs) else 0.0) + fp.rst_us + anchor

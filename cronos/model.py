@@ -67,6 +67,9 @@ class StateFingerprint:
     gaps_us: tuple[int, ...] = ()
     connect_us: int | None = None
     rst_us: int | None = None
+    #: listening time after the first packet of the series (µs), when the
+    #: scanner knows it; not in the talk's line (``Time`` is whole seconds)
+    listened_us: int | None = field(default=None, compare=False)
 
     @property
     def nb_pkt(self) -> int:
@@ -147,6 +150,7 @@ class Observation:
             "gaps_us": list(fp.gaps_us),
             "connect_us": fp.connect_us,
             "rst_us": fp.rst_us,
+            "listened_us": fp.listened_us,
             "arrivals_us": list(self.arrivals_us),
             "packets_in": self.packets_in,
             "ttl_in": self.ttl_in,
@@ -167,6 +171,7 @@ class Observation:
                 gaps_us=tuple(int(g) for g in d.get("gaps_us") or ()),
                 connect_us=None if d.get("connect_us") is None else int(d["connect_us"]),
                 rst_us=None if d.get("rst_us") is None else int(d["rst_us"]),
+                listened_us=None if d.get("listened_us") is None else int(d["listened_us"]),
             )
             feats = d.get("features")
             return cls(

@@ -26,6 +26,11 @@ class JsonLinesWriter:
             if not parent.is_dir():
                 raise UsageError(f"-oJ {path}: directory {parent} does not exist")
             self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            if self._fh.tell() > 0:
+                with open(path, "rb") as old:
+                    old.seek(-1, os.SEEK_END)
+                    if old.read(1) != b"\n":  # a record cut by a crash: keep it on its own line
+                        self._fh.write("\n")
         except OSError as exc:
             raise UsageError(f"cannot write {path}: {exc.strerror}") from None
 

@@ -93,6 +93,39 @@ def tcp_checksum_ok(data: bytes) -> bool:
     return acc == 0xFFFF
 
 
+_FLOW = struct.Struct("!4s4sHH")
+
+
+def peek_flow(data: bytes) -> tuple[str, int, str, int] | None:
+    """(src, sport, dst, dport) of an unfragmented IPv4/TCP packet, or None.
+
+    Only the fixed header fields, to route a captured packet to its probe (or
+    drop it) before any full parse."""
+    if len(data) < 40 or data[0] >> 4 != 4 or data[9] != 6:
+        return None
+    ihl = (data[0] & 0x0F) * 4
+    if ihl < 20 or len(data) < ihl + 20 or int.from_bytes(data[6:8], "big") & 0x3FFF:
+        return None
+    src, dst, sport, dport = _FLOW.unpack_from(data, 12)[:2] + struct.unpack_from("!HH", data, ihl)
+    return socket.inet_ntoa(src), sport, socket.inet_ntoa(dst), dport
+
+
+def own_segment(data: bytes) -> Segment:
+    """A segment WE built and sent, read back from the capture: header fields
+    only (no options), by struct. Foreign input always goes through
+    ``parse_ip`` (scapy); this is our own bytes, and it keeps the ACK of a
+    SYN-ACK from waiting behind a scapy parse of our own SYNs."""
+    ihl = (data[0] & 0x0F) * 4
+    total = int.from_bytes(data[2:4], "big")
+    sport, dport, seq, ack, off, flags, window = struct.unpack_from("!HHIIBBH", data, ihl)
+    payload = data[ihl + (off >> 4) * 4 : total]
+    return Segment(
+        src=socket.inet_ntoa(data[12:16]), dst=socket.inet_ntoa(data[16:20]), sport=sport,
+        dport=dport, seq=seq, ack=ack, flags=flags, window=window, payload=bytes(payload),
+        ttl=data[8], df=bool(data[6] & 0x40), ip_id=int.from_bytes(data[4:6], "big"),
+    )  # fmt: skip
+
+
 def parse_ip(data: bytes, verify_checksum: bool = False) -> Segment | None:
     """Parse IPv4 bytes into a Segment; ``None`` if not a sane TCP segment.
 

@@ -153,6 +153,7 @@ def replay_own(
     timeout_s: float = 60.0,
     window_s: float = 180.0,
     replies_only: bool = False,
+    stopper=None,
 ) -> list[Observation]:
     """Replay every flow of our probes found in ``packets``; results in start order.
 
@@ -175,7 +176,7 @@ def replay_own(
         method = flow.method or Method.LAST_ACK
         tries[(flow.key[2], flow.key[3], method)] += 1
         n = tries[(flow.key[2], flow.key[3], method)]
-        obs = _replay_flow(flow, method, n, timeout_s, window_s)
+        obs = _replay_flow(flow, method, n, timeout_s, window_s, stopper)
         if flow.method is None and flow.kind == "closing":
             obs = _with_note(obs, "closing probe without handshake: LAST_ACK or FIN_WAIT1")
         if replies_only:
@@ -227,7 +228,9 @@ def _kind_from_replies(flow: _Flow) -> None:
         flow.payload = default if len(default) == acked else b"?" * acked
 
 
-def _replay_flow(flow: _Flow, method: Method, try_index: int, timeout_s, window_s) -> Observation:
+def _replay_flow(
+    flow: _Flow, method: Method, try_index: int, timeout_s, window_s, stopper=None
+) -> Observation:
     src, sport, dst, dport = flow.key
     cfg = ProbeConfig(
         target=dst,
@@ -244,20 +247,56 @@ def _replay_flow(flow: _Flow, method: Method, try_index: int, timeout_s, window_
     )
     probe = PROBES[method](cfg)
     probe.start(flow.packets[0][0])  # what it would send is already in the capture
+    early = _EarlyReplay(probe, stopper)
     for ts, seg, outgoing in flow.packets:
-        _run_timers(probe, ts)
+        _run_timers(probe, ts, early)
         if probe.done:
             break
         probe.on_packet(ts, seg, outgoing)
-    _run_timers(probe, float("inf"))
+        if not outgoing:
+            early.check(ts)
+    _run_timers(probe, float("inf"), early)
     return probe.result()
 
 
-def _run_timers(probe, until: float) -> None:
-    """Fire every deadline up to ``until`` at its exact time (the engine fires late)."""
+class _EarlyReplay:
+    """The engine's early stop, replayed: asked after each timed packet and at
+    the recheck times it names, with the same timestamps, so the same stop."""
+
+    def __init__(self, probe, stopper):
+        self.probe, self.stopper = probe, stopper
+        self.seen = 0
+        self.recheck: float | None = None
+
+    def check(self, now: float, force: bool = False) -> None:
+        p = self.probe
+        if self.stopper is None or p.done or (not force and p.timed_count == self.seen):
+            return
+        self.seen = p.timed_count
+        partial = p.result()
+        if not partial.arrivals_us:
+            return
+        listened_us = int((now - partial.started_at) * 1e6) - partial.arrivals_us[0]
+        d = self.stopper.decide(partial, listened_us)
+        if d.stop:
+            p.stop_early(now, f"early stop at {now - partial.started_at:.1f} s: {d.reason}")
+        elif d.recheck_us is not None:
+            when = partial.started_at + (partial.arrivals_us[0] + d.recheck_us) / 1e6
+            self.recheck = max(when, now)
+
+
+def _run_timers(probe, until: float, early: _EarlyReplay | None = None) -> None:
+    """Fire every deadline (and early-stop recheck) up to ``until`` at its exact time."""
     for _ in range(MAX_TIMER_STEPS):
         d = probe.deadline
-        if probe.done or d is None or d > until:
+        r = early.recheck if early is not None else None
+        if probe.done:
+            return
+        if r is not None and r <= until and (d is None or r < d):
+            early.recheck = None
+            early.check(r, force=True)
+            continue
+        if d is None or d > until:
             return
         probe.on_timer(d)
     raise RuntimeError("probe deadline does not advance")  # pragma: no cover
@@ -482,8 +521,12 @@ def analyse_pcap(
     timeout_s: float = 60.0,
     window_s: float = 180.0,
     key: bytes | None = None,
+    stopper=None,
 ) -> tuple[str, list[Observation]]:
     """``("replay", obs)`` if the file holds our probes, else ``("passive", obs)``.
+
+    ``stopper``: the scan's early stop (``cronos.early.EarlyStopper``), so that
+    a scan's capture replays to the same fingerprints; None for ``--full``.
 
     Captures with a link header (tcpdump) are de-duplicated first: ``-i any``
     sees a packet once per interface. A capture whose last record is cut (a
@@ -493,11 +536,12 @@ def analyse_pcap(
 
     data = load_pcap(path, strict=False)
     pkts = parse_packets(data.packets if data.raw_ip else dedupe(data.packets))
-    own = replay_own(pkts, key, timeout_s=timeout_s, window_s=window_s)
+    own = replay_own(pkts, key, timeout_s=timeout_s, window_s=window_s, stopper=stopper)
     if own:
         return "replay", own
     if data.raw_ip:  # a Cron-OS -w file without our own packets
-        own = replay_own(pkts, key, timeout_s=timeout_s, window_s=window_s, replies_only=True)
+        own = replay_own(pkts, key, timeout_s=timeout_s, window_s=window_s, replies_only=True,
+                         stopper=stopper)  # fmt: skip
         if own:
             return "replay", own
     return "passive", passive(pkts)

@@ -388,7 +388,8 @@ def _scan_with_pcap(lab, ip, out: Path):
     jout, pout = out / "scan.jsonl", out / "scan.pcap"
     r = subprocess.run([sys.executable, "-m", "cronos", "scan", "--netns", lab.scanner_ns, ip,
                         "-p", "80", "-m", "slf", "--timeout", "3", "-oJ", str(jout), "-w",
-                        str(pout), "-q"], capture_output=True, text=True, timeout=120)  # fmt: skip
+                        str(pout), "-q", "--full"],  # --full: tcpdump's copy is compared too
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
     if r.returncode != 0 and "unrecognized arguments: -w" in r.stderr:
         r = subprocess.run([sys.executable, "-c", _ENGINE, lab.scanner_ns, ip, "slf", "3",
                             str(jout), str(pout)], capture_output=True, text=True,
@@ -467,3 +468,33 @@ def test_replay_port_reuse_and_closing_probe_without_handshake():
     ]
     assert "LAST_ACK or FIN_WAIT1" in obs[1].note
     assert obs[0].fingerprint == obs[2].fingerprint
+
+
+def test_lab_scan_with_early_stop_replays_to_the_same_fingerprints(tmp_path):
+    """The default scan stops early; replaying its -w file with the same early
+    stop (same database) gives the same fingerprints."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    from cronos.db import load_db
+    from cronos.early import EarlyStopper
+    from cronos.lab import Lab
+
+    jout, pout = tmp_path / "scan.jsonl", tmp_path / "scan.pcap"
+    with Lab.create(["linux-rto20"]) as lab:
+        r = subprocess.run([sys.executable, "-m", "cronos", "scan", "--netns", lab.scanner_ns,
+                            lab.targets[0].ip, "-p", "80", "-m", "slf", "--timeout", "3",
+                            "-oJ", str(jout), "-w", str(pout), "-q"],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    live = {}
+    for line in jout.read_text().splitlines():
+        rec = json.loads(line)
+        if "method" in rec:
+            live[rec["method"]] = rec
+    assert any("early stop" in x["note"] for x in live.values())
+    kind, own = analyse_pcap(pout, timeout_s=3, stopper=EarlyStopper(load_db()))
+    assert kind == "replay" and len(own) == 3
+    for o in own:
+        assert o.fingerprint.line() == live[o.method.value]["fingerprint"]

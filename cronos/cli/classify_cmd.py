@@ -34,6 +34,8 @@ def register(subparsers) -> None:
                    help="with --pcap: the scan's --timeout, for the same Time= (60)")  # fmt: skip
     p.add_argument("--window", type=float, default=180.0, metavar="S",
                    help="with --pcap: the scan's --window (180)")  # fmt: skip
+    p.add_argument("--full", action="store_true",
+                   help="with --pcap: the scan ran with --full (no early stop)")  # fmt: skip
     p.add_argument("--plot", dest="plot_out", metavar="FILE",
                    help="timeline against the candidates (.png/.svg/.pdf)")  # fmt: skip
     p.add_argument("-oH", dest="html_out", metavar="FILE", help="self-contained HTML report")
@@ -69,7 +71,12 @@ def run(args) -> int:
 
         if args.input != "-":
             raise UsageError("give either FILE or --pcap FILE, not both")
-        kind, obs = analyse_pcap(args.pcap, timeout_s=args.timeout, window_s=args.window)
+        from ..early import EarlyStopper
+
+        stopper = None if args.full else EarlyStopper(db)
+        kind, obs = analyse_pcap(
+            args.pcap, timeout_s=args.timeout, window_s=args.window, stopper=stopper
+        )
         if not obs:
             raise UsageError(f"{args.pcap}: no SYN-ACK or FIN retransmission series found")
         print(f"{args.pcap}: {len(obs)} observation(s) ({kind})", file=sys.stderr)

@@ -207,6 +207,8 @@ def _done_keys(path: str) -> set[tuple]:
         for n, line in enumerate(fh, 1):
             try:
                 r = json.loads(line)
+                if r.get("type") == "verdict":
+                    continue  # the scan's own verdict lines: no measurement to skip
                 if r.get("status") != "aborted":
                     done.add((r["target"], int(r["port"]), r["method"], int(r["try"])))
             except (ValueError, KeyError, TypeError, AttributeError):

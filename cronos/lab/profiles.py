@@ -130,6 +130,13 @@ PROFILES: dict[str, Profile] = {
             "cronos.lab.pytcp_host:setup",
             notes="schedule given by the module",
         ),
+        Profile(
+            "hostile",
+            "raw-packet responder, no TCP stack: floods, storms, wrong numbers (ports 80-84)",
+            "hostile",
+            "cronos.lab.hostile:setup",
+            notes="see cronos/lab/hostile.py and docs/hostile.md",
+        ),
     ]
 }
 

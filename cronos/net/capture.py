@@ -47,9 +47,7 @@ class Capture:
         self.drops = 0
         self.packets = 0
         try:
-            self.sock = socket.socket(
-                socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL)
-            )
+            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
         except PermissionError:
             raise PrivilegeError("capturing packets needs root (CAP_NET_RAW)") from None
         try:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from ..model import Method, Observation
-from ..packet import ACK, SYN, Segment, build_ip, parse_ip
+from ..packet import ACK, SYN, Segment, build_ip, own_segment, parse_ip, peek_flow
 from ..probes import PROBES, Probe, ProbeConfig
 from . import bpf
 from .capture import Capture
@@ -113,6 +113,7 @@ class Engine:
         self._tokens = 0.0
         self._last_refill = 0.0
         self._to_discard: list[tuple[str, int, int]] = []
+        self._early_due: dict[tuple, float] = {}  # flows with a new timed packet
 
     # -- public ---------------------------------------------------------------
     def run(self, jobs: Iterable[Job], targets_hint: list[str] | None = None) -> EngineStats:
@@ -150,6 +151,7 @@ class Engine:
             # since the server's RTO, hence the timing, includes our reaction
             self._drain(capture, sender)
             self._fire_timers(sender, time.time())
+            self._early_checks()
             now = time.time()
             if not exhausted and len(self._running) < self.cfg.max_in_flight:
                 exhausted = self._start_some(pending, sender, now)
@@ -232,24 +234,31 @@ class Engine:
             pkt = capture.recv()
             if pkt is None:
                 return
-            seg = parse_ip(pkt.data, verify_checksum=not pkt.csum_not_ready)
-            if seg is None:
+            flow = peek_flow(pkt.data)
+            if flow is None:
                 continue
-            if not seg.checksum_ok:
-                self.stats.bad_checksum += 1
-                continue
-            run = self._running.get((seg.src, seg.sport, seg.dst, seg.dport))
+            run = self._running.get(flow)
             outgoing = run is not None
-            if run is None:
-                run = self._running.get((seg.dst, seg.dport, seg.src, seg.sport))
-                if run is None or not self._valid_reply(run, seg):
+            if outgoing:  # our own segment: its capture time is the send time
+                seg = own_segment(pkt.data)
+            else:
+                run = self._running.get((flow[2], flow[3], flow[0], flow[1]))
+                if run is None:
+                    continue  # not one of our flows: never parsed
+                seg = parse_ip(pkt.data, verify_checksum=not pkt.csum_not_ready)
+                if seg is None:
+                    continue
+                if not seg.checksum_ok:
+                    self.stats.bad_checksum += 1
+                    continue
+                if not self._valid_reply(run, seg):
                     continue
                 self.stats.packets_in += 1
             if self.packet_sink is not None:
                 self.packet_sink(pkt.ts, pkt.data)
             self._send(sender, run.probe.on_packet(pkt.ts, seg, outgoing))
             if not outgoing and self.early_stop is not None:
-                self._maybe_stop_early(run, pkt.ts)
+                self._early_due[run.flow] = pkt.ts  # after the drain: a match takes ms
             self._after_event(run)
 
     def _valid_reply(self, run: _Running, seg: Segment) -> bool:
@@ -263,8 +272,8 @@ class Engine:
             run = self._running.get(flow)
             if run is None:
                 continue
-            if early:  # an early-stop recheck
-                self._maybe_stop_early(run, now, force=True)
+            if early:  # an early-stop recheck, at its own time (replay does the same)
+                self._maybe_stop_early(run, when, force=True)
                 if run.probe.done:
                     self._finish(run)
                 continue
@@ -272,6 +281,15 @@ class Engine:
                 continue  # stale entry; a fresh one was pushed when the deadline moved
             self._send(sender, run.probe.on_timer(now))
             self._after_event(run)
+
+    def _early_checks(self) -> None:
+        due, self._early_due = self._early_due, {}
+        for flow, ts in due.items():
+            run = self._running.get(flow)
+            if run is not None:
+                self._maybe_stop_early(run, ts)
+                if run.probe.done:
+                    self._finish(run)
 
     def _maybe_stop_early(self, run: _Running, now: float, force: bool = False) -> None:
         probe = run.probe

@@ -424,6 +424,7 @@ class ClosingProbe(Probe):
             gaps_us=gaps,
             connect_us=self._connect_us(),
             rst_us=rst_us,
+            listened_us=round((t_end - fins[0]) * 1e6) if fins and self.t_end else None,
         )
         notes = list(self.notes)
         if len(self.syn_clock) > 1:

@@ -143,6 +143,9 @@ class SynProbe(Probe):
             time_s=max(0, round(t_end - t0)),
             gaps_us=gaps,
             rst_us=rst_us,
+            listened_us=round((t_end - self.synacks[0]) * 1e6)
+            if self.synacks and self.t_end is not None
+            else None,
         )
         status = Status.ABORTED if self.aborted and self.status is Status.OK else self.status
         return Observation(
