@@ -108,7 +108,8 @@ def decide_from(fut: tuple[Future, ...] | None, listened_us: int, n_gaps: int) -
     if all(_same(first, f) for f in alive[1:]) and (complete or n_gaps >= MIN_GAPS):
         return Decision(True, None, f"{len(alive)} fitting signature(s) agree on what follows")
     pending = [f.events_us[0] + Z * f.tol_us[0] for f in alive if f.events_us]
-    return Decision(False, int(min(pending)) + 1 if pending else None, "predictions differ")
+    # 1 ms past the first pending deadline: by then that prediction is overdue
+    return Decision(False, int(min(pending)) + 1000 if pending else None, "predictions differ")
 
 
 class EarlyStopper:

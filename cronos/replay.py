@@ -282,7 +282,7 @@ class _EarlyReplay:
             p.stop_early(now, f"early stop at {now - partial.started_at:.1f} s: {d.reason}")
         elif d.recheck_us is not None:
             when = partial.started_at + (partial.arrivals_us[0] + d.recheck_us) / 1e6
-            self.recheck = max(when, now)
+            self.recheck = when if when > now else None  # as the engine: only forward
 
 
 def _run_timers(probe, until: float, early: _EarlyReplay | None = None) -> None:

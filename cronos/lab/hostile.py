@@ -203,8 +203,8 @@ class Responder:
 
     def _storm_seg(self, c: _Conn, i: int) -> Segment:
         r = c.rng
-        if c.behaviour == "synack-flood":
-            return c.seg(SYN | ACK, c.iss, c.rcv_nxt, options=(("MSS", MSS),))
+        if c.behaviour == "synack-flood":  # retransmissions: the same SYN-ACK each time
+            return c.seg(SYN | ACK, c.iss, c.peer_isn + 1, options=(("MSS", MSS),))
         if c.behaviour == "fin-storm":
             seq = c.snd_nxt if i % 8 else r.randrange(1 << 32)
             return c.seg(FIN | ACK, seq, c.rcv_nxt)

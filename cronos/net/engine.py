@@ -307,7 +307,8 @@ class Engine:
             self.stats.early_stops += 1
         elif d.recheck_us is not None:
             when = partial.started_at + (partial.arrivals_us[0] + d.recheck_us) / 1e6
-            heapq.heappush(self._timers, (max(when, now), next(self._seq), run.flow, 1))
+            if when > now:  # only forward: a recheck must see more time pass
+                heapq.heappush(self._timers, (when, next(self._seq), run.flow, 1))
 
     def _after_event(self, run: _Running) -> None:
         if run.probe.done:

@@ -1,0 +1,58 @@
+"""Early verdicts: pure decisions, and with the built-in database."""
+
+from cronos.db import load_db
+from cronos.early import MIN_GAPS, EarlyStopper, Future, decide_from
+from cronos.model import Method, Observation, StateFingerprint, Status, SynAckFeatures
+
+LINUX_HDR = SynAckFeatures(0xFE88, 64, True, 0, 1460, "MSTNW", 10)
+
+
+def test_no_signature_no_stop():
+    assert not decide_from(None, 10_000_000, 5).stop
+    assert not decide_from((), 10_000_000, 5).stop
+
+
+def test_agreeing_futures_stop_only_with_enough_evidence():
+    a = Future("a", (4_000_000,), (200_000,))
+    b = Future("b", (4_010_000,), (200_000,))
+    assert decide_from((a, b), 2_000_000, MIN_GAPS).stop
+    assert not decide_from((a, b), 2_000_000, MIN_GAPS - 1).stop
+    done = Future("c", (), ())
+    assert decide_from((done,), 1_000, 0).stop  # every fitting series complete: final
+
+
+def test_differing_futures_recheck_after_the_first_pending_event_then_stop():
+    longer = Future("default", (15_000_000,), (750_000,))
+    shorter = Future("synack3", (), ())
+    d = decide_from((longer, shorter), 8_000_000, 3)
+    assert not d.stop and d.recheck_us > 15_000_000 + 3 * 750_000
+    d2 = decide_from((longer, shorter), d.recheck_us, 3)
+    assert d2.stop  # the longer series' packet is overdue: only "synack3" is left
+    assert decide_from((longer, shorter), d.recheck_us - 2_000, 3).recheck_us == d.recheck_us
+
+
+def _obs(gaps, method=Method.SYN_RCVD, connect=None, feats=LINUX_HDR):
+    fp = StateFingerprint(method, 60, tuple(gaps), connect)
+    arr, t = [1000], 1000
+    for g in gaps:
+        t += g
+        arr.append(t)
+    return Observation("10.0.0.2", 80, method, 1, Status.OK, fp, feats, arrivals_us=tuple(arr))
+
+
+def test_linux_default_prefix_waits_for_the_signatures_that_differ():
+    stop = EarlyStopper(load_db())
+    # 1, 2, 4 s: synack3 (complete) and the default (8 s more) both fit
+    d = stop.decide(_obs([1_018_000, 2_016_000, 4_192_000]), 7_300_000)
+    assert not d.stop and d.recheck_us is not None and d.recheck_us > 15_000_000
+    # the 4th SYN-ACK came: only 5-retransmission Linux stacks are left
+    d4 = stop.decide(_obs([1_018_000, 2_016_000, 4_192_000, 8_192_000]), 15_500_000)
+    assert d4.stop, d4
+    again = stop.decide(_obs([1_018_500, 2_016_300, 4_192_100, 8_192_400]), 15_500_000)
+    assert again.stop and stop.matches == 2  # the second host hit the memo
+
+
+def test_unknown_series_never_stops_early():
+    stop = EarlyStopper(load_db())
+    weird = _obs([777_000, 777_000, 777_000, 777_000], feats=None)
+    assert not stop.decide(weird, 5_000_000).stop
