@@ -10,7 +10,7 @@ APT_PKGS := nmap nftables iproute2 ethtool tcpdump iptables slirp4netns \
 STAMP_APT := $(VENV)/.apt-done
 STAMP_PIP := $(VENV)/.pip-done
 
-.PHONY: demo test deps lint fuzz bench-accuracy clean
+.PHONY: demo test deps lint fuzz bench-accuracy bench-early bench-scale clean
 
 deps: $(STAMP_PIP)
 
@@ -42,6 +42,16 @@ lint: deps
 
 bench-accuracy: deps
 	$(PY) bench/accuracy.py
+
+bench-early: deps
+	$(PY) bench/early.py
+
+bench-scale: deps
+	$(PY) bench/scale.py
+
+fuzz: deps
+	$(VENV)/bin/pip install -q atheris
+	$(PY) bench/fuzz.py -runs=1000000
 
 clean:
 	-$(VENV)/bin/cron-os cleanup

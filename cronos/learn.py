@@ -26,7 +26,9 @@ SPREAD_FLOOR_US = 1000
 SPREAD_FLOOR_FRACTION = 0.03
 
 
-def _combine(obs: list[Observation]) -> tuple[StateFingerprint, tuple[int, ...], int | None]:
+def _combine(
+    obs: list[Observation], floor_fraction: float = SPREAD_FLOOR_FRACTION
+) -> tuple[StateFingerprint, tuple[int, ...], int | None]:
     counts = Counter(o.fingerprint.nb_pkt for o in obs)
     nb = max(counts, key=lambda n: (counts[n], n))
     same = [o.fingerprint for o in obs if o.fingerprint.nb_pkt == nb]
@@ -35,7 +37,7 @@ def _combine(obs: list[Observation]) -> tuple[StateFingerprint, tuple[int, ...],
     for i in range(nb):  # spread of the arrival time of retransmission i+1
         arrivals = [sum(fp.gaps_us[: i + 1]) for fp in same]
         sd = statistics.pstdev(arrivals) if len(arrivals) > 1 else 0.0
-        floor = max(SPREAD_FLOOR_US, SPREAD_FLOOR_FRACTION * statistics.median(arrivals))
+        floor = max(SPREAD_FLOOR_US, floor_fraction * statistics.median(arrivals))
         spread.append(round(max(floor, 2 * sd)))
     conns = [fp.connect_us for fp in same if fp.connect_us is not None]
     rsts = [fp.rst_us for fp in same if fp.rst_us is not None]
@@ -63,6 +65,7 @@ def build_signature(
     classes: Sequence[OsClass],
     cpes: Sequence[str] = (),
     source: str = "",
+    spread_floor: float = SPREAD_FLOOR_FRACTION,
 ) -> Signature:
     """A Signature from the ok observations of one target/port (all states)."""
     by_method: dict[Method, list[Observation]] = {}
@@ -79,7 +82,7 @@ def build_signature(
     rst_spread: dict[Method, int] = {}
     for m in Method:
         if m in by_method:
-            fp, sp, rs = _combine(by_method[m])
+            fp, sp, rs = _combine(by_method[m], spread_floor)
             states[m] = fp
             if sp:
                 spread[m] = sp

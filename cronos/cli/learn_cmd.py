@@ -32,6 +32,14 @@ def register(sub) -> None:
     p.add_argument("--cpe", action="append", default=[], metavar="CPE")
     p.add_argument("--source", default="", help="provenance text (default: lab, date, tries)")
     p.add_argument("--tries", type=int, default=3, metavar="N", help="tries per state (default 3)")
+    p.add_argument(
+        "--spread-floor",
+        type=float,
+        default=0.03,
+        metavar="F",
+        help="least spread of an arrival, as a fraction of its time (default 0.03; more for "
+        "stacks whose timers drift with load, e.g. user-space stacks)",
+    )
     p.add_argument("--timeout", type=float, default=60.0, metavar="S")
     p.add_argument("--window", type=float, default=180.0, metavar="S")
     p.add_argument("--db-out", metavar="FILE", help="append the block to FILE (checked first)")
@@ -74,7 +82,11 @@ def run(args) -> int:
         file=sys.stderr,
     )
     Engine(cfg, results.append).run(jobs, targets_hint=[target])
-    sig = build_signature(results, args.label.strip(), [os_class], args.cpe, args.source)
+    if not 0 <= args.spread_floor < 1:
+        raise UsageError("--spread-floor must be in [0, 1)")
+    sig = build_signature(
+        results, args.label.strip(), [os_class], args.cpe, args.source, args.spread_floor
+    )
     block = sig.block()
     parse_db_text(block, "<learned>")  # what we print must load
     if args.db_out:
