@@ -43,6 +43,8 @@ def register(sub) -> None:
         help="idle timeout per state (default 20: above every lab gap)",
     )
     p.add_argument("--tries", type=int, default=1, metavar="N")
+    p.add_argument("--full", action="store_true",
+                   help="listen to every state to the end (no early stop): complete series")  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -94,6 +96,9 @@ def run(args) -> int:
         rc = subprocess.call(cmd)
         print()
         _summary(lab.targets, out)
+        if not args.full:
+            print("(series stop once their verdict is final; `cron-os demo --full` listens "
+                  "to the end)")  # fmt: skip
     print(f"Lab {lab.id} removed.")
     return rc
 
