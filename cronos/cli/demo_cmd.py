@@ -44,7 +44,7 @@ def register(sub) -> None:
     )
     p.add_argument("--tries", type=int, default=1, metavar="N")
     p.add_argument("--full", action="store_true",
-                   help="listen to every state to the end (no early stop): complete series")  # fmt: skip
+                   help="listen to every state to the end (no early stop)")  # fmt: skip
     p.set_defaults(func=run)
 
 
