@@ -92,6 +92,8 @@ def run(args) -> int:
             "-oJ",
             out,
         ]
+        if args.full:
+            cmd.append("--full")
         print("$ cron-os " + " ".join(cmd[3:]), flush=True)
         rc = subprocess.call(cmd)
         print()
