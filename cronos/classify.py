@@ -73,9 +73,11 @@ def read_jsonl(text: str, source: str = "<input>") -> list[Observation]:
         if "method" not in d and "type" in d:  # other record kinds (summaries...)
             continue
         try:
-            out.append(Observation.from_dict(d))
+            obs = Observation.from_dict(d)
         except FingerprintSyntaxError as exc:
             raise FingerprintSyntaxError(f"{source}:{n}: {exc}") from exc
+        obs.extra["input_id"] = str(d["id"]) if "id" in d else f"{source}:{n}"
+        out.append(obs)
     if not out:
         raise FingerprintSyntaxError(f"{source}:1: no observation record")
     return out
@@ -94,7 +96,7 @@ def read_fingerprint_lines(text: str, source: str = "<input>") -> list[Observati
         block += 1
         name = target or (source if block == 1 else f"{source}#{block}")
         tries: dict[Method, int] = {}
-        for _n, fp in pending:
+        for n_line, fp in pending:
             if fp.method in rsts and fp.rst_us is None:
                 fp = StateFingerprint(
                     fp.method, fp.time_s, fp.gaps_us, fp.connect_us, rsts[fp.method]
@@ -109,6 +111,7 @@ def read_fingerprint_lines(text: str, source: str = "<input>") -> list[Observati
                     status=Status.OK,
                     fingerprint=fp,
                     features=feats if fp.method is Method.SYN_RCVD else None,
+                    extra={"input_id": f"{source}:{n_line}"},
                 )
             )
         pending, rsts, feats, target = [], {}, None, None
@@ -201,7 +204,8 @@ def read_hershel(text: str, source: str = "<input>") -> list[Observation]:
         target = f"hershel-{f[0]}"
         tries[target] = tries.get(target, 0) + 1
         fp = StateFingerprint(Method.SYN_RCVD, time_s, gaps, None, rst_us)
-        out.append(Observation(target, 0, Method.SYN_RCVD, tries[target], Status.OK, fp, feats))
+        out.append(Observation(target, 0, Method.SYN_RCVD, tries[target], Status.OK, fp, feats,
+                               extra={"input_id": f"{source}:{n}"}))  # fmt: skip
     if not out:
         raise FingerprintSyntaxError(f"{source}:1: no Hershel line")
     return out

@@ -601,6 +601,8 @@ def _family(sigs, order, post) -> str | None:
             break
         fam = _families(sigs)[i] or "?"
         mass[fam] = mass.get(fam, 0.0) + float(post[rank])
+    if not mass:  # fitting signatures rank first: the best one can hold < 1e-4 of the mass
+        return None
     fam, p = max(mass.items(), key=lambda kv: kv[1])
     return fam if fam != "?" and p >= 0.9 else None
 

@@ -42,6 +42,7 @@ def verdict_dict(v: TargetVerdict) -> dict:
         "type": "verdict",
         "target": v.target,
         "observations": len(v.observations),
+        "inputs": [o.extra["input_id"] for o in v.observations if "input_id" in o.extra],
         "verdict": r.verdict if r.verdict is not None else "no match",
         "class": r.verdict_class,
         "confidence": round(r.confidence, 3),
@@ -56,7 +57,9 @@ def verdict_dict(v: TargetVerdict) -> dict:
 
 def render(v: TargetVerdict, top: int = 5) -> str:
     r: MatchResult = v.result
-    lines = [f"Target {v.target} ({len(v.observations)} observations)"]
+    ids = [o.extra["input_id"] for o in v.observations if "input_id" in o.extra]
+    shown = ", ".join(ids[:4]) + (f", ... (+{len(ids) - 4})" if len(ids) > 4 else "")
+    lines = [f"Target {v.target} ({len(v.observations)} observations{'; ' + shown if ids else ''})"]
     if r.verdict is None:
         lines.append("No match (nothing in the database explains these timings).")
     else:

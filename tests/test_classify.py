@@ -157,3 +157,21 @@ def test_cli_bad_db_one_line_exit_2(tmp_path, capsys):
     assert main(["classify", str(src), "--db", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err == f"cron-os: {bad}:1: block 'X' has no Class line\n"
+
+
+def test_every_result_carries_its_input_identifiers(tmp_path):
+    import json as _json
+
+    from cronos.classify import classify, read_observations
+    from cronos.db import load_db
+    from cronos.verdict_text import verdict_dict
+
+    f = tmp_path / "obs.jsonl"
+    rec = {"method": "s", "target": "192.0.2.7", "port": 80, "time_s": 30,
+           "gaps_us": [2806316, 6010910], "status": "ok"}  # fmt: skip
+    f.write_text(_json.dumps({**rec, "id": "host-42"}) + "\n" + _json.dumps(rec) + "\n")
+    (v,) = classify(read_observations(f.read_text(), str(f)), load_db())
+    assert verdict_dict(v)["inputs"] == ["host-42", f"{f}:2"]
+    text = "CronOS_Syn(nbPkt=2%Time=30%p=2806316%p=6010910)\n"
+    (w,) = classify(read_observations(text, "talk.txt"), load_db())
+    assert verdict_dict(w)["inputs"] == ["talk.txt:1"]

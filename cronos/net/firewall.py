@@ -165,7 +165,11 @@ class RstGuard:
         self.active = False
 
     def __enter__(self) -> RstGuard:
-        self.install()
+        try:
+            self.install()
+        except BaseException:  # a signal that lands just after nft made the table
+            self.remove()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
@@ -181,8 +185,8 @@ class RstGuard:
             "  }\n"
             "}\n"
         )
+        self.active = True  # before: remove() must try even if we are interrupted in _nft
         _nft(["-f", "-"], script)
-        self.active = True
 
     def add(self, flows: Iterable[tuple[str, int, int]]) -> None:
         """Start dropping our RSTs for (target, target_port, our_port) flows."""
