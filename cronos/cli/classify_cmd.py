@@ -39,6 +39,7 @@ def register(subparsers) -> None:
     p.add_argument("--plot", dest="plot_out", metavar="FILE",
                    help="timeline against the candidates (.png/.svg/.pdf)")  # fmt: skip
     p.add_argument("-oH", dest="html_out", metavar="FILE", help="self-contained HTML report")
+    p.add_argument("-oX", dest="xml_out", metavar="FILE", help="nmap-compatible XML")
     p.set_defaults(func=run)
 
 
@@ -65,6 +66,8 @@ def run(args) -> int:
     from ..html_report import check_outputs, write_evidence
 
     check_outputs(args.html_out, args.plot_out)
+    if args.xml_out and not Path(args.xml_out).resolve().parent.is_dir():
+        raise UsageError(f"-oX {args.xml_out}: directory does not exist")
     db = load_db(args.db)
     if args.pcap:
         from ..replay import analyse_pcap
@@ -84,6 +87,15 @@ def run(args) -> int:
         source = "<stdin>" if args.input == "-" else args.input
         obs = read_observations(_read_input(args.input), source)
     verdicts = classify(obs, db, top=args.top, novelty=args.novelty)
+    if args.xml_out:
+        import time
+
+        from ..nmapxml import HostReport, osmatches_from, write_nmap_xml
+
+        hosts = [HostReport(v.target, v.observations, osmatches_from(v.result, top=args.top))
+                 for v in verdicts]  # fmt: skip
+        now = time.time()
+        write_nmap_xml(args.xml_out, hosts, args=" ".join(sys.argv), start=now, end=now)
     write_evidence(
         obs, html_path=args.html_out, plot_path=args.plot_out, db=db,
         results={v.target: v.result for v in verdicts}, top=args.top,
