@@ -115,14 +115,36 @@ def test_wrong_ack_blind_rst_and_other_flows_are_ignored():
     assert not p.done and p.synacks == []
 
 
-def test_window_caps_listening_and_storm_is_bounded():
+def test_storm_is_bounded_and_says_so():
     p = SynProbe(_cfg(timeout_s=10, window_s=60))
     p.start(0.0)
     for i in range(5000):
         p.on_packet(0.001 * i, _synack(), False)
-    assert len(p.synacks) == SynProbe.MAX_SYNACKS
-    p.on_timer(20.0)
-    assert p.done and p.result().fingerprint.time_s == 15  # 4.999 s + 10 s idle
+    assert p.done and len(p.synacks) == SynProbe.MAX_SYNACKS
+    assert "more than 256 SYN-ACKs" in p.result().note
+
+
+def test_window_caps_listening():
+    p = SynProbe(_cfg(timeout_s=10, window_s=12))
+    p.start(0.0)
+    for t in (0.1, 1.1, 3.1, 7.1, 11.1):
+        p.on_packet(t, _synack(), False)
+    p.on_timer(12.0)
+    assert p.done and p.result().fingerprint.time_s == 12 and p.result().fingerprint.nb_pkt == 4
+
+
+def test_synack_with_another_isn_and_blind_rst_are_not_timed():
+    p = SynProbe(_cfg())
+    p.start(0.0)
+    p.on_packet(0.1, _synack(), False)
+    forged = Segment("10.0.0.2", "10.0.0.1", 80, 40000, 777, 1001, SYN | ACK)
+    p.on_packet(0.5, forged, False)  # acks our ISN, but another connection's ISN
+    blind = Segment("10.0.0.2", "10.0.0.1", 80, 40000, 123456, 1001, RST | ACK)
+    p.on_packet(0.6, blind, False)
+    assert not p.done and len(p.synacks) == 1 and p.ignored == 2
+    p.on_packet(1.1, _synack(), False)
+    p.on_packet(3.1, _synack(flags=RST | ACK), False)  # the real one: ISN (+0 or +1)
+    assert p.done and p.result().fingerprint.rst_us == 2_000_000
 
 
 def test_abort_keeps_what_was_measured():

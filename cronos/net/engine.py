@@ -73,7 +73,7 @@ def isn_for(key: bytes, src: str, sport: int, dst: str, dport: int) -> int:
 
 
 class _Running:
-    __slots__ = ("probe", "reservation", "flow", "fw_flow", "timed_seen", "verdict_s")
+    __slots__ = ("probe", "reservation", "flow", "fw_flow", "timed_seen", "verdict_s", "pkts")
 
     def __init__(self, probe: Probe, reservation: PortReservation, flow, fw_flow):
         self.probe = probe
@@ -82,12 +82,15 @@ class _Running:
         self.fw_flow = fw_flow
         self.timed_seen = 0  # timed packets when the early stopper last looked
         self.verdict_s: float | None = None
+        self.pkts = 0  # segments received from the peer
 
 
 class Engine:
     """Run jobs concurrently; ``on_result`` gets each Observation as it completes."""
 
     BATCH = 64  # probes started between two looks at the capture socket
+    # segments one probe may receive: 1 MiB of data is ~720; beyond, the peer floods
+    FLOW_BUDGET = 4096
 
     def __init__(
         self,
@@ -254,6 +257,13 @@ class Engine:
                 if not self._valid_reply(run, seg):
                     continue
                 self.stats.packets_in += 1
+                run.pkts += 1
+                if run.pkts > self.FLOW_BUDGET:  # a flooding peer: stop parsing it
+                    run.probe.stop_early(
+                        pkt.ts, f"packet budget: more than {self.FLOW_BUDGET} packets, stopped"
+                    )
+                    self._finish(run)
+                    continue
             if self.packet_sink is not None:
                 self.packet_sink(pkt.ts, pkt.data)
             self._send(sender, run.probe.on_packet(pkt.ts, seg, outgoing))

@@ -58,6 +58,8 @@ class SynProbe(Probe):
         self.aborted = False
         self.status = Status.FILTERED
         self.early_note = ""
+        self.server_isn = 0
+        self.ignored = 0  # replies that look like ours but are not the connection's
 
     def start(self, now: float) -> list[Segment]:
         self._goto("SYN_SENT")
@@ -86,12 +88,24 @@ class SynProbe(Probe):
             self._goto("SYN_RCVD")
             self.features = features_of(seg)
             self.status = Status.OK
-        if len(self.synacks) < self.MAX_SYNACKS:
-            self.synacks.append(ts)
+            self.server_isn = seg.seq
+        elif seg.seq != self.server_isn:
+            self.ignored += 1  # a retransmission repeats the first SYN-ACK's ISN
+            return
+        if len(self.synacks) >= self.MAX_SYNACKS:  # a flood: stop, and say so
+            self.early_note = f"more than {self.MAX_SYNACKS} SYN-ACKs: stopped"
+            self._finish(ts)
+            return
+        self.synacks.append(ts)
         self._rearm(ts)
 
     def _on_rst(self, ts: float, seg: Segment) -> None:
         if self.synacks:
+            # the connection's RST carries the server's next sequence number
+            # (RFC 5961 accepts exactly that); anything else is a blind RST
+            if (seg.seq - self.server_isn) & 0xFFFFFFFF not in (0, 1):
+                self.ignored += 1
+                return
             self.rst_at = ts
         elif seg.flags & ACK and seg.ack == (self.cfg.isn + 1) & 0xFFFFFFFF:
             self.status = Status.CLOSED
