@@ -27,7 +27,7 @@ def scan(lab, targets, tmp_path, *extra, ports="80", method="slf", timeout=3):
     out = tmp_path / "o.jsonl"
     r = subprocess.run(
         [*CMD, "scan", "--netns", lab.scanner_ns, *targets, "-p", ports, "-m", method,
-         "--timeout", str(timeout), "-oJ", str(out), *extra],
+         "--timeout", str(timeout), "-oJ", str(out), "--full", *extra],
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr

@@ -19,7 +19,7 @@ def scan(ns, targets, tmp_path, *extra, method="slf", timeout=3):
     out = tmp_path / "o.jsonl"
     r = subprocess.run(
         [*CMD, "scan", "--netns", ns, *targets, "-p", "80", "-m", method,
-         "--timeout", str(timeout), "-oJ", str(out), "-q", *extra],
+         "--timeout", str(timeout), "-oJ", str(out), "-q", "--full", *extra],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr

@@ -36,6 +36,7 @@ def _scan(lab, targets, *extra, timeout=5, popen=False):
         "80",
         "--timeout",
         str(timeout),
+        "--full",  # complete series: the schedules are what is checked
         *extra,
     ]
     if popen:

@@ -82,7 +82,8 @@ def register(sub) -> None:
         type=float,
         default=300.0,
         metavar="PPS",
-        help="packets sent per second at most (default 300)",
+        help="measurements started per second at most (default 300; each sends 1 (s) to "
+        "about 4 (f) packets)",
     )
     p.add_argument(
         "--max-hosts",

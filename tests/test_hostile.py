@@ -1,0 +1,213 @@
+"""The hostile host: probes against a peer that floods, storms and lies.
+
+Pure part: each probe against ``cronos.lab.hostile.Responder`` in simulated
+time (no network). Netns part (root): the ``hostile`` lab profile scanned
+together with a real Linux target, whose fingerprints must not change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cronos.lab.hostile import BEHAVIOURS, Budget, Responder, parse_frame
+from cronos.model import Method, Status, parse_state_line
+from cronos.packet import SYN, build_ip
+from cronos.probes import PROBES, ProbeConfig
+from cronos.probes.closing import ClosingProbe
+from cronos.probes.syn import SynProbe
+
+US, THEM = "10.77.1.1", "10.77.1.2"
+FIN_NOTE = f"more than {ClosingProbe.MAX_FINS} FINs"
+DATA_NOTE = f"more than {ClosingProbe.MAX_DATA_BYTES} bytes of data"
+
+
+def _pair(method: Method, port: int, budget: Budget | None = None, limit_s: float = 60.0):
+    """Run one probe against the responder; returns (probe, observation, segments sent to it)."""
+    cfg = ProbeConfig(target=THEM, port=port, src_ip=US, src_port=40000 + port, isn=0xDEADBEEF,
+                      timeout_s=3.0, window_s=30.0)  # fmt: skip
+    probe, peer = PROBES[method](cfg), Responder(THEM, budget or Budget(), seed=port)
+    now, to_peer, from_peer = 1000.0, [], 0
+
+    def send(segs):
+        for s in segs:
+            probe.on_packet(now, s, True)  # our capture of it
+            to_peer.append(s)
+
+    send(probe.start(now))
+    while not probe.done and now < 1000.0 + limit_s:
+        for s in to_peer:
+            for r in peer.on_segment(now, s):
+                from_peer += 1
+                send(probe.on_packet(now, r, False))
+        to_peer.clear()
+        for r in peer.on_timer(now):
+            from_peer += 1
+            send(probe.on_packet(now, r, False))
+        nxt = [t for t in (peer.next_at, probe.deadline) if t is not None]
+        now = max(now + 1e-4, min(nxt)) if nxt else now + 0.01
+        if probe.deadline is not None and now >= probe.deadline:
+            send(probe.on_timer(now))
+    return probe, probe.result(), from_peer
+
+
+@pytest.mark.parametrize("port", sorted(BEHAVIOURS))
+@pytest.mark.parametrize("method", list(Method))
+def test_every_probe_ends_bounded_against_every_behaviour(method, port):
+    probe, obs, n = _pair(method, port)
+    assert probe.done, (method, port)
+    assert obs.fingerprint.time_s <= 30
+    back = parse_state_line(obs.fingerprint.line())
+    assert back.gaps_us == obs.fingerprint.gaps_us
+    if isinstance(probe, SynProbe):
+        assert len(probe.synacks) <= SynProbe.MAX_SYNACKS
+    else:
+        assert len(probe.fins) <= probe.MAX_FINS and len(probe.ooo) <= probe.MAX_OOO
+        assert probe.sent <= probe.MAX_SENT and probe.data_bytes <= probe.MAX_DATA_BYTES + 1460
+    assert n <= Budget().max_packets + 4
+
+
+@pytest.mark.parametrize("method", [Method.LAST_ACK, Method.FIN_WAIT1])
+def test_budgets_show_in_notes(method):
+    _, obs, _ = _pair(method, 81)  # FIN storm
+    assert obs.status is Status.OK and FIN_NOTE in obs.note
+    assert obs.fingerprint.nb_pkt == ClosingProbe.MAX_FINS - 1
+    _, obs, _ = _pair(method, 83)  # endless data, zero window
+    assert DATA_NOTE in obs.note, obs
+
+
+def test_synack_flood_is_capped():
+    probe, obs, n = _pair(Method.SYN_RCVD, 80)
+    assert n == Budget().synack_flood + 1
+    assert obs.status is Status.OK and obs.fingerprint.nb_pkt == SynProbe.MAX_SYNACKS - 1
+    assert obs.packets_in == n  # every one counted, only the first 256 timed
+
+
+def test_responder_is_bounded_and_forgets_old_connections():
+    b = Budget(max_conns=4, max_packets=50, storm_s=0.1, flood_s=0.1)
+    peer = Responder(THEM, b)
+    from cronos.packet import Segment
+
+    total = 0
+    for i in range(20):
+        syn = Segment(US, THEM, 30000 + i, 80, i, 0, SYN)
+        total += len(peer.on_segment(float(i), syn))
+        total += len(peer.on_timer(float(i) + 0.05)) + len(peer.on_timer(float(i) + 1))
+    assert len(peer.conns) == 4 and total <= 20 * 50
+    assert peer.next_at is None  # every storm is over
+
+
+def test_parse_frame_round_trip():
+    from cronos.packet import Segment
+
+    seg = Segment(US, THEM, 40000, 80, 7, 9, SYN, window=1234, payload=b"xy")
+    got = parse_frame(b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + build_ip(seg))
+    assert (got.src, got.dst, got.sport, got.dport, got.seq, got.ack, got.flags, got.payload) == (
+        US, THEM, 40000, 80, 7, 9, SYN, b"xy")  # fmt: skip
+    assert parse_frame(b"\x00" * 30) is None
+
+
+# -- real namespaces ----------------------------------------------------------------------
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, raw sockets)")
+HOSTILE_PORTS = ",".join(map(str, sorted(BEHAVIOURS)))
+SCAN_WALL_LIMIT_S = 90
+RSS_LIMIT_KB = 400 * 1024
+
+
+@pytest.fixture(scope="module")
+def lab():
+    from cronos.lab import Lab
+
+    with Lab.create(["hostile", "linux-orphan2"]) as lab:
+        yield lab
+
+
+def _scan(lab, targets, ports, out):
+    """Run a scan; (wall seconds, peak RSS in KiB, stderr, exit status)."""
+    argv = [sys.executable, "-m", "cronos", "scan", "--netns", lab.scanner_ns, *targets,
+            "-p", ports, "-m", "slf", "--timeout", "3", "--full", "-q", "--no-progress",
+            "-oJ", str(out)]  # fmt: skip
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while True:  # wait4, not Popen.wait: we want the child's peak RSS
+        pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() - t0 > SCAN_WALL_LIMIT_S:
+            proc.kill()
+        time.sleep(0.05)
+    wall = time.monotonic() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return wall, rusage.ru_maxrss, proc.stderr.read(), proc.returncode
+
+
+def _records(path):
+    with open(path) as fh:
+        return [r for r in map(json.loads, fh) if "state" in r]
+
+
+@pytest.fixture(scope="module")
+def scans(lab, tmp_path_factory):
+    """The Linux target alone, then with the hostile host (ports 80-84, slf)."""
+    tmp = tmp_path_factory.mktemp("hostile")
+    hostile, linux = (t.ip for t in lab.targets)
+    alone, both = tmp / "alone.jsonl", tmp / "both.jsonl"
+    ref = _scan(lab, [linux], "80", alone)
+    run = _scan(lab, [hostile, linux], f"80,{HOSTILE_PORTS}", both)
+    return hostile, linux, ref, _records(alone), run, _records(both)
+
+
+@pytest.mark.netns
+@root_only
+def test_hostile_scan_is_bounded_and_reports_budgets(scans, record_property):
+    hostile, _, ref, _, (wall, rss_kb, err, rc), recs = scans
+    record_property("wall_s", round(wall, 1))
+    record_property("peak_rss_mb", round(rss_kb / 1024, 1))
+    print(f"\nhostile+linux scan: {wall:.1f} s wall, peak RSS {rss_kb / 1024:.1f} MiB, exit {rc}"
+          f" (linux alone: {ref[0]:.1f} s, {ref[1] / 1024:.1f} MiB)")  # fmt: skip
+    assert "Traceback" not in err, err
+    assert rc in (0, 1), err  # 1: the capture socket lost packets under the flood (said so)
+    assert wall < SCAN_WALL_LIMIT_S and 0 < rss_kb < RSS_LIMIT_KB
+    by = {(r["target"], r["port"], r["method"]): r for r in recs}
+    for port in BEHAVIOURS:
+        for m in "slf":
+            r = by[(hostile, port, m)]
+            assert r["status"] in {s.value for s in Status}, r
+            print(f"  {port} {m}: {r['status']:9} nb_pkt={r['nb_pkt']:3} in={r['packets_in']:5}"
+                  f" note={r['note']!r}")  # fmt: skip
+    for m in "lf":
+        assert FIN_NOTE in by[(hostile, 81, m)]["note"]
+        assert DATA_NOTE in by[(hostile, 83, m)]["note"]
+    flood = by[(hostile, 80, "s")]  # no note from SynProbe for its cap (see docs/hostile.md)
+    assert flood["packets_in"] > SynProbe.MAX_SYNACKS and flood["nb_pkt"] < SynProbe.MAX_SYNACKS
+
+
+@pytest.mark.netns
+@root_only
+@pytest.mark.xfail(
+    strict=False,
+    reason="the engine parses every reply with scapy (~100 us): under the hostile flood our "
+    "ACKs to the Linux host leave 5-100 ms late, which lengthens its FIN gaps and can cost "
+    "it a retransmission (time-based orphan budget); see docs/hostile.md",
+)
+def test_other_hosts_results_are_unaffected(scans):
+    _, linux, (_, _, _, rc_ref), alone, (_, _, _, rc), recs = scans
+    assert rc_ref == 0 and rc == 0, "the capture lost packets: nothing to compare"
+    ref = {r["method"]: r for r in alone}
+    got = {r["method"]: r for r in recs if r["target"] == linux and r["port"] == 80}
+    for m in "slf":
+        g, w = got[m], ref[m]
+        print(f"  linux {m}: alone {w['gaps_us']} connect {w['connect_us']}; "
+              f"with hostile {g['gaps_us']} connect {g['connect_us']}")  # fmt: skip
+    for m in "slf":
+        g, w = got[m], ref[m]
+        assert g["status"] == w["status"] == "ok", (g, w)
+        assert g["nb_pkt"] == w["nb_pkt"], (m, g["gaps_us"], w["gaps_us"])
+        for a, b in zip(g["gaps_us"], w["gaps_us"], strict=True):
+            assert abs(a - b) < 50_000, (m, g["gaps_us"], w["gaps_us"])
