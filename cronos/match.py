@@ -52,6 +52,7 @@ RST_MISSING = 1.5
 LISTEN_SLACK_US = 50_000  # an expected packet this close to the end may still be in flight
 # per observation, when every try of a state misses the signature's last packets
 TAIL_AGAIN = 3.0
+MIN_CONFIDENCE = 0.05  # below this the verdict is "no match"
 JITTER_US = 15_000
 REL = 0.005
 DEFAULT_SPREAD_US = 30_000
@@ -573,7 +574,12 @@ def match(
         how = tuple(_how(sigs, i, o, prep, res, novelty) for o, prep, res in per_obs)
         conf = (group_p / ties if rank < ties else float(post[rank])) * quality
         cands.append(Candidate(sigs[i], -float(total[i]), conf, int(success[i]), len(obs), how))
-    novel = mean_fit > novelty or success[top_i] * 2 < covered[top_i]
+    # a verdict nobody would bet on (a likelier signature fails the fit) is none
+    novel = (
+        mean_fit > novelty
+        or success[top_i] * 2 < covered[top_i]
+        or group_p * quality < MIN_CONFIDENCE
+    )
     verdict = None if novel else " or ".join(sigs[i].name for i in order[:ties])
     fam = None if novel else _family(sigs, order, post)
     conf = 0.0 if novel else group_p * quality
