@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import IO
 
@@ -11,7 +12,15 @@ from .errors import UsageError
 
 
 class JsonLinesWriter:
-    """One JSON object per line, flushed and fsync'ed as each record is written."""
+    """One JSON object per line, written to the kernel as each record arrives.
+
+    Every record is flushed at once (a killed process loses nothing: the data
+    is in the kernel). ``sync()`` asks for an fsync, for power loss; it is
+    coalesced to at most one every ``SYNC_EVERY_S`` (20,000 fsyncs cost a
+    10,000-host scan more than its probes), and ``close()`` always syncs.
+    """
+
+    SYNC_EVERY_S = 0.5
 
     def __init__(self, path: str):
         self.path = path
@@ -34,14 +43,24 @@ class JsonLinesWriter:
         except OSError as exc:
             raise UsageError(f"cannot write {path}: {exc.strerror}") from None
 
+    _last_sync = 0.0
+
     def write(self, record: dict) -> None:
         assert self._fh is not None
         self._fh.write(json.dumps(record, separators=(",", ":")) + "\n")
         self._fh.flush()
-        if self.path != "-":
+
+    def sync(self, force: bool = False) -> None:
+        """fsync (at a host's completion), at most every SYNC_EVERY_S unless forced."""
+        if self._fh is None or self.path == "-":
+            return
+        now = time.monotonic()
+        if force or now - self._last_sync >= self.SYNC_EVERY_S:
             os.fsync(self._fh.fileno())
+            self._last_sync = now
 
     def close(self) -> None:
         if self._fh is not None and self.path != "-":
+            self.sync(force=True)
             self._fh.close()
         self._fh = None

@@ -77,3 +77,15 @@ def test_nmap_missing_is_one_line_and_cronos_part_completes(lab, tmp_path):
     assert "Traceback" not in r.stderr
     assert "cron-os: nmap is not installed (apt install nmap)" in r.stderr.splitlines()
     assert "CronOS_Syn(nbPkt=1%" in r.stdout
+
+
+def test_plain_linux_with_nmap_is_consistent(lab, tmp_path):
+    linux = next(t for t in lab.targets if t.profile == "linux-orphan2")
+    r = subprocess.run(
+        [*CMD, "scan", "--netns", lab.scanner_ns, linux.ip, "-p", "80", "-m", "slf",
+         "--timeout", "3", "--nmap"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "nmap's view" in r.stdout
+    assert "[consistent]" in r.stdout, r.stdout[-1500:]

@@ -311,7 +311,12 @@ class HostReporter:
             obs = [o for o in observations if o.port == port]
             answered = any(o.status.value in ("ok", "aborted") for o in obs)
             result = match(obs, db, top=args.top) if answered else None
-            arch = infer(obs, match_by_state(obs, db, top=args.top), nmap_host)
+            methods = {o.method for o in obs}
+            if result is not None and len(methods) == 1:  # one state: the same match
+                per_state = {next(iter(methods)): result}
+            else:
+                per_state = match_by_state(obs, db, top=args.top)
+            arch = infer(obs, per_state, nmap_host)
             self.architectures.setdefault(target, arch)
             rec = {"type": "verdict", "target": target, "port": port}
             if result is not None:
@@ -328,6 +333,7 @@ class HostReporter:
                                    "evidence": list(arch.evidence)}  # fmt: skip
             if self.writer:
                 self.writer.write(rec)
+                self.writer.sync()  # the host is complete
             if args.nmap:
                 texts.append(render_merged(f"{target} port {port}", nmap_host,
                                            cronos_lines(obs), arch).rstrip("\n"))  # fmt: skip
