@@ -44,11 +44,8 @@ def _combine(
     rst = round(statistics.median(rsts)) if len(rsts) * 2 > len(same) else None
     rst_spread = None
     if rst is not None:
-        rst_spread = (
-            max(SPREAD_FLOOR_US, round(2 * statistics.pstdev(rsts)))
-            if len(rsts) > 1
-            else SPREAD_FLOOR_US
-        )
+        sd = statistics.pstdev(rsts) if len(rsts) > 1 else 0.0
+        rst_spread = round(max(SPREAD_FLOOR_US, floor_fraction * rst, 2 * sd))
     fp = StateFingerprint(
         method=same[0].method,
         time_s=max(f.time_s for f in same),
