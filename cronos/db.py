@@ -145,8 +145,11 @@ def load_db(paths: list[Path] | None = None, *, builtin: bool = True) -> Databas
     sigs: list[Signature] = []
     seen_names: dict[str, str] = {}
     seen_keys: dict[tuple, str] = {}
+    shipped = set(builtin_paths()) if builtin else set()
     for path in files:
-        for sig in parse_db_text(_read(path), str(path)):
+        # built-in files are named as in the source tree, not by this machine's path
+        name = f"cronos/data/{path.name}" if path in shipped else str(path)
+        for sig in parse_db_text(_read(path), name):
             if sig.name in seen_names:
                 raise DatabaseError(
                     f"{sig.where}: duplicate name {sig.name!r}, already at {seen_names[sig.name]}"
