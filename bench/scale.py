@@ -77,6 +77,7 @@ class Run:
     no_retrans: int = 0  # a SYN-ACK never retransmitted: a SYN cookie (or a lost series)
     target_counters: dict = field(default_factory=dict)
     stderr: str = ""
+    load1: float = 0.0  # 1-minute load average when the run ended: other work on the machine
 
     @property
     def cores(self) -> float:
@@ -155,6 +156,19 @@ def synacks_by_flow(pcap: Path) -> dict[tuple[str, int], list[float]]:
 
 
 def scan(lab: ScaleLab, hosts: list[str], label: str, args, work: Path) -> Run:
+    """``_scan_once``, tried again once if something else killed the scan."""
+    try:
+        return _scan_once(lab, hosts, label, args, work)
+    except ScanKilled as exc:
+        print(f"  {exc}; running it again", flush=True)
+        return _scan_once(lab, hosts, label, args, work)
+
+
+class ScanKilled(RuntimeError):
+    pass
+
+
+def _scan_once(lab: ScaleLab, hosts: list[str], label: str, args, work: Path) -> Run:
     """One ``cron-os scan`` of ``hosts`` with tcpdump alongside; measured."""
     run = Run(label, len(hosts))
     tag = f"{label}-{len(hosts)}"
@@ -162,28 +176,10 @@ def scan(lab: ScaleLab, hosts: list[str], label: str, args, work: Path) -> Run:
     hosts_file.write_text("".join(h + "\n" for h in hosts))
     with contextlib.suppress(FileNotFoundError):
         out.unlink()
-    cmd = [
-        *cron_os(args.package_root),
-        "scan",
-        "--netns",
-        lab.scanner_ns,
-        "-iL",
-        str(hosts_file),
-        "-p",
-        "80",
-        "-m",
-        "s",
-        "--timeout",
-        f"{args.timeout:g}",
-        "--max-rate",
-        f"{args.max_rate:g}",
-        "--max-hosts",
-        str(args.max_hosts or max(len(hosts), 1)),
-        "--yes",
-        "-q",
-        "-oJ",
-        str(out),
-    ]
+    cmd = [*cron_os(args.package_root), "scan", "--netns", lab.scanner_ns,
+           "-iL", str(hosts_file), "-p", "80", "-m", "s", "--timeout", f"{args.timeout:g}",
+           "--max-rate", f"{args.max_rate:g}", "--max-hosts", str(args.max_hosts or len(hosts)),
+           "--yes", "-q", "-oJ", str(out), *args.scan_options]  # fmt: skip
     if not run_cmd_shown.get(label):
         print("  $ " + " ".join(cmd), flush=True)
         run_cmd_shown[label] = True
@@ -201,12 +197,15 @@ def scan(lab: ScaleLab, hosts: list[str], label: str, args, work: Path) -> Run:
     finally:
         run.tcpdump_drops = stop_tcpdump(dump, pcap)
     run.status = proc.returncode
+    run.load1 = os.getloadavg()[0]
     run.cpu_s = usage.ru_utime + usage.ru_stime
     run.rss_bytes = usage.ru_maxrss * 1024
     err.seek(0)
     run.stderr = err.read()
     m = re.search(r"kernel dropped (\d+)", run.stderr)
     run.capture_drops = int(m.group(1)) if m else 0
+    if run.status < 0:
+        raise ScanKilled(f"cron-os scan killed by signal {-run.status}")
     if run.status not in (0, 1):
         raise RuntimeError(f"cron-os scan exited {run.status}: {run.stderr.strip()[-300:]}")
     run.target_counters = delta(before, lab.counters())
@@ -271,12 +270,13 @@ def row(r: Run) -> str:
             f"{pct(r.gap_err_us, 50):>7.1f} {pct(r.gap_err_us, 99):>7.1f} "
             f"{r.capture_drops:>5}/{r.tcpdump_drops:<3} {r.no_retrans:>5} {tgt:<22} "
             f"{100 * r.nb_ok / r.hosts:>6.1f}% {100 * r.accuracy:>6.1f}% "
-            f"{100 * r.within_5pct / r.hosts:>6.1f}%")  # fmt: skip
+            f"{100 * r.within_5pct / r.hosts:>6.1f}% {r.load1:>5.2f}")  # fmt: skip
 
 
 HEADER = (f"{'run':<7}{'hosts':>7} {'wall s':>7} {'cpu s':>7} {'cores':>5} {'RSS MiB':>7} "
           f"{'ts p50':>7} {'ts p99':>7} {'gap p50':>7} {'gap p99':>7} {'drops':>9} "
-          f"{'noRtx':>5} {'target drops':<22} {'nbPkt':>7} {'acc50':>7} {'acc5%':>7}")  # fmt: skip
+          f"{'noRtx':>5} {'target drops':<22} {'nbPkt':>7} {'acc50':>7} {'acc5%':>7} "
+          f"{'load':>5}")  # fmt: skip
 
 
 def verdicts(single: Run, big: Run | None, ours_hpm: float | None, nmap_hpm: float | None):
@@ -333,6 +333,14 @@ def main(argv=None) -> int:
         metavar="DIR",
         help="scan with the cronos package in DIR (a patched copy) instead",
     )
+    ap.add_argument(
+        "--scan-option",
+        dest="scan_options",
+        action="append",
+        default=[],
+        metavar="OPT",
+        help="extra cron-os scan option for every run, e.g. --scan-option=--full",
+    )
     ap.add_argument("--keep", metavar="DIR", help="keep the JSONL, pcaps and logs in DIR")
     args = ap.parse_args(argv)
     sizes = [100, 1000] if args.quick else [int(s) for s in args.sizes.split(",") if s]
@@ -369,7 +377,11 @@ def main(argv=None) -> int:
             flush=True,
         )
         with ScaleLab.create(args.mix_size, profiles, netdev_max_backlog=backlog) as mlab:
-            margs = argparse.Namespace(**{**vars(args), "timeout": args.mix_timeout})
+            # --full: the retransmission count is the point here, not the verdict
+            full = [*args.scan_options, *([] if "--full" in args.scan_options else ["--full"])]
+            margs = argparse.Namespace(
+                **{**vars(args), "timeout": args.mix_timeout, "scan_options": full}
+            )
             mix = scan(mlab, list(mlab.hosts), "mixed", margs, work)
 
     print("\n" + HEADER)
@@ -380,7 +392,8 @@ def main(argv=None) -> int:
         "noRtx = SYN-ACKs never retransmitted; target drops: ck SyncookiesSent, "
         "ld ListenDrops, qf TCPReqQFullDrop, vd veth drops, sn softnet backlog drops; "
         f"nbPkt = nbPkt as the profile; acc50 = that and every gap within {TOLERANCE_MS} ms "
-        "of the profile; acc5% = within 5%)"
+        "of the profile; acc5% = within 5%; load = 1-min load average after the run, "
+        "the scan itself included)"
     )
     for r in [single, *runs, *([mix] if mix else [])]:
         devs = "  ".join(f"gap{k + 1} {pct(v, 1):+.0f}/{pct(v, 50):+.0f}/{pct(v, 99):+.0f}"

@@ -82,3 +82,25 @@ def test_mutated_packets_never_raise(seg, muts):
 @given(segments())
 def test_fast_builder_is_byte_identical_to_scapy(seg):
     assert build_ip(seg) == build_ip_scapy(seg)
+
+
+@settings(max_examples=300, deadline=None)
+@given(segments())
+def test_peek_flow_and_own_segment_agree_with_scapy(seg):
+    from cronos.packet import own_segment, peek_flow
+
+    raw = build_ip(seg)
+    assert peek_flow(raw) == (seg.src, seg.sport, seg.dst, seg.dport)
+    own, ref = own_segment(raw), parse_ip(raw)
+    for f in ("src", "dst", "sport", "dport", "seq", "ack", "flags", "window", "payload",
+              "ttl", "df", "ip_id"):  # fmt: skip
+        assert getattr(own, f) == getattr(ref, f), f
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(max_size=120))
+def test_peek_flow_never_raises(data):
+    from cronos.packet import peek_flow
+
+    peek_flow(data)
+    peek_flow(b"\x45\x00" + data)
