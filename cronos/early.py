@@ -144,3 +144,26 @@ class EarlyStopper:
         else:
             self.cache.move_to_end(key)
         return decide_from(fut, listened_us, fp.nb_pkt)
+
+
+def step(stopper: EarlyStopper, probe, now: float) -> tuple[float | None, float | None]:
+    """Ask ``stopper`` about a running probe at ``now`` (a capture time, or a
+    recheck's own time, so that a replay takes the very same decisions).
+
+    Stops the probe when its verdict is final. Returns ``(verdict_s, recheck)``:
+    seconds from our SYN to the verdict if it stopped, and the time at which to
+    ask again (always later than ``now``), if any."""
+    partial = probe.result()
+    if not partial.arrivals_us:
+        return None, None
+    listened_us = int((now - partial.started_at) * 1e6) - partial.arrivals_us[0]
+    d = stopper.decide(partial, listened_us)
+    if d.stop:
+        verdict_s = now - partial.started_at
+        probe.stop_early(now, f"early stop at {verdict_s:.1f} s: {d.reason}")
+        return verdict_s, None
+    if d.recheck_us is not None:
+        when = partial.started_at + (partial.arrivals_us[0] + d.recheck_us) / 1e6
+        if when > now:  # only forward: a recheck must see more time pass
+            return None, when
+    return None, None

@@ -31,6 +31,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
+from .early import step as early_step
 from .model import Method, Observation, StateFingerprint, Status
 from .packet import ACK, FIN, RST, SYN, Segment, parse_ip
 from .probes import PROBES, ProbeConfig
@@ -273,16 +274,7 @@ class _EarlyReplay:
         if self.stopper is None or p.done or (not force and p.timed_count == self.seen):
             return
         self.seen = p.timed_count
-        partial = p.result()
-        if not partial.arrivals_us:
-            return
-        listened_us = int((now - partial.started_at) * 1e6) - partial.arrivals_us[0]
-        d = self.stopper.decide(partial, listened_us)
-        if d.stop:
-            p.stop_early(now, f"early stop at {now - partial.started_at:.1f} s: {d.reason}")
-        elif d.recheck_us is not None:
-            when = partial.started_at + (partial.arrivals_us[0] + d.recheck_us) / 1e6
-            self.recheck = when if when > now else None  # as the engine: only forward
+        _, self.recheck = early_step(self.stopper, p, now)
 
 
 def _run_timers(probe, until: float, early: _EarlyReplay | None = None) -> None:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from ..early import step as early_step
 from ..model import Method, Observation
 from ..packet import ACK, SYN, Segment, build_ip, own_segment, parse_ip, peek_flow
 from ..probes import PROBES, Probe, ProbeConfig
@@ -306,30 +307,12 @@ class Engine:
         if probe.done or (not force and probe.timed_count == run.timed_seen):
             return
         run.timed_seen = probe.timed_count
-        partial = probe.result()
-        if not partial.arrivals_us:
-            return
-        listened_us = int((now - partial.started_at) * 1e6) - partial.arrivals_us[0]
-        d = self.early_stop.decide(partial, listened_us)
-        if d.stop:
-            run.verdict_s = now - partial.started_at
-            probe.stop_early(now, f"early stop at {run.verdict_s:.1f} s: {d.reason}")
+        verdict_s, recheck = early_step(self.early_stop, probe, now)
+        if verdict_s is not None:
+            run.verdict_s = verdict_s
             self.stats.early_stops += 1
-        elif d.recheck_us is not None:
-            when = partial.started_at + (partial.arrivals_us[0] + d.recheck_us) / 1e6
-            if when > now:  # only forward: a recheck must see more time pass
-                heapq.heappush(self._timers, (when, next(self._seq), run.flow, 1))
-
-    def _after_event(self, run: _Running) -> None:
-        if run.probe.done:
-            self._finish(run)
-        else:
-            self._arm(run)
-
-    def _arm(self, run: _Running) -> None:
-        d = run.probe.deadline
-        if d is not None:
-            heapq.heappush(self._timers, (d, next(self._seq), run.flow))
+        elif recheck is not None:
+            heapq.heappush(self._timers, (recheck, next(self._seq), run.flow, 1))
 
     def _send(self, sender: RawSender, segs: list[Segment]) -> None:
         for s in segs:
