@@ -314,6 +314,17 @@ class Engine:
         elif recheck is not None:
             heapq.heappush(self._timers, (recheck, next(self._seq), run.flow, 1))
 
+    def _after_event(self, run: _Running) -> None:
+        if run.probe.done:
+            self._finish(run)
+        else:
+            self._arm(run)
+
+    def _arm(self, run: _Running) -> None:
+        d = run.probe.deadline
+        if d is not None:
+            heapq.heappush(self._timers, (d, next(self._seq), run.flow))
+
     def _send(self, sender: RawSender, segs: list[Segment]) -> None:
         for s in segs:
             if sender.send(build_ip(s), s.dst):
