@@ -41,7 +41,9 @@ def assert_doubling_series(gaps_ms, expected_ms):
     assert len(gaps_ms) == len(expected_ms), (gaps_ms, expected_ms)
     first, want = gaps_ms[0], expected_ms[0]
     assert 0.8 * want - 5 <= first <= 1.5 * want + 10, (gaps_ms, expected_ms)
-    for a, b in zip(gaps_ms, gaps_ms[1:], strict=False):
+    # from the second gap on: the first one also holds our reaction time (the
+    # RTO restarts at our ACK), which a busy scanner stretches
+    for a, b in zip(gaps_ms[1:], gaps_ms[2:], strict=False):
         assert 1.7 <= b / a <= 2.4, gaps_ms
 
 

@@ -206,5 +206,19 @@ def test_other_hosts_results_are_unaffected(scans):
         g, w = got[m], ref[m]
         assert g["status"] == w["status"] == "ok", (g, w)
         assert g["nb_pkt"] == w["nb_pkt"], (m, g["gaps_us"], w["gaps_us"])
-        for a, b in zip(g["gaps_us"], w["gaps_us"], strict=True):
-            assert abs(a - b) < 50_000, (m, g["gaps_us"], w["gaps_us"])
+        for k, (a, b) in enumerate(zip(g["gaps_us"], w["gaps_us"], strict=True)):
+            # A closing state's first gap is the server's RTO counted from our
+            # ACK (of the handshake, or of the response in FIN_WAIT1): a scanner
+            # busy with a flood ACKs later and that one gap grows with it (seen:
+            # +84 ms). What the server does after (doubling, count) is unchanged.
+            tol = 150_000 if m != "s" and k == 0 else 50_000
+            assert abs(a - b) < tol, (m, g["gaps_us"], w["gaps_us"])
+    # and the verdict on the Linux host is the same
+    from cronos.db import load_db
+    from cronos.match import match
+    from cronos.model import Observation
+
+    db = load_db()
+    v_alone = match([Observation.from_dict(r) for r in ref.values()], db).verdict
+    v_with = match([Observation.from_dict(r) for r in got.values()], db).verdict
+    assert v_alone is not None and v_alone == v_with, (v_alone, v_with)

@@ -120,12 +120,7 @@ class Lab:
         """Remove everything; idempotent. ``LabError`` lists what could not go."""
         if self._destroyed:
             return
-        errors = self._ctx.run_cleanups() if self._ctx else []
-        problems = [str(e) for e in errors] + _state.teardown(self.record)
-        if self._ctx:
-            for proc in self._ctx.procs:  # collect our children
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=2)
+        problems = remove_everything(self._ctx, self.record)
         self._destroyed = True
         if problems:
             raise LabError(f"lab {self.id}: incomplete removal: {'; '.join(problems)}")
@@ -138,6 +133,18 @@ class Lab:
 
     def __repr__(self) -> str:
         return f"Lab(id={self.id!r}, targets={[t.profile for t in self.targets]})"
+
+
+def remove_everything(ctx: LabContext | None, record) -> list[str]:
+    """Run a lab's cleanups, tear down what its state file records, collect our
+    children; the problems met (empty when everything went)."""
+    errors = ctx.run_cleanups() if ctx else []
+    problems = [str(e) for e in errors] + _state.teardown(record)
+    if ctx:
+        for proc in ctx.procs:  # collect our children
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=2)
+    return problems
 
 
 def cleanup_stale(all_labs: bool = False) -> list[str]:

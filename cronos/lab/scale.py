@@ -37,7 +37,6 @@ import contextlib
 import json
 import os
 import re
-import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,7 +46,7 @@ from ..errors import LabError
 from . import profiles as _profiles
 from . import state as _state
 from .core import LabContext, LabTarget, require_tools, wait_listening
-from .lab import _new_id, require_root
+from .lab import _new_id, remove_everything, require_root
 
 PORT = 80
 LISTEN_BACKLOG = 262144
@@ -228,11 +227,7 @@ class ScaleLab:
         """Remove everything; idempotent. ``LabError`` lists what could not go."""
         if self._destroyed:
             return
-        errors = self._ctx.run_cleanups()
-        problems = [str(e) for e in errors] + _state.teardown(self.record)
-        for proc in self._ctx.procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=2)
+        problems = remove_everything(self._ctx, self.record)
         self._destroyed = True
         if problems:
             raise LabError(f"scale lab {self.id}: incomplete removal: {'; '.join(problems)}")

@@ -91,7 +91,7 @@ class Engine:
 
     BATCH = 64  # probes started between two looks at the capture socket
     # segments one probe may receive: 1 MiB of data is ~720; beyond, the peer floods
-    FLOW_BUDGET = 4096
+    FLOW_BUDGET = 2048
 
     def __init__(
         self,
