@@ -18,7 +18,7 @@ CPU seconds and average cores, peak RSS, |timestamp error| (our arrival,
 matched by flow and rank) and |gap error|, p50/p99, capture drops (exit status
 1), target-side drops (SYN cookies, listen drops, veth and backlog drops) and
 accuracy (nbPkt == 3 and every gap within 50 ms of the profile).
-Then ``nmap -O -Pn -n -p 80 --max-os-tries 1`` on a random sample of the
+Then ``nmap -O -Pn -n -p 80`` (plain ``nmap -O``: its default OS tries) on a random sample of the
 1,000 hosts (``--nmap-hosts``; 0 skips it) for a hosts-per-minute ratio, and
 a mixed-profile lab (``--mix-profiles``) for accuracy against each host's own
 ``tcp_synack_retries``. Ends with PASS/FAIL against the targets.
@@ -98,6 +98,11 @@ class Run:
                 out[k] += c.get(k, 0)
         out["softnet_dropped"] = self.target_counters.get("softnet", {}).get("dropped", 0)
         return out
+
+
+# plain `nmap -O`, as the issue compares (nmap retries OS detection up to 5
+# times when nothing matches exactly; `--max-os-tries 1` is 2.4x faster here)
+NMAP_EXTRA: tuple[str, ...] = ()
 
 
 def pct(values: list[float], q: float) -> float:
@@ -251,7 +256,7 @@ def nmap_rate(lab: ScaleLab, hosts: list[str], n: int, work: Path) -> tuple[int,
     path = work / "nmap-hosts.txt"
     path.write_text("".join(h + "\n" for h in sample))
     cmd = ["ip", "netns", "exec", lab.scanner_ns, "nmap", "-O", "-Pn", "-n", "-p", "80",
-           "--max-os-tries", "1", "-iL", str(path), "-oX", str(work / "nmap.xml")]  # fmt: skip
+           *NMAP_EXTRA, "-iL", str(path), "-oX", str(work / "nmap.xml")]  # fmt: skip
     print("  $ " + " ".join(cmd), flush=True)
     t0 = time.monotonic()
     subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)

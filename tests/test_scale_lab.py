@@ -78,3 +78,29 @@ def test_removed_on_error_and_backlog_restored():
     assert lab_id not in state_mod.list_ids()
     if old < 65536:
         assert int(BACKLOG.read_text()) == old
+
+
+@pytest.mark.netns
+@pytest.mark.skipif(not ROOT, reason="needs root (namespaces, raw sockets)")
+def test_large_scan_classifies_in_workers_and_loses_no_host(tmp_path):
+    """300 hosts (>= HostReporter.WORKER_MIN_HOSTS): verdicts come from the
+    worker processes; every host gets its records and its verdict record."""
+    with ScaleLab.create(300, ["linux-orphan2"]) as big:
+        hosts = tmp_path / "hosts.txt"
+        big.write_targets(hosts)
+        out = tmp_path / "out.jsonl"
+        res = subprocess.run(
+            [sys.executable, "-m", "cronos", "scan", "--netns", big.scanner_ns, "-iL", str(hosts),
+             "-p", "80", "-m", "s", "--timeout", "3", "--max-rate", "3000", "-oJ", str(out)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        recs = [json.loads(x) for x in out.read_text().splitlines()]
+        verdicts = [r for r in recs if r.get("type") == "verdict"]
+        assert len([r for r in recs if "arrivals_us" in r]) == 300
+        assert sorted(v["target"] for v in verdicts) == sorted(big.hosts)
+        assert all("[lab linux-orphan2]" in v["verdict"] for v in verdicts), verdicts[0]
+        assert res.stdout.count("Cron-OS scan report for") == 300
+        left = subprocess.run(["pgrep", "-f", "cronos scan --netns " + big.scanner_ns],
+                              capture_output=True, text=True).stdout  # fmt: skip
+        assert left == ""  # the workers are gone with the scan

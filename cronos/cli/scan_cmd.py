@@ -7,7 +7,9 @@ import os
 import resource
 import sys
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from pathlib import Path
 
 from .. import __version__
 from ..errors import PrivilegeError, UsageError
@@ -250,15 +252,103 @@ class _Progress:
             sys.stderr.flush()
 
 
-class HostReporter:
-    """Turns a finished host's observations into verdicts, text and records.
+@dataclass(frozen=True)
+class _ReportOptions:
+    top: int
+    nmap: bool
+    xml: bool
 
-    Per port: the matcher's guesses, the architecture verdict (per-state
-    matches, nmap's view when ``--nmap``), JSON verdict records, and the
-    data for ``-oX``. With ``--nmap`` a host waits until nmap has answered.
+
+@dataclass(frozen=True)
+class _HostPiece:
+    """What a finished host gives: verdict records, report text, -oX data."""
+
+    target: str
+    records: tuple[dict, ...]
+    texts: tuple[str, ...]
+    xml_host: object | None
+    arch: object | None
+
+
+def compute_host(target, observations, db, opts: _ReportOptions, nmap_host) -> _HostPiece:
+    """Per port: the matcher's guesses, the architecture verdict (per-state
+    matches, nmap's view when known), verdict records. Pure: it runs in the
+    scan process, or in the classification worker of a large scan."""
+    from ..architecture import infer, match_by_state
+    from ..classify import TargetVerdict
+    from ..match import match
+    from ..merged import render_merged
+    from ..nmapxml import HostReport, cronos_lines, osmatches_from
+    from ..verdict_text import render, verdict_dict
+
+    records, texts, best, first_arch = [], [], None, None
+    for port in sorted({o.port for o in observations}):
+        obs = [o for o in observations if o.port == port]
+        answered = any(o.status.value in ("ok", "aborted") for o in obs)
+        result = match(obs, db, top=opts.top) if answered else None
+        methods = {o.method for o in obs}
+        if result is not None and len(methods) == 1:  # one state: the same match
+            per_state = {next(iter(methods)): result}
+        else:
+            per_state = match_by_state(obs, db, top=opts.top)
+        arch = infer(obs, per_state, nmap_host)
+        first_arch = first_arch or arch
+        rec = {"type": "verdict", "target": target, "port": port}
+        if result is not None:
+            tv = TargetVerdict(f"{target}:{port}", tuple(obs), result)
+            rec.update(verdict_dict(tv), target=target, port=port)
+            texts.append(
+                render(tv, top=opts.top)
+                .rstrip("\n")
+                .replace(f"Target {target}:{port}", f"Port {port}:", 1)
+            )
+            if best is None or result.confidence > best.confidence:
+                best = result
+        rec["architecture"] = {"kind": arch.kind, "summary": arch.summary,
+                               "evidence": list(arch.evidence)}  # fmt: skip
+        records.append(rec)
+        if opts.nmap:
+            texts.append(render_merged(f"{target} port {port}", nmap_host,
+                                       cronos_lines(obs), arch).rstrip("\n"))  # fmt: skip
+        else:
+            texts.append(f"Architecture: {arch.summary} [{arch.kind}]")
+            texts += [f"  - {e}" for e in arch.evidence]
+    xml_host = None
+    if opts.xml:
+        cands = osmatches_from(best, top=opts.top) if best is not None else ()
+        xml_host = HostReport(target, tuple(observations), cands, nmap=nmap_host)
+    return _HostPiece(target, tuple(records), tuple(texts), xml_host, first_arch)
+
+
+_WORKER_DB = None
+
+
+def _worker_init(db_files: list[str]) -> None:
+    import signal
+
+    from ..db import load_db
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the scan process handles Ctrl-C
+    global _WORKER_DB
+    _WORKER_DB = load_db([Path(f) for f in db_files])
+
+
+def _worker_compute(target, observations, opts) -> _HostPiece:
+    return compute_host(target, observations, _WORKER_DB, opts, None)
+
+
+class HostReporter:
+    """Turns each finished host into verdicts, text and records, in order.
+
+    With ``--nmap`` a host waits until nmap has answered. A large scan
+    (``WORKER_MIN_HOSTS`` hosts or more, without ``--nmap``) classifies in
+    worker processes, so that the engine's thread only measures; results are
+    emitted in the order hosts finished.
     """
 
-    def __init__(self, args, writer, out, nmap_future=None):
+    WORKER_MIN_HOSTS = 256
+
+    def __init__(self, args, writer, out, nmap_future=None, n_hosts: int = 0):
         self.args = args
         self.writer = writer
         self.out = out
@@ -269,6 +359,20 @@ class HostReporter:
         self.xml_hosts: list = []
         self.all_obs: list[Observation] = []  # for --plot / -oH
         self.architectures: dict = {}
+        self.opts = _ReportOptions(args.top, bool(args.nmap), bool(args.xml_out))
+        self.pending: deque = deque()  # (target, observations, future)
+        self.pool = None
+        if n_hosts >= self.WORKER_MIN_HOSTS and nmap_future is None:
+            from concurrent.futures import ProcessPoolExecutor
+
+            # two: while probes run, the engine keeps one core; once they are
+            # over, thousands of hosts finish together and both cores classify
+            self.pool = ProcessPoolExecutor(
+                max_workers=2, initializer=_worker_init, initargs=([str(f) for f in args.db],)
+            )
+            # fork the workers now, before the engine opens its sockets and ports
+            for f in [self.pool.submit(int) for _ in range(2)]:
+                f.result()
 
     def host_done(self, target: str, observations: list[Observation]) -> None:
         if self.nmap_future is not None and self.nmap_hosts is None and self.nmap_error is None:
@@ -276,14 +380,33 @@ class HostReporter:
                 self.deferred.append((target, observations))
                 return
             self._collect_nmap()
-        self._report(target, observations)
+        if self.pool is not None:
+            fut = self.pool.submit(_worker_compute, target, observations, self.opts)
+            self.pending.append((target, observations, fut))
+            self.pump()
+        else:
+            self._emit(self._compute(target, observations), observations)
+
+    def pump(self, wait: bool = False) -> None:
+        """Emit the worker's results that are ready (all of them if ``wait``)."""
+        while self.pending and (wait or self.pending[0][2].done()):
+            target, observations, fut = self.pending.popleft()
+            try:
+                piece = fut.result()
+            except Exception:  # a dead worker must not lose a host: do it here
+                piece = self._compute(target, observations)
+            self._emit(piece, observations)
 
     def finish(self) -> None:
         if self.nmap_future is not None and self.nmap_hosts is None and self.nmap_error is None:
             self._collect_nmap()
         for target, observations in self.deferred:
-            self._report(target, observations)
+            self.host_done(target, observations)
         self.deferred = []
+        self.pump(wait=True)
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+            self.pool = None
 
     def _collect_nmap(self) -> None:
         from ..errors import CronosError
@@ -294,58 +417,25 @@ class HostReporter:
             self.nmap_error = str(exc)
             print(f"cron-os: {exc}", file=sys.stderr)
 
-    def _report(self, target: str, observations: list[Observation]) -> None:
-        from ..architecture import infer, match_by_state
-        from ..classify import TargetVerdict
-        from ..match import match
-        from ..merged import render_merged
-        from ..nmapxml import HostReport, cronos_lines, osmatches_from
-        from ..verdict_text import render, verdict_dict
-
-        args, db = self.args, self.args.database
+    def _compute(self, target: str, observations: list[Observation]) -> _HostPiece:
         nmap_host = (self.nmap_hosts or {}).get(target)
+        return compute_host(target, observations, self.args.database, self.opts, nmap_host)
+
+    def _emit(self, piece: _HostPiece, observations: list[Observation]) -> None:
+        args = self.args
         if args.html_out or args.plot_out:
             self.all_obs += observations
-        texts, best = [], None
-        for port in sorted({o.port for o in observations}):
-            obs = [o for o in observations if o.port == port]
-            answered = any(o.status.value in ("ok", "aborted") for o in obs)
-            result = match(obs, db, top=args.top) if answered else None
-            methods = {o.method for o in obs}
-            if result is not None and len(methods) == 1:  # one state: the same match
-                per_state = {next(iter(methods)): result}
-            else:
-                per_state = match_by_state(obs, db, top=args.top)
-            arch = infer(obs, per_state, nmap_host)
-            self.architectures.setdefault(target, arch)
-            rec = {"type": "verdict", "target": target, "port": port}
-            if result is not None:
-                tv = TargetVerdict(f"{target}:{port}", tuple(obs), result)
-                rec.update(verdict_dict(tv), target=target, port=port)
-                texts.append(
-                    render(tv, top=args.top)
-                    .rstrip("\n")
-                    .replace(f"Target {target}:{port}", f"Port {port}:", 1)
-                )
-                if best is None or result.confidence > best.confidence:
-                    best = result
-            rec["architecture"] = {"kind": arch.kind, "summary": arch.summary,
-                                   "evidence": list(arch.evidence)}  # fmt: skip
-            if self.writer:
+        if piece.arch is not None:
+            self.architectures.setdefault(piece.target, piece.arch)
+        if self.writer:
+            for rec in piece.records:
                 self.writer.write(rec)
-                self.writer.sync()  # the host is complete
-            if args.nmap:
-                texts.append(render_merged(f"{target} port {port}", nmap_host,
-                                           cronos_lines(obs), arch).rstrip("\n"))  # fmt: skip
-            else:
-                texts.append(f"Architecture: {arch.summary} [{arch.kind}]")
-                texts += [f"  - {e}" for e in arch.evidence]
-        if args.xml_out:
-            cands = osmatches_from(best, top=args.top) if best is not None else ()
-            self.xml_hosts.append(HostReport(target, tuple(observations), cands, nmap=nmap_host))
+            self.writer.sync()  # the host is complete
+        if piece.xml_host is not None:
+            self.xml_hosts.append(piece.xml_host)
         if not args.quiet:
-            print("\n" + host_block(target, observations, "\n".join(texts)), file=self.out,
-                  flush=True)  # fmt: skip
+            text = host_block(piece.target, observations, "\n".join(piece.texts))
+            print("\n" + text, file=self.out, flush=True)
 
 
 def run(args) -> int:
@@ -426,7 +516,12 @@ def run(args) -> int:
         pool = ThreadPoolExecutor(max_workers=1)  # one nmap subprocess for the batch
         nmap_future = pool.submit(run_nmap, list(targets), ports)
         pool.shutdown(wait=False)
-    reporter = HostReporter(args, writer, out, nmap_future)
+    reporter = HostReporter(args, writer, out, nmap_future, targets.upper_bound())
+
+    def tick(stats, in_flight: int) -> None:
+        reporter.pump()
+        progress.tick(stats, in_flight)
+
     hint = list(targets) if targets.upper_bound() <= 64 else None
     sink = close_pcap = None
     if args.pcap_out:
@@ -438,7 +533,7 @@ def run(args) -> int:
         from ..early import EarlyStopper
 
         stopper = EarlyStopper(args.database)
-    engine = Engine(cfg, on_result, packet_sink=sink, on_tick=progress.tick, early_stop=stopper)
+    engine = Engine(cfg, on_result, packet_sink=sink, on_tick=tick, early_stop=stopper)
     try:
         stats = engine.run(jobs(), targets_hint=hint)
     finally:
