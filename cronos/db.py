@@ -33,6 +33,7 @@ from .model import (
     parse_rst_line,
     parse_state_line,
 )
+from .textfile import NotText, read_text
 
 MAX_LINE = 4096
 _STATE_PREFIXES = tuple(m.line_name + "(" for m in Method)
@@ -167,16 +168,15 @@ def load_db(paths: list[Path] | None = None, *, builtin: bool = True) -> Databas
 
 def _read(path: Path) -> str:
     try:
-        raw = Path(path).read_bytes()
+        text = read_text(path)
     except OSError as exc:
         raise DatabaseError(f"{path}:0: cannot read: {exc.strerror or exc}") from exc
-    if b"\0" in raw:
-        raise DatabaseError(f"{path}:1: binary content (NUL byte), not a signature file")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DatabaseError(f"{path}:{line}: not UTF-8 text") from exc
+    except NotText as exc:
+        if exc.binary:
+            raise DatabaseError(
+                f"{path}:1: binary content (NUL byte), not a signature file"
+            ) from exc
+        raise DatabaseError(f"{path}:{exc.line}: not UTF-8 text") from exc
     if not text.strip():
         raise DatabaseError(f"{path}:1: empty file")
     return text

@@ -6,6 +6,7 @@ import ipaddress
 import socket
 
 from .errors import UsageError
+from .textfile import NotText, read_text
 
 MAX_PORTS = 1024
 
@@ -103,15 +104,12 @@ def special_reason(addr: ipaddress.IPv4Address) -> str | None:
 def read_list_file(path: str, what: str) -> list[str]:
     """Non-empty, non-comment lines of a -iL / --exclude-file file."""
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(16 << 20)
+        text = read_text(path, limit=16 << 20)
     except OSError as exc:
         raise UsageError(f"{what} {path}: {exc.strerror}") from None
-    if b"\0" in raw:
-        raise UsageError(f"{what} {path}: binary file, expected one target per line")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
+    except NotText as exc:
+        if exc.binary:
+            raise UsageError(f"{what} {path}: binary file, expected one target per line") from None
         raise UsageError(f"{what} {path}: not UTF-8 text") from None
     items = []
     for n, line in enumerate(text.splitlines(), 1):

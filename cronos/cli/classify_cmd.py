@@ -10,6 +10,7 @@ from ..classify import classify, read_observations
 from ..db import load_db
 from ..errors import UsageError
 from ..match import NOVELTY
+from ..textfile import NotText, read_text
 from ..verdict_text import render, verdict_dict
 
 
@@ -47,15 +48,12 @@ def _read_input(name: str) -> str:
     if name == "-":
         return sys.stdin.read()
     try:
-        raw = Path(name).read_bytes()
+        return read_text(name)
     except OSError as exc:
         raise UsageError(f"{name}: cannot read: {exc.strerror or exc}") from exc
-    if b"\0" in raw:
-        raise UsageError(f"{name}: binary file, expected text observations")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"{name}: not UTF-8 text") from exc
+    except NotText as exc:
+        what = "binary file, expected text observations" if exc.binary else "not UTF-8 text"
+        raise UsageError(f"{name}: {what}") from exc
 
 
 def run(args) -> int:
