@@ -11,6 +11,11 @@ from typing import IO
 from .errors import UsageError
 
 
+def json_line(record: dict) -> str:
+    """One record as written to a JSON Lines file (compact, no newline)."""
+    return json.dumps(record, separators=(",", ":"))
+
+
 class JsonLinesWriter:
     """One JSON object per line, written to the kernel as each record arrives.
 
@@ -46,8 +51,12 @@ class JsonLinesWriter:
     _last_sync = 0.0
 
     def write(self, record: dict) -> None:
+        self.write_line(json_line(record))
+
+    def write_line(self, line: str) -> None:
+        """A record already serialised by ``json_line``."""
         assert self._fh is not None
-        self._fh.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._fh.write(line + "\n")
         self._fh.flush()
 
     def sync(self, force: bool = False) -> None:

@@ -126,6 +126,15 @@ def own_segment(data: bytes) -> Segment:
     )  # fmt: skip
 
 
+_MISSING = object()
+
+
+def _val(pkt, fields: dict, name: str):
+    """A dissected field's value (``pkt.getfieldval`` for one not in the bytes)."""
+    v = fields.get(name, _MISSING)
+    return pkt.getfieldval(name) if v is _MISSING else v
+
+
 def parse_ip(data: bytes, verify_checksum: bool = False) -> Segment | None:
     """Parse IPv4 bytes into a Segment; ``None`` if not a sane TCP segment.
 
@@ -135,37 +144,45 @@ def parse_ip(data: bytes, verify_checksum: bool = False) -> Segment | None:
         return None
     try:
         ip = IP(data)
-        if ip.proto != 6 or ip.frag != 0 or ip.flags.MF or TCP not in ip:
+        f = ip.fields  # dissected values: read directly (scapy's __getattr__ is slow)
+        if _val(ip, f, "proto") != 6 or _val(ip, f, "frag") != 0:
             return None
-        tcp = ip[TCP]
-        if tcp.dataofs is None or tcp.dataofs < 5:
+        ip_flags = int(_val(ip, f, "flags"))
+        tcp = ip.payload
+        if ip_flags & 0x1 or not isinstance(tcp, TCP):  # MF, or not TCP
+            return None
+        t = tcp.fields
+        dataofs = _val(tcp, t, "dataofs")
+        if dataofs is None or dataofs < 5:
             return None
         opts = []
-        for opt in tcp.options:
+        for opt in _val(tcp, t, "options"):
             if not isinstance(opt, tuple) or len(opt) != 2:
                 continue
             name, value = opt
             if isinstance(name, int):
                 name = f"opt{name}"
             opts.append((str(name), value))
-        payload = bytes(tcp.payload) if tcp.payload else b""
-        if isinstance(tcp.payload, Raw):
-            payload = tcp.payload.load
+        pl = tcp.payload
+        payload = pl.load if isinstance(pl, Raw) else bytes(pl) if pl else b""
         ok = tcp_checksum_ok(data) if verify_checksum else True
+        ip_len = _val(ip, f, "len")
+        if ip_len:
+            payload = payload[: max(0, ip_len - _val(ip, f, "ihl") * 4 - dataofs * 4)]
         return Segment(
-            src=ip.src,
-            dst=ip.dst,
-            sport=int(tcp.sport),
-            dport=int(tcp.dport),
-            seq=int(tcp.seq),
-            ack=int(tcp.ack),
-            flags=int(tcp.flags),
-            window=int(tcp.window),
-            payload=payload[: max(0, ip.len - ip.ihl * 4 - tcp.dataofs * 4)] if ip.len else payload,
+            src=_val(ip, f, "src"),
+            dst=_val(ip, f, "dst"),
+            sport=int(_val(tcp, t, "sport")),
+            dport=int(_val(tcp, t, "dport")),
+            seq=int(_val(tcp, t, "seq")),
+            ack=int(_val(tcp, t, "ack")),
+            flags=int(_val(tcp, t, "flags")),
+            window=int(_val(tcp, t, "window")),
+            payload=payload,
             options=tuple(opts),
-            ttl=int(ip.ttl),
-            df=bool(ip.flags.DF),
-            ip_id=int(ip.id),
+            ttl=int(_val(ip, f, "ttl")),
+            df=bool(ip_flags & 0x2),
+            ip_id=int(_val(ip, f, "id")),
             checksum_ok=ok,
         )
     except (Scapy_Exception, ValueError, TypeError, IndexError, AttributeError, struct_error):

@@ -157,6 +157,17 @@ class TargetSet:
     def upper_bound(self) -> int:
         return sum(n.num_addresses for n in self.parts)
 
+    def count(self, limit: int = 1 << 18) -> int | None:
+        """How many addresses the scan will probe (edges, special and excluded
+        ones left out); None when more than ``limit`` addresses would have to
+        be walked to know."""
+        if self.upper_bound() > limit:
+            return None
+        saved = dict(self.skipped)
+        n = sum(1 for _ in self)
+        self.skipped = saved
+        return n
+
     def __iter__(self):
         seen_small: set[str] = set()
         for net in self.parts:

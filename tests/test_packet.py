@@ -104,3 +104,54 @@ def test_peek_flow_never_raises(data):
 
     peek_flow(data)
     peek_flow(b"\x45\x00" + data)
+
+
+def _parse_by_attributes(data: bytes):
+    """Reference for ``parse_ip``: the same reading through scapy's attribute
+    access (``ip.ttl``, ``tcp.options``...), which ``parse_ip`` bypasses for
+    speed by reading the dissected ``fields`` dicts."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.packet import Raw
+
+    if len(data) < 40 or data[0] >> 4 != 4:
+        return None
+    try:
+        ip = IP(data)
+        if ip.proto != 6 or ip.frag != 0 or ip.flags.MF or TCP not in ip:
+            return None
+        tcp = ip[TCP]
+        if tcp.dataofs is None or tcp.dataofs < 5:
+            return None
+        opts = []
+        for opt in tcp.options:
+            if isinstance(opt, tuple) and len(opt) == 2:
+                name = f"opt{opt[0]}" if isinstance(opt[0], int) else str(opt[0])
+                opts.append((name, opt[1]))
+        payload = tcp.payload.load if isinstance(tcp.payload, Raw) else bytes(tcp.payload)
+        if ip.len:
+            payload = payload[: max(0, ip.len - ip.ihl * 4 - tcp.dataofs * 4)]
+        return (ip.src, ip.dst, int(tcp.sport), int(tcp.dport), int(tcp.seq), int(tcp.ack),
+                int(tcp.flags), int(tcp.window), payload, tuple(opts), int(ip.ttl),
+                bool(ip.flags.DF), int(ip.id))  # fmt: skip
+    except Exception:
+        return None
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    segments(),
+    st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=6),
+    st.integers(0, 80),
+)
+def test_parse_reads_the_same_values_as_scapy_attribute_access(seg, muts, cut):
+    raw = bytearray(build_ip(seg))
+    for pos, val in muts:
+        raw[pos % len(raw)] = val
+    for data in (bytes(raw), bytes(raw[: max(0, len(raw) - cut)])):
+        got = parse_ip(data)
+        ref = _parse_by_attributes(data)
+        assert (got is None) == (ref is None)
+        if got is not None:
+            names = ("src", "dst", "sport", "dport", "seq", "ack", "flags", "window",
+                     "payload", "options", "ttl", "df", "ip_id")  # fmt: skip
+            assert tuple(getattr(got, n) for n in names) == ref

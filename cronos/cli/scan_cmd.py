@@ -14,7 +14,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import PrivilegeError, UsageError
 from ..model import Method, Observation
-from ..output import JsonLinesWriter
+from ..output import JsonLinesWriter, json_line
 from ..report import host_block
 from ..targets import TargetSet, parse_methods, parse_ports, read_list_file
 
@@ -227,29 +227,39 @@ def _raise_fd_limit() -> None:
 
 
 class _Progress:
-    """One status line on a terminal (stderr), nothing when not a TTY."""
+    """One status line on a terminal (stderr), nothing when not a TTY.
 
-    def __init__(self, total: int, enabled: bool):
-        self.total = total
+    ``[#####-----] hosts 120/1022 done, 256 listening, pkts in 480 out 1300,
+    drops 0``: the bar counts measurements (a host has one per port, state and
+    try), "listening" the measurements in flight, drops the capture socket's."""
+
+    def __init__(self, total: int, hosts: int | None, enabled: bool):
+        self.total = total  # measurements
+        self.hosts = hosts
         self.done = 0
+        self.hosts_done = 0
         self.enabled = enabled and sys.stderr.isatty()
+        self.shown = False
 
     def tick(self, stats, in_flight: int) -> None:
         if not self.enabled:
             return
         width = 24
-        frac = self.done / self.total if self.total else 1.0
+        frac = min(1.0, self.done / self.total) if self.total else 1.0
         bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
         sys.stderr.write(
-            f"\r[{bar}] {self.done}/{self.total} measured, {in_flight} listening, "
-            f"pkts in {stats.packets_in} out {stats.packets_out}, drops {stats.kernel_drops} "
+            f"\r\033[K[{bar}] hosts {self.hosts_done}/{self.hosts or '?'} done, "
+            f"{in_flight} listening, pkts in {stats.packets_in} out {stats.packets_out}, "
+            f"drops {stats.kernel_drops}"
         )
         sys.stderr.flush()
+        self.shown = True
 
     def clear(self) -> None:
-        if self.enabled:
+        if self.enabled and self.shown:
             sys.stderr.write("\r\033[K")
             sys.stderr.flush()
+            self.shown = False
 
 
 @dataclass(frozen=True)
@@ -257,14 +267,15 @@ class _ReportOptions:
     top: int
     nmap: bool
     xml: bool
+    text: bool = True  # the terminal report (not with -q)
 
 
 @dataclass(frozen=True)
 class _HostPiece:
-    """What a finished host gives: verdict records, report text, -oX data."""
+    """What a finished host gives: verdict records (JSON lines), report text, -oX data."""
 
     target: str
-    records: tuple[dict, ...]
+    lines: tuple[str, ...]
     texts: tuple[str, ...]
     xml_host: object | None
     arch: object | None
@@ -297,6 +308,7 @@ def compute_host(target, observations, db, opts: _ReportOptions, nmap_host) -> _
         if result is not None:
             tv = TargetVerdict(f"{target}:{port}", tuple(obs), result)
             rec.update(verdict_dict(tv), target=target, port=port)
+        if result is not None and opts.text:
             texts.append(
                 render(tv, top=opts.top)
                 .rstrip("\n")
@@ -307,7 +319,9 @@ def compute_host(target, observations, db, opts: _ReportOptions, nmap_host) -> _
         rec["architecture"] = {"kind": arch.kind, "summary": arch.summary,
                                "evidence": list(arch.evidence)}  # fmt: skip
         records.append(rec)
-        if opts.nmap:
+        if not opts.text:
+            pass
+        elif opts.nmap:
             texts.append(render_merged(f"{target} port {port}", nmap_host,
                                        cronos_lines(obs), arch).rstrip("\n"))  # fmt: skip
         else:
@@ -317,7 +331,8 @@ def compute_host(target, observations, db, opts: _ReportOptions, nmap_host) -> _
     if opts.xml:
         cands = osmatches_from(best, top=opts.top) if best is not None else ()
         xml_host = HostReport(target, tuple(observations), cands, nmap=nmap_host)
-    return _HostPiece(target, tuple(records), tuple(texts), xml_host, first_arch)
+    lines = tuple(json_line(r) for r in records)
+    return _HostPiece(target, lines, tuple(texts), xml_host, first_arch)
 
 
 _WORKER_DB = None
@@ -333,8 +348,9 @@ def _worker_init(db_files: list[str]) -> None:
     _WORKER_DB = load_db([Path(f) for f in db_files])
 
 
-def _worker_compute(target, observations, opts) -> _HostPiece:
-    return compute_host(target, observations, _WORKER_DB, opts, None)
+def _worker_compute(hosts, opts) -> list[_HostPiece]:
+    """Classify a batch of finished hosts (one message each way, not one per host)."""
+    return [compute_host(target, obs, _WORKER_DB, opts, None) for target, obs in hosts]
 
 
 class HostReporter:
@@ -342,11 +358,14 @@ class HostReporter:
 
     With ``--nmap`` a host waits until nmap has answered. A large scan
     (``WORKER_MIN_HOSTS`` hosts or more, without ``--nmap``) classifies in
-    worker processes, so that the engine's thread only measures; results are
+    worker processes, so that the engine's thread only measures: finished
+    hosts go to a worker in batches (up to ``BATCH`` hosts, or whatever
+    finished since the last ``pump``, a few times a second), and results are
     emitted in the order hosts finished.
     """
 
     WORKER_MIN_HOSTS = 256
+    BATCH = 128
 
     def __init__(self, args, writer, out, nmap_future=None, n_hosts: int = 0):
         self.args = args
@@ -359,8 +378,9 @@ class HostReporter:
         self.xml_hosts: list = []
         self.all_obs: list[Observation] = []  # for --plot / -oH
         self.architectures: dict = {}
-        self.opts = _ReportOptions(args.top, bool(args.nmap), bool(args.xml_out))
-        self.pending: deque = deque()  # (target, observations, future)
+        self.opts = _ReportOptions(args.top, bool(args.nmap), bool(args.xml_out), not args.quiet)
+        self.batch: list[tuple[str, list[Observation]]] = []  # finished, not yet submitted
+        self.pending: deque = deque()  # (batch, future)
         self.pool = None
         if n_hosts >= self.WORKER_MIN_HOSTS and nmap_future is None:
             from concurrent.futures import ProcessPoolExecutor
@@ -381,21 +401,40 @@ class HostReporter:
                 return
             self._collect_nmap()
         if self.pool is not None:
-            fut = self.pool.submit(_worker_compute, target, observations, self.opts)
-            self.pending.append((target, observations, fut))
-            self.pump()
+            self.batch.append((target, observations))
+            if len(self.batch) >= self.BATCH:
+                self._submit()
+            self._emit_ready()
         else:
             self._emit(self._compute(target, observations), observations)
 
-    def pump(self, wait: bool = False) -> None:
-        """Emit the worker's results that are ready (all of them if ``wait``)."""
-        while self.pending and (wait or self.pending[0][2].done()):
-            target, observations, fut = self.pending.popleft()
+    def _submit(self) -> None:
+        if self.batch:
+            batch, self.batch = self.batch, []
             try:
-                piece = fut.result()
+                fut = self.pool.submit(_worker_compute, batch, self.opts)
+            except Exception:  # a broken pool (a worker was killed): classify here
+                fut = None
+            self.pending.append((batch, fut))
+
+    def pump(self, wait: bool = False) -> None:
+        """Hand the hosts finished so far to a worker; emit the results that are
+        ready (all of them if ``wait``)."""
+        if self.pool is not None:
+            self._submit()
+        self._emit_ready(wait)
+
+    def _emit_ready(self, wait: bool = False) -> None:
+        while self.pending and (wait or self.pending[0][1] is None or self.pending[0][1].done()):
+            batch, fut = self.pending.popleft()
+            try:
+                if fut is None:
+                    raise RuntimeError("no worker")
+                pieces = fut.result()
             except Exception:  # a dead worker must not lose a host: do it here
-                piece = self._compute(target, observations)
-            self._emit(piece, observations)
+                pieces = [self._compute(target, obs) for target, obs in batch]
+            for piece, (_target, observations) in zip(pieces, batch, strict=True):
+                self._emit(piece, observations)
 
     def finish(self) -> None:
         if self.nmap_future is not None and self.nmap_hosts is None and self.nmap_error is None:
@@ -428,8 +467,8 @@ class HostReporter:
         if piece.arch is not None:
             self.architectures.setdefault(piece.target, piece.arch)
         if self.writer:
-            for rec in piece.records:
-                self.writer.write(rec)
+            for line in piece.lines:
+                self.writer.write_line(line)
             self.writer.sync()  # the host is complete
         if piece.xml_host is not None:
             self.xml_hosts.append(piece.xml_host)
@@ -468,12 +507,13 @@ def run(args) -> int:
     per_host: dict[str, list[Observation]] = defaultdict(list)
     writer = JsonLinesWriter(out_path) if out_path else None
     out = sys.stdout
-    total = targets.upper_bound() * per_target - len(done)
-    progress = _Progress(total, not args.no_progress)
+    n_hosts = targets.count()  # None: too many to walk twice
+    total = (n_hosts or targets.upper_bound()) * per_target - len(done)
+    progress = _Progress(total, n_hosts, not args.no_progress)
 
     if not args.quiet:
         print(
-            f"Starting Cron-OS {__version__}: {targets.upper_bound()} target(s), ports "
+            f"Starting Cron-OS {__version__}: {n_hosts or targets.upper_bound()} target(s), ports "
             f"{','.join(map(str, ports))}, states {''.join(m.value for m in methods)}, "
             f"{args.tries} tr{'y' if args.tries == 1 else 'ies'}, timeout {args.timeout:g} s",
             file=out,
@@ -496,7 +536,9 @@ def run(args) -> int:
             _host_done(obs.target, observations)
 
     def _host_done(target: str, observations: list[Observation]) -> None:
-        progress.clear()
+        progress.hosts_done += 1
+        if not args.quiet:  # the host's report is printed where the line was
+            progress.clear()
         reporter.host_done(target, observations)
 
     cfg = EngineConfig(
