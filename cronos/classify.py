@@ -198,7 +198,7 @@ def read_hershel(text: str, source: str = "<input>") -> list[Observation]:
             raise FingerprintSyntaxError(f"{source}:{n}: not a Hershel line: {exc}") from exc
         us = [round(t * 1e6) for t in times]
         cum = us[:-1] if rst else us
-        gaps = tuple(b - a for a, b in zip([0] + cum[:-1], cum, strict=True))
+        gaps = tuple(b - a for a, b in zip([0, *cum], cum, strict=False))  # none: no retransmission
         rst_us = us[-1] - (cum[-1] if cum else 0) if rst else None
         time_s = max(60, math.ceil(2 * times[-1])) if times else 60
         target = f"hershel-{f[0]}"

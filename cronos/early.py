@@ -146,14 +146,19 @@ class EarlyStopper:
         return decide_from(fut, listened_us, fp.nb_pkt)
 
 
-def step(stopper: EarlyStopper, probe, now: float) -> tuple[float | None, float | None]:
+def step(
+    stopper: EarlyStopper, probe, now: float, partial: Observation | None = None
+) -> tuple[float | None, float | None]:
     """Ask ``stopper`` about a running probe at ``now`` (a capture time, or a
     recheck's own time, so that a replay takes the very same decisions).
 
     Stops the probe when its verdict is final. Returns ``(verdict_s, recheck)``:
     seconds from our SYN to the verdict if it stopped, and the time at which to
-    ask again (always later than ``now``), if any."""
-    partial = probe.result()
+    ask again (always later than ``now``), if any. ``partial``: the probe's
+    ``result()``, when the caller has it from an earlier call with nothing
+    received since."""
+    if partial is None:
+        partial = probe.result()
     if not partial.arrivals_us:
         return None, None
     listened_us = int((now - partial.started_at) * 1e6) - partial.arrivals_us[0]

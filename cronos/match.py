@@ -350,10 +350,24 @@ def _timing(prep: _Prep, fp: StateFingerprint, jitter: float) -> list[np.ndarray
     # keep the better alignment per signature
     pick = (cost[n_rows:] < cost[:n_rows]).astype(np.int64)
     sel = np.arange(n_rows) + pick * n_rows
-    pos = np.where(ok, c - a.row_start, -1)[:, sel].T
-    off = np.where(ok, r - shift, 0.0)[:, sel].T
+    # positions and offsets: only the few candidates shown need them
+    pos = _Lazy(lambda v: np.where(ok[:, v], c[:, v] - a.row_start[v], -1), sel)
+    off = _Lazy(lambda v: np.where(ok[:, v], r[:, v] - shift[v], 0.0), sel)
     out = [x[sel] for x in (cost, fit, lost + a.k0, unexpl, rst_code, a.k0, shift, tail)]
     return out[:2] + [pos, off] + out[2:]
+
+
+class _Lazy:
+    """Row ``i`` of a rows x packets result, computed when asked for."""
+
+    __slots__ = ("_f", "_sel")
+
+    def __init__(self, f, sel):
+        self._f = f
+        self._sel = sel
+
+    def __getitem__(self, i):
+        return self._f(self._sel[i])
 
 
 def _colsum(x: np.ndarray) -> np.ndarray:
@@ -381,8 +395,10 @@ def _count_tail(prep: _Prep, last, anchor, window) -> np.ndarray:
     """Expected packets after the last matched one that should have arrived."""
     b = prep.both
     horizon = np.minimum(anchor + window, b.time_us)
-    due = (b.flat2 > last[b.row2]) & (b.t2 <= horizon[b.row2])
-    return np.bincount(b.row2[due], minlength=len(anchor))
+    # a row's expected times increase: those up to the horizon end at ``end``
+    # (flat index), and the due ones are those after ``last``
+    end = np.searchsorted(prep.key, b.rowbase + horizon, side="right")
+    return np.maximum(end - last - 1, 0)
 
 
 RST_STATES = ("-", "match", "wrong", "unexpected", "missing")
@@ -437,6 +453,7 @@ class _HeaderArrays:
         pos = {o: k for k, o in enumerate(opts)}
         self.opt = np.array([pos[x.options] if x else 0 for x in f])
         self.memo: dict[str, np.ndarray] = {}
+        self.cost_memo: dict[tuple, np.ndarray] = {}  # header fields -> cost per signature
 
     def opt_cost(self, o: str) -> np.ndarray:
         if o not in self.memo:
@@ -450,11 +467,23 @@ class _HeaderArrays:
 
 
 def _header(db: Database, f: SynAckFeatures) -> np.ndarray:
-    """Header cost of one observed SYN-ACK against every signature."""
+    """Header cost of one observed SYN-ACK against every signature (read-only;
+    memoised: a fleet's hosts of one stack share their header fields)."""
     h = db.__dict__.get("_cronos_hdr")
     if h is None:
         h = _HeaderArrays(list(db.signatures))
         object.__setattr__(db, "_cronos_hdr", h)
+    key = (f.window, f.ttl, f.df, f.mss, f.wscale, f.options)
+    hit = h.cost_memo.get(key)
+    if hit is None:
+        if len(h.cost_memo) >= 4096:
+            h.cost_memo.clear()
+        hit = h.cost_memo[key] = _header_cost(h, f)
+        hit.flags.writeable = False
+    return hit
+
+
+def _header_cost(h: _HeaderArrays, f: SynAckFeatures) -> np.ndarray:
     c = np.where((f.ttl <= h.ttl) & (h.ttl - f.ttl <= MAX_HOPS), 0.0, W_TTL)
     c += np.where(h.df != f.df, W_DF, 0.0)
     c += np.where(h.win != f.window, W_WIN, 0.0)

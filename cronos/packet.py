@@ -110,6 +110,30 @@ def peek_flow(data: bytes) -> tuple[str, int, str, int] | None:
     return socket.inet_ntoa(src), sport, socket.inet_ntoa(dst), dport
 
 
+def repeat_key(data: bytes) -> bytes | None:
+    """What must be equal for a packet to be a byte-for-byte copy of another
+    but for its checksums and its TCP options: the IP header without its
+    checksum (TTL and IP ID included), the fixed TCP header without its
+    checksum, and the payload. ``None`` for a malformed header.
+
+    A retransmission (a SYN-ACK or FIN sent again) differs from the first
+    copy only there (a new timestamp option, so a new checksum): the engine
+    gives it the Segment that ``parse_ip`` made of the first copy, instead of
+    dissecting it again, once its own checksum is checked. Nothing is read
+    out of these bytes; they are only compared."""
+    ihl = (data[0] & 0x0F) * 4
+    total = int.from_bytes(data[2:4], "big")
+    if ihl < 20 or total > len(data) or total < ihl + 20:
+        return None
+    doff = (data[ihl + 12] >> 4) * 4
+    if doff < 20 or ihl + doff > total:
+        return None
+    return b"".join(
+        (data[:10], data[12:ihl], data[ihl : ihl + 16], data[ihl + 18 : ihl + 20],
+         data[ihl + doff : total])
+    )  # fmt: skip
+
+
 def own_segment(data: bytes) -> Segment:
     """A segment WE built and sent, read back from the capture: header fields
     only (no options), by struct. Foreign input always goes through

@@ -155,3 +155,23 @@ def test_parse_reads_the_same_values_as_scapy_attribute_access(seg, muts, cut):
             names = ("src", "dst", "sport", "dport", "seq", "ack", "flags", "window",
                      "payload", "options", "ttl", "df", "ip_id")  # fmt: skip
             assert tuple(getattr(got, n) for n in names) == ref
+
+
+def test_repeat_key_ignores_only_checksums_and_options():
+    from dataclasses import replace
+
+    from cronos.packet import repeat_key
+
+    first = Segment("10.0.0.2", "10.0.0.1", 80, 40000, 7, 8, SYN | ACK, 65160,
+                    options=(("MSS", 1460), ("Timestamp", (100, 5))), ip_id=0)  # fmt: skip
+    again = replace(first, options=(("MSS", 1460), ("Timestamp", (1100, 5))))
+    a, b = build_ip(first), build_ip(again)
+    assert a != b and repeat_key(a) == repeat_key(b)  # new TSval, new checksum
+    for change in (dict(ttl=63), dict(ip_id=1), dict(seq=9), dict(ack=9), dict(flags=ACK),
+                   dict(window=1), dict(df=False), dict(payload=b"x"), dict(sport=81),
+                   dict(src="10.0.0.3"), dict(options=(("MSS", 1460),))):  # fmt: skip
+        assert repeat_key(build_ip(replace(first, **change))) != repeat_key(a), change
+    bad = bytearray(a)
+    bad[20 + 12] = 0x40  # data offset 16 bytes: malformed
+    assert repeat_key(bytes(bad)) is None
+    assert repeat_key(a[:-4]) is None  # shorter than its IP total length

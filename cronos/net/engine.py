@@ -5,7 +5,10 @@ socket and the firewall table; probes only see (timestamp, segment) and
 return segments to send. Replies are matched to probes by their flow
 (our address/port, target address/port); a SYN-ACK must also acknowledge the
 keyed-hash ISN of its flow (zmap's validation), so a forged or stray SYN-ACK
-is not timed.
+is not timed. Replies are dissected by scapy (``parse_ip``); a retransmission
+that is a copy of the flow's last reply but for its checksums and TCP options
+(``repeat_key``) gets that reply's Segment once its own checksum is checked:
+at 10,000 hosts, three of every four SYN-ACKs are such copies.
 """
 
 from __future__ import annotations
@@ -23,7 +26,17 @@ from dataclasses import dataclass, field
 
 from ..early import step as early_step
 from ..model import Method, Observation
-from ..packet import ACK, SYN, Segment, build_ip, own_segment, parse_ip, peek_flow
+from ..packet import (
+    ACK,
+    SYN,
+    Segment,
+    build_ip,
+    own_segment,
+    parse_ip,
+    peek_flow,
+    repeat_key,
+    tcp_checksum_ok,
+)
 from ..probes import PROBES, Probe, ProbeConfig
 from . import bpf
 from .capture import Capture
@@ -74,7 +87,8 @@ def isn_for(key: bytes, src: str, sport: int, dst: str, dport: int) -> int:
 
 
 class _Running:
-    __slots__ = ("probe", "reservation", "flow", "fw_flow", "timed_seen", "verdict_s", "pkts")
+    __slots__ = ("probe", "reservation", "flow", "fw_flow", "timed_seen", "verdict_s", "pkts",
+                 "events", "partial", "last_in")  # fmt: skip
 
     def __init__(self, probe: Probe, reservation: PortReservation, flow, fw_flow):
         self.probe = probe
@@ -84,6 +98,9 @@ class _Running:
         self.timed_seen = 0  # timed packets when the early stopper last looked
         self.verdict_s: float | None = None
         self.pkts = 0  # segments received from the peer
+        self.events = 0  # packets and timers fed to the probe (its only inputs)
+        self.partial = None  # (events, probe.result()) at the last early-stop look
+        self.last_in: tuple[bytes, Segment] | None = None  # (repeat_key, Segment) of the last reply
 
 
 class Engine:
@@ -249,14 +266,24 @@ class Engine:
                 run = self._running.get((flow[2], flow[3], flow[0], flow[1]))
                 if run is None:
                     continue  # not one of our flows: never parsed
-                seg = parse_ip(pkt.data, verify_checksum=not pkt.csum_not_ready)
-                if seg is None:
-                    continue
-                if not seg.checksum_ok:
-                    self.stats.bad_checksum += 1
-                    continue
-                if not self._valid_reply(run, seg):
-                    continue
+                key = repeat_key(pkt.data)
+                if key is not None and run.last_in is not None and run.last_in[0] == key:
+                    # a copy of the last reply (a retransmission): same Segment
+                    if not pkt.csum_not_ready and not tcp_checksum_ok(pkt.data):
+                        self.stats.bad_checksum += 1
+                        continue
+                    seg = run.last_in[1]
+                else:
+                    seg = parse_ip(pkt.data, verify_checksum=not pkt.csum_not_ready)
+                    if seg is None:
+                        continue
+                    if not seg.checksum_ok:
+                        self.stats.bad_checksum += 1
+                        continue
+                    if not self._valid_reply(run, seg):
+                        continue
+                    if key is not None:
+                        run.last_in = (key, seg)
                 self.stats.packets_in += 1
                 run.pkts += 1
                 if run.pkts > self.FLOW_BUDGET:  # a flooding peer: stop parsing it
@@ -267,6 +294,7 @@ class Engine:
                     continue
             if self.packet_sink is not None:
                 self.packet_sink(pkt.ts, pkt.data)
+            run.events += 1
             self._send(sender, run.probe.on_packet(pkt.ts, seg, outgoing))
             if not outgoing and self.early_stop is not None:
                 self._early_due[run.flow] = pkt.ts  # after the drain: a match takes ms
@@ -290,6 +318,7 @@ class Engine:
                 continue
             if run.probe.deadline is None or run.probe.deadline > now:
                 continue  # stale entry; a fresh one was pushed when the deadline moved
+            run.events += 1
             self._send(sender, run.probe.on_timer(now))
             self._after_event(run)
 
@@ -307,7 +336,10 @@ class Engine:
         if probe.done or (not force and probe.timed_count == run.timed_seen):
             return
         run.timed_seen = probe.timed_count
-        verdict_s, recheck = early_step(self.early_stop, probe, now)
+        # a recheck with no packet nor timer since reuses the partial observation
+        if run.partial is None or run.partial[0] != run.events:
+            run.partial = (run.events, probe.result())
+        verdict_s, recheck = early_step(self.early_stop, probe, now, run.partial[1])
         if verdict_s is not None:
             run.verdict_s = verdict_s
             self.stats.early_stops += 1
