@@ -319,12 +319,10 @@ def compute_host(target, observations, db, opts: _ReportOptions, nmap_host) -> _
         rec["architecture"] = {"kind": arch.kind, "summary": arch.summary,
                                "evidence": list(arch.evidence)}  # fmt: skip
         records.append(rec)
-        if not opts.text:
-            pass
-        elif opts.nmap:
+        if opts.text and opts.nmap:
             texts.append(render_merged(f"{target} port {port}", nmap_host,
                                        cronos_lines(obs), arch).rstrip("\n"))  # fmt: skip
-        else:
+        elif opts.text:
             texts.append(f"Architecture: {arch.summary} [{arch.kind}]")
             texts += [f"  - {e}" for e in arch.evidence]
     xml_host = None
@@ -427,11 +425,13 @@ class HostReporter:
     def _emit_ready(self, wait: bool = False) -> None:
         while self.pending and (wait or self.pending[0][1] is None or self.pending[0][1].done()):
             batch, fut = self.pending.popleft()
-            try:
-                if fut is None:
-                    raise RuntimeError("no worker")
-                pieces = fut.result()
-            except Exception:  # a dead worker must not lose a host: do it here
+            pieces = None
+            if fut is not None:
+                try:
+                    pieces = fut.result()
+                except Exception:  # a dead worker must not lose a host
+                    pieces = None
+            if pieces is None:  # no worker: classified here
                 pieces = [self._compute(target, obs) for target, obs in batch]
             for piece, (_target, observations) in zip(pieces, batch, strict=True):
                 self._emit(piece, observations)

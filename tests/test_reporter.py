@@ -1,0 +1,71 @@
+"""HostReporter: large scans classify in worker processes, in batches; a
+killed worker loses no host (its batches are classified in the scan process)."""
+
+import io
+import json
+import os
+import signal
+import time
+from dataclasses import replace
+from types import SimpleNamespace
+
+from cronos.classify import read_observations
+from cronos.cli.scan_cmd import HostReporter
+from cronos.db import load_db
+from cronos.output import JsonLinesWriter
+
+LINE = "CronOS_Syn(nbPkt=3%Time=12%p=1006373%p=2015927%p=4224062)\n"
+
+
+def _args(quiet=True):
+    return SimpleNamespace(top=3, nmap=False, xml_out=None, quiet=quiet, db=[],
+                           database=load_db(), html_out=None, plot_out=None)  # fmt: skip
+
+
+def _hosts(n):
+    (o,) = read_observations(LINE, "f")
+    names = [f"10.9.{i // 250}.{1 + i % 250}" for i in range(n)]
+    return [(t, [replace(o, target=t)]) for t in names]
+
+
+def _verdicts(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_batches_keep_the_order_hosts_finished_in(tmp_path):
+    out = tmp_path / "v.jsonl"
+    writer = JsonLinesWriter(str(out))
+    rep = HostReporter(_args(), writer, io.StringIO(), n_hosts=300)
+    hosts = _hosts(300)
+    for k, (target, obs) in enumerate(hosts):
+        rep.host_done(target, obs)
+        if k % 50 == 0:
+            rep.pump()
+    rep.finish()
+    writer.close()
+    recs = _verdicts(out)
+    assert [r["target"] for r in recs] == [t for t, _ in hosts]
+    assert all(r["type"] == "verdict" and r["verdict"] for r in recs)
+
+
+def test_a_killed_worker_loses_no_host(tmp_path):
+    out = tmp_path / "v.jsonl"
+    writer = JsonLinesWriter(str(out))
+    rep = HostReporter(_args(quiet=False), writer, io.StringIO(), n_hosts=300)
+    hosts = _hosts(300)
+    for target, obs in hosts[:100]:
+        rep.host_done(target, obs)
+    rep.pump()  # submitted to the pool, then its workers die
+    for pid in list(rep.pool._processes):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while not rep.pool._broken and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rep.pool._broken  # the executor knows: later submits raise
+    for target, obs in hosts[100:]:  # submits to a broken pool
+        rep.host_done(target, obs)
+    rep.finish()
+    writer.close()
+    recs = _verdicts(out)
+    assert [r["target"] for r in recs] == [t for t, _ in hosts]
+    assert rep.out.getvalue().count("Cron-OS scan report for") == 300
