@@ -20,6 +20,7 @@ import subprocess
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Self
 
 from ..errors import LabError, PrivilegeError
 from . import profiles as _profiles
@@ -36,15 +37,17 @@ def require_root() -> None:
         raise PrivilegeError("the lab needs root (network namespaces, veth, sysctl)")
 
 
-class Lab:
-    """A running lab; build it with ``Lab.create`` or find it with ``Lab.load``."""
+class RecordedLab:
+    """What every lab kind shares: its state record, its removal (idempotent,
+    also on ``with`` exit), its id and scanner namespace."""
+
+    KIND = "lab"  # in error messages
 
     def __init__(self, record: _state.LabRecord, ctx: LabContext | None = None):
         self.record = record
         self._ctx = ctx  # only in the creating process
         self._destroyed = False
 
-    # -- attributes -------------------------------------------------------------
     @property
     def id(self) -> str:
         return self.record.id
@@ -53,6 +56,26 @@ class Lab:
     def scanner_ns(self) -> str:
         return self.record.scanner_ns
 
+    def destroy(self) -> None:
+        """Remove everything; idempotent. ``LabError`` lists what could not go."""
+        if self._destroyed:
+            return
+        problems = remove_everything(self._ctx, self.record)
+        self._destroyed = True
+        if problems:
+            raise LabError(f"{self.KIND} {self.id}: incomplete removal: {'; '.join(problems)}")
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.destroy()
+
+
+class Lab(RecordedLab):
+    """A running lab; build it with ``Lab.create`` or find it with ``Lab.load``."""
+
+    # -- attributes -------------------------------------------------------------
     @property
     def persistent(self) -> bool:
         return self.record.persistent
@@ -115,21 +138,6 @@ class Lab:
             with contextlib.suppress(LabError):  # vanished or half-written: skip
                 labs.append(cls.load(lab_id))
         return labs
-
-    def destroy(self) -> None:
-        """Remove everything; idempotent. ``LabError`` lists what could not go."""
-        if self._destroyed:
-            return
-        problems = remove_everything(self._ctx, self.record)
-        self._destroyed = True
-        if problems:
-            raise LabError(f"lab {self.id}: incomplete removal: {'; '.join(problems)}")
-
-    def __enter__(self) -> Lab:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.destroy()
 
     def __repr__(self) -> str:
         return f"Lab(id={self.id!r}, targets={[t.profile for t in self.targets]})"

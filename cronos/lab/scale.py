@@ -46,7 +46,7 @@ from ..errors import LabError
 from . import profiles as _profiles
 from . import state as _state
 from .core import LabContext, LabTarget, require_tools, wait_listening
-from .lab import _new_id, remove_everything, require_root
+from .lab import RecordedLab, _new_id, require_root
 
 PORT = 80
 LISTEN_BACKLOG = 262144
@@ -135,23 +135,15 @@ def setup_group(ctx: LabContext, index: int, count: int) -> ScaleGroup:
                       tuple(profile.expected_ms.get("SYN_RCVD", ())), scan_if, tgt_if)  # fmt: skip
 
 
-class ScaleLab:
+class ScaleLab(RecordedLab):
     """A running scale lab; build it with ``ScaleLab.create``."""
 
+    KIND = "scale lab"
+
     def __init__(self, record: _state.LabRecord, ctx: LabContext, groups: Sequence[ScaleGroup]):
-        self.record = record
-        self._ctx = ctx
+        super().__init__(record, ctx)
         self.groups = tuple(groups)
-        self._destroyed = False
         self._by_subnet = {g.subnet.split(".")[1]: g for g in self.groups}
-
-    @property
-    def id(self) -> str:
-        return self.record.id
-
-    @property
-    def scanner_ns(self) -> str:
-        return self.record.scanner_ns
 
     @property
     def hosts(self) -> tuple[str, ...]:
@@ -222,21 +214,6 @@ class ScaleLab:
                 cls(record, ctx, groups).destroy()
             raise
         return cls(record, ctx, groups)
-
-    def destroy(self) -> None:
-        """Remove everything; idempotent. ``LabError`` lists what could not go."""
-        if self._destroyed:
-            return
-        problems = remove_everything(self._ctx, self.record)
-        self._destroyed = True
-        if problems:
-            raise LabError(f"scale lab {self.id}: incomplete removal: {'; '.join(problems)}")
-
-    def __enter__(self) -> ScaleLab:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.destroy()
 
     # -- observation -------------------------------------------------------------
     def counters(self) -> dict[str, dict[str, int]]:

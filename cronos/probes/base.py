@@ -53,6 +53,8 @@ class Probe:
         self.state = self.INITIAL
         self.deadline: float | None = None
         self.done = False
+        self.aborted = False
+        self.t_end: float | None = None  # when listening ended
 
     # -- contract -----------------------------------------------------------
     def start(self, now: float) -> list[Segment]:
@@ -69,8 +71,9 @@ class Probe:
 
     def abort(self, now: float) -> None:
         """The user interrupted the scan: finish with what was measured."""
-        self.aborted = True
-        self.done = True
+        if not self.done:
+            self.aborted = True
+            self._finish(now)
 
     @property
     def timed_count(self) -> int:
@@ -83,6 +86,14 @@ class Probe:
         raise NotImplementedError
 
     # -- helpers ------------------------------------------------------------
+    def _finish(self, t_end: float) -> None:
+        """Stop listening at ``t_end``: state DONE, no more timer."""
+        if self.state != "DONE":
+            self._goto("DONE")
+        self.t_end = t_end
+        self.done = True
+        self.deadline = None
+
     def _goto(self, new: str) -> None:
         allowed = self.TRANSITIONS.get(self.state, frozenset())
         if new not in allowed:

@@ -118,7 +118,6 @@ class ClosingProbe(Probe):
         self.ttl_in: int | None = None  # TTL of the server's first FIN
         self.fin_seq: int | None = None
         self.rst_at: float | None = None
-        self.t_end: float | None = None
         self.last_timed: float | None = None
         self.isn1 = (cfg.isn + 1) & MASK
         self.snd_una = self.snd_nxt = self.isn1
@@ -130,7 +129,6 @@ class ClosingProbe(Probe):
         self.synack_reacks = 0
         self.retx: _Retx | None = None
         self.packets_in = 0
-        self.aborted = False
         self.status = Status.FILTERED
         self.notes: list[str] = []
 
@@ -173,12 +171,6 @@ class ClosingProbe(Probe):
         out = self._retransmit(now)
         self._update_deadline()
         return self._emit(now, out)
-
-    def abort(self, now: float) -> None:
-        if self.done:
-            return
-        self.aborted = True
-        self._finish(now)
 
     # -- handshake ----------------------------------------------------------------
     def _syn(self) -> Segment:
@@ -376,11 +368,7 @@ class ClosingProbe(Probe):
         return out
 
     def _finish(self, t_end: float) -> None:
-        if self.state != "DONE":
-            self._goto("DONE")
-        self.t_end = t_end
-        self.done = True
-        self.deadline = None
+        super()._finish(t_end)
         self.retx = None
 
     @property

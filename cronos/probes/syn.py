@@ -53,9 +53,7 @@ class SynProbe(Probe):
         self.synacks: list[float] = []
         self.rst_at: float | None = None
         self.features: SynAckFeatures | None = None
-        self.t_end: float | None = None
         self.packets_in = 0
-        self.aborted = False
         self.status = Status.FILTERED
         self.early_note = ""
         self.server_isn = 0
@@ -122,11 +120,6 @@ class SynProbe(Probe):
             self._finish(self.deadline)
         return []
 
-    def abort(self, now: float) -> None:
-        if not self.done:
-            self.aborted = True
-            self._finish(now)
-
     @property
     def timed_count(self) -> int:
         return len(self.synacks)
@@ -135,13 +128,6 @@ class SynProbe(Probe):
         if not self.done:
             self.early_note = note
             self._finish(now)
-
-    def _finish(self, t_end: float) -> None:
-        if self.state != "DONE":
-            self._goto("DONE")
-        self.t_end = t_end
-        self.done = True
-        self.deadline = None
 
     def result(self) -> Observation:
         t0 = self.t_sent if self.t_sent is not None else (self.t_start or 0.0)
