@@ -224,7 +224,7 @@ def _parse_block(block: list[tuple[int, str]], fn: str) -> Signature:
             if line.startswith("Fingerprint "):
                 raise DatabaseError(f"{where}: new Fingerprint without a blank line before it")
             if line.startswith("Class "):
-                classes.append(_parse_class(line[6:], where))
+                classes.append(parse_class(line[6:], where))
             elif line.startswith("CPE "):
                 cpe = line[4:].strip()
                 if not cpe.startswith(("cpe:/", "cpe:2.3:")):
@@ -284,7 +284,8 @@ def _parse_block(block: list[tuple[int, str]], fn: str) -> Signature:
     )  # fmt: skip
 
 
-def _parse_class(text: str, where: str) -> OsClass:
+def parse_class(text: str, where: str) -> OsClass:
+    """A ``Class`` line's value; ``DatabaseError`` naming ``where`` if malformed."""
     text = text.strip()
     if text == "unknown":
         return UNKNOWN_CLASS

@@ -105,9 +105,12 @@ def build_signature(
 
 
 def parse_class(text: str) -> OsClass:
-    """``vendor | family | generation | device type`` (missing parts empty)."""
-    parts = [p.strip() for p in text.split("|")]
-    if not parts[0] or len(parts) > 4:
-        raise UsageError(f"bad --class {text!r}: expected 'vendor | family | generation | type'")
-    parts += [""] * (4 - len(parts))
-    return OsClass(*parts)
+    """``--class``: the loader's own rule (``vendor | family | generation |
+    device type``, vendor and family required, or ``unknown``)."""
+    from .db import parse_class as db_parse_class
+    from .errors import DatabaseError
+
+    try:
+        return db_parse_class(text, "--class")
+    except DatabaseError as exc:
+        raise UsageError(f"bad --class {text!r}: {str(exc).split(': ', 1)[1]}") from None

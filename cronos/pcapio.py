@@ -293,24 +293,3 @@ def _ether(f: bytes) -> bytes | None:
             continue
         return f[off + 2 :] if etype == _ETH_IPV4 else None
     return None
-
-
-def dedupe(
-    packets: list[tuple[float, bytes]], within_s: float = 0.001
-) -> list[tuple[float, bytes]]:
-    """Drop a packet identical to one seen less than ``within_s`` before.
-
-    ``tcpdump -i any`` sees a packet once per interface it crosses (a bridge
-    and its port, a veth and a bond): a duplicate would look like a
-    retransmission. A real retransmission is never that close, and never
-    byte-identical when TCP timestamps are on.
-    """
-    last: dict[bytes, float] = {}
-    out = []
-    for ts, data in packets:
-        seen = last.get(data)
-        last[data] = ts
-        if seen is not None and 0 <= ts - seen < within_s:
-            continue
-        out.append((ts, data))
-    return out

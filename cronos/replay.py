@@ -520,14 +520,16 @@ def analyse_pcap(
     ``stopper``: the scan's early stop (``cronos.early.EarlyStopper``), so that
     a scan's capture replays to the same fingerprints; None for ``--full``.
 
-    Captures with a link header (tcpdump) are de-duplicated first: ``-i any``
-    sees a packet once per interface. A capture whose last record is cut (a
-    killed scan) is read up to it.
+    Exact copies are dropped first (``cronos.dedupe``): ``tcpdump -i any``
+    sees a packet once per interface it crosses, and so did ``scan -w`` before
+    its capture was bound to the route's interface. A capture whose last
+    record is cut (a killed scan) is read up to it.
     """
-    from .pcapio import dedupe, load_pcap
+    from .dedupe import dedupe
+    from .pcapio import load_pcap
 
     data = load_pcap(path, strict=False)
-    pkts = parse_packets(data.packets if data.raw_ip else dedupe(data.packets))
+    pkts = parse_packets(list(dedupe(data.packets)))
     own = replay_own(pkts, key, timeout_s=timeout_s, window_s=window_s, stopper=stopper)
     if own:
         return "replay", own

@@ -45,9 +45,13 @@ def _files(d: Path) -> None:
     (d / "entry.txt").write_text("10.77.0.1\n10.77.0.2 10.77.0.3\n")
     (d / "exclude.txt").write_text("10.0.0.0/33\n")
     (d / "obs.jsonl").write_text('{"target": "10.0.0.1", "port": 80\n')
+    (d / "good.txt").write_text("CronOS_Syn(nbPkt=2%Time=30%p=2806316%p=6010910)\n")
 
 
 S = ["scan", "192.0.2.1"]  # TEST-NET-1: never probed, every case fails before
+L = ["learn", "192.0.2.1", "--label", "x", "--class", "a | b | c | d"]
+C = ["classify", "{d}/good.txt"]
+P = ["plot", "{d}/good.txt", "-o", "{d}/x.png"]
 BAD = [
     # targets
     (["scan", "no-such-host.invalid"], "cannot resolve 'no-such-host.invalid'"),
@@ -114,6 +118,42 @@ BAD = [
     (["learn", "192.0.2.1", "--class", "a | b | c | d"], "required: --label"),
     (["learn", "192.0.2.1", "--label", "x", "--class", "a|b|c|d|e"], "bad --class"),
     (["learn", "192.0.2.1", "--label", "x", "--class", "a", "-p", "80,81"], "one port"),
+    ([*S, "-e", "crnosuch0"], "-e crnosuch0: no such interface"),
+    ([*L, "-m", "q"], "bad method 'q'"),
+    ([*L, "--cpe", "foo"], "--cpe 'foo': must start with cpe:/ or cpe:2.3:"),
+    ([*L, "--source", "a # b"], "--source must be a single line without '#'"),
+    ([*L, "--tries", "0"], "--tries must be between 1 and 50"),
+    ([*L, "--spread-floor", "1"], "--spread-floor must be in [0, 1)"),
+    ([*L, "--timeout", "0"], "--timeout and --window must be > 0"),
+    ([*L, "--window", "-5"], "--timeout and --window must be > 0"),
+    ([*L, "--db-out", "{d}/missing/x.db"], "--db-out {d}/missing/x.db: not a file in an exist"),
+    ([*L, "--db-out", "{d}/syntax.db"], "--db-out: {d}/syntax.db:4: CronOS_Syn: p='abc'"),
+    ([*L, "--netns", "cronos-does-not-exist"], "no such network namespace"),
+    ([*L, "-e", "crnosuch0"], "-e crnosuch0: no such interface"),
+    (
+        ["learn", "192.0.2.1", "--label", "x", "--class", "Linux"],
+        "bad --class 'Linux': Class needs",
+    ),
+    (["demo", "-P", "nosuch"], "unknown lab profile 'nosuch'"),
+    (["demo", "-m", "x"], "bad method 'x'"),
+    (["demo", "--timeout", "0"], "--timeout must be > 0 seconds"),
+    (["demo", "--tries", "0"], "--tries must be between 1 and 100"),
+    (["lab", "up", "--delay", "fast"], "bad delay 'fast'"),
+    (["lab", "up", "--jitter", "ten"], "bad jitter 'ten'"),
+    (["lab", "up", "--loss", "200%"], "impairment loss_pct 200.0 is over 100"),
+    ([*C, "--top", "0"], "--top must be at least 1"),
+    ([*C, "--novelty", "0"], "--novelty must be positive"),
+    (["classify", "--pcap", "{d}/none.pcap", "--timeout", "0"], "--timeout must be > 0 seconds"),
+    (["classify", "--pcap", "{d}/none.pcap", "--window", "-1"], "--window must be > 0 seconds"),
+    ([*C, "-oJ", "{d}/missing/v.jsonl"], "-oJ {d}/missing/v.jsonl: directory does not exist"),
+    ([*C, "-oH", "{d}/missing/x.html"], "-oH {d}/missing/x.html: directory"),
+    ([*C, "-oX", "{d}/missing/x.xml"], "-oX {d}/missing/x.xml: directory does not exist"),
+    ([*P, "--db", "{d}/dup.db"], "{d}/dup.db:6: duplicate name 'Dup'"),
+    ([*P, "--top", "-1"], "--top must be >= 0"),
+    ([*P, "-oH", "{d}/missing/x.html"], "-oH {d}/missing/x.html: directory does not exist"),
+    ([*P, "--timeout", "0"], "--timeout must be > 0 seconds"),
+    ([*P, "--window", "0"], "--window must be > 0 seconds"),
+    (["plot", "{d}/good.txt", "-o", "{d}/missing/x.png"], "-o {d}/missing/x.png: directory"),
     # outputs
     ([*S, "-oJ", "{d}/missing/x.jsonl"], "-oJ {d}/missing/x.jsonl: directory"),
     ([*S, "-oX", "{d}/missing/x.xml"], "-oX {d}/missing/x.xml: directory does not exist"),
@@ -167,8 +207,40 @@ def _one_line(err: str) -> str:
     return lines[0]
 
 
-def test_table_is_large_enough():
-    assert len(BAD) >= 30
+#: Options for which no value is bad input, and why.
+NO_BAD_VALUE = {
+    ("classify", "input"): "a missing input is a 'cannot read' case, listed under classify",
+}
+
+
+def _options(parser, path=()):
+    """(subcommand path, option strings) of every option that takes a value."""
+    import argparse
+
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if subs:
+        for name, sub in subs[0].choices.items():
+            yield from _options(sub, (*path, name))
+        return
+    for a in parser._actions:
+        if a.nargs != 0 and not isinstance(a, argparse._HelpAction):
+            yield path, tuple(a.option_strings) or (a.dest,)
+
+
+def test_every_option_that_takes_a_value_has_a_bad_input_case():
+    """The table covers the command line: each option with a value (and each
+    positional) of each subcommand appears in at least one case, unless
+    NO_BAD_VALUE says why none exists. A new option without a case fails here."""
+    from cronos.cli import build_parser
+
+    missing = []
+    for path, names in _options(build_parser()):
+        cases = [a for a, _ in BAD if tuple(a[: len(path)]) == path]
+        positional = not names[0].startswith("-")
+        covered = cases if positional else [a for a in cases if set(names) & set(a)]
+        if not covered and (path[0], names[0]) not in NO_BAD_VALUE and path != ("lab", "status"):
+            missing.append(f"{' '.join(path)} {'/'.join(names)}")
+    assert missing == [], f"options with no bad-input case: {missing}"
 
 
 @pytest.mark.parametrize("args,msg", BAD, ids=[" ".join(a) or "''" for a, _ in BAD])
@@ -197,7 +269,8 @@ def test_truncated_last_record_is_read_not_refused(bad_dir):
 
 NOT_ROOT = [
     (["scan", "192.0.2.1"], "cron-os: cron-os scan needs root (raw sockets, packet capture"),
-    (["learn", "192.0.2.1", "--label", "x", "--class", "a"], "cron-os: cron-os learn needs root"),
+    (["learn", "192.0.2.1", "--label", "x", "--class", "a | b | c | d"],
+     "cron-os: cron-os learn needs root"),
     (["lab", "up", "-P", "linux-default"], "cron-os: the lab needs root"),
     (["lab", "down", "--all"], "cron-os: the lab needs root"),
     (["cleanup"], "cron-os: cron-os cleanup needs root"),
@@ -205,7 +278,8 @@ NOT_ROOT = [
 ]  # fmt: skip
 
 
-@pytest.mark.skipif(not ROOT or not shutil.which("setpriv"), reason="needs root to drop it")
+@pytest.mark.root
+@pytest.mark.skipif(not shutil.which("setpriv"), reason="needs setpriv (util-linux)")
 @pytest.mark.parametrize("args,msg", NOT_ROOT, ids=[" ".join(a) for a, _ in NOT_ROOT])
 def test_not_root_is_one_line(args, msg):
     before = _tables()

@@ -46,7 +46,8 @@ def test_bad_input_one_line_exit_2(args, msg):
     assert msg in lines[0]
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root")
+@pytest.mark.root
+@pytest.mark.skipif(not shutil.which("setpriv"), reason="needs setpriv (util-linux)")
 def test_not_root_is_one_line():
     r = subprocess.run(
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *CMD, "scan", "127.0.0.1"],

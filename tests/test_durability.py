@@ -8,37 +8,25 @@ records are in the file, then resumed.
 """
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 
 import pytest
 
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, raw sockets)"),
-]
+from helpers import assert_ran, cronos, spawn
 
-CMD = [sys.executable, "-m", "cronos"]
+pytestmark = pytest.mark.netns
+LAB_PROFILES = ["linux-orphan2", "linux-synack2", "linux-default"]
 METHODS, TRIES, PORT = "sl", 2, 80
 PER_HOST = len(METHODS) * TRIES
 FIELDS = {"target", "port", "src_port", "method", "state", "try", "status", "started_at",
           "time_s", "nb_pkt", "gaps_us", "arrivals_us", "packets_in", "fingerprint"}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def lab():
-    from cronos.lab import Lab
-
-    with Lab.create(["linux-orphan2", "linux-synack2", "linux-default"]) as lab:
-        yield lab
-
-
 def _args(lab, *extra):
-    return [*CMD, "scan", "--netns", lab.scanner_ns, *(t.ip for t in lab.targets),
+    return ["scan", "--netns", lab.scanner_ns, *(t.ip for t in lab.targets),
             "-p", str(PORT), "-m", METHODS, "--tries", str(TRIES), "--timeout", "5",
             "--no-progress", *extra]  # fmt: skip
 
@@ -78,10 +66,8 @@ def _check_complete(records):
 
 
 def _resume(lab, path):
-    r = subprocess.run(_args(lab, "--resume", str(path)), capture_output=True, text=True,
-                       timeout=120)  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    assert "Traceback" not in r.stderr
+    r = cronos(*_args(lab, "--resume", str(path)), timeout=120)
+    assert_ran(r)
     return r
 
 
@@ -97,8 +83,7 @@ def _check_exactly_once(lab, records):
 def test_sigkill_keeps_complete_records_and_resume_adds_only_the_missing(lab, tmp_path):
     out = tmp_path / "scan.jsonl"
     first = lab.targets[0].ip  # linux-orphan2: done first
-    p = subprocess.Popen(_args(lab, "-oJ", str(out)), stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True)  # fmt: skip
+    p = spawn(*_args(lab, "-oJ", str(out)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _wait_for_first_host(out, first, p)
     p.kill()
     p.communicate(timeout=30)
@@ -137,8 +122,7 @@ def test_sigkill_keeps_complete_records_and_resume_adds_only_the_missing(lab, tm
 def test_sigint_writes_aborted_records_and_resume_remeasures_them(lab, tmp_path):
     out = tmp_path / "scan.jsonl"
     first = lab.targets[0].ip
-    p = subprocess.Popen(_args(lab, "-oJ", str(out)), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)  # fmt: skip
+    p = spawn(*_args(lab, "-oJ", str(out)), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _wait_for_first_host(out, first, p)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=30)

@@ -1,82 +1,77 @@
-"""slf against libslirp and PyTCP, and under dialled delay and loss (real stacks)."""
+"""slf against libslirp and PyTCP, and under dialled delay and loss (real stacks).
 
-import json
-import os
-import subprocess
-import sys
+User-space stacks keep time by counting ticks of a loop that sleeps: PyTCP's
+timer thread ticks every ``sleep(0.001)`` (a "1000 ms" timeout is 1000
+ticks), libslirp's slow timer every 500 ms at the earliest. A tick is never
+shorter than its sleep, and longer on a loaded machine. So their gaps are
+checked against those rules: never shorter than the ticks they count, the
+same tick length throughout one series, and bounded above by a generous load
+factor; never against fixed milliseconds.
+"""
 
 import pytest
 
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, raw sockets)"),
-]
+from cronos.lab.impair import parse_impairment
+from cronos.lab.pytcp_host import RETRANS_MS
 
-CMD = [sys.executable, "-m", "cronos"]
+from helpers import scan
 
-
-def scan(ns, targets, tmp_path, *extra, method="slf", timeout=3):
-    out = tmp_path / "o.jsonl"
-    r = subprocess.run(
-        [*CMD, "scan", "--netns", ns, *targets, "-p", "80", "-m", method,
-         "--timeout", str(timeout), "-oJ", str(out), "-q", "--full", *extra],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    assert "Traceback" not in r.stderr
-    recs = [json.loads(x) for x in out.read_text().splitlines()]
-    return [x for x in recs if "state" in x]
+pytestmark = pytest.mark.netns
+#: a tick may last this many times its nominal length on a busy machine
+LOAD_FACTOR = 2.5
 
 
-def near(got_us, want_ms, rel=0.1, abs_ms=60):
-    return abs(got_us / 1000 - want_ms) <= max(abs_ms, rel * want_ms)
+def assert_pytcp(rec):
+    """PyTCP 2.7.6: timeouts of 1000, 2000, 4000 ticks, three retransmissions,
+    then RST/ACK after 8000 more ticks (PACKET_RETRANSMIT_MAX_COUNT = 3)."""
+    assert rec["status"] == "ok" and rec["nb_pkt"] == 3, rec
+    ticks = [1000, 2000, 4000, 8000]
+    assert rec["rst_us"] is not None, rec
+    per_tick = [g / 1000 / t for g, t in zip([*rec["gaps_us"], rec["rst_us"]], ticks,
+                                             strict=True)]  # fmt: skip
+    assert all(0.99 <= x <= LOAD_FACTOR for x in per_tick), (rec["state"], per_tick)
+    # one tick length for the series, within what load can change in seconds
+    assert max(per_tick) / min(per_tick) < 1.6, (rec["state"], per_tick)
 
 
-def test_slirp_and_pytcp_schedules(tmp_path):
-    from cronos.lab import Lab
+def assert_slirp_ticks(gaps_ms, want_ticks, what):
+    """Each gap lasts at least its number of 500 ms ticks (a tick is at least
+    499 ms in libslirp), at most LOAD_FACTOR times that."""
+    for g, n in zip(gaps_ms, want_ticks, strict=False):
+        assert 499 * n - 5 <= g <= LOAD_FACTOR * 500 * n, (what, gaps_ms)
 
+
+def test_slirp_and_pytcp_schedules(make_lab, tmp_path):
     try:
-        lab = Lab.create(["slirp", "pytcp"])
+        lab = make_lab(["slirp", "pytcp"])
     except Exception as exc:  # a missing optional dependency: say which
         pytest.skip(f"slirp/pytcp lab not available: {exc}")
-    with lab:
-        recs = scan(lab.scanner_ns, [t.ip for t in lab.targets], tmp_path, "--window", "32",
-                    timeout=13)  # fmt: skip
+    _, recs = scan(lab, [t.ip for t in lab.targets], tmp_path / "o.jsonl", "--window", "32",
+                   methods="slf", timeout=13)  # fmt: skip
     by = {(t.profile, r["state"]): r for t in lab.targets for r in recs if r["target"] == t.ip}
-    for state in ("SYN_RCVD", "LAST_ACK", "FIN_WAIT1"):  # PyTCP: 1.15, 2.27, 4.56 s then RST
-        r = by[("pytcp", state)]
-        assert r["status"] == "ok" and r["nb_pkt"] == 3, r
-        assert all(near(g, w) for g, w in zip(r["gaps_us"], (1150, 2270, 4560), strict=True))
-        assert r["rst_us"] is not None and near(r["rst_us"], 9200, rel=0.1), r
-    syn = by[("slirp", "SYN_RCVD")]  # libslirp: ~6.0 s, then ~12.0 s repeated
+    assert RETRANS_MS == (1150, 2270, 4560)  # the lab's documented measurement
+    for state in ("SYN_RCVD", "LAST_ACK", "FIN_WAIT1"):
+        assert_pytcp(by[("pytcp", state)])
+    syn = by[("slirp", "SYN_RCVD")]  # libslirp: 12 ticks (6 s), then 24 ticks (the 12 s cap)
     assert syn["status"] == "ok" and syn["nb_pkt"] >= 2, syn
-    assert near(syn["gaps_us"][0], 6000, rel=0.05) and near(syn["gaps_us"][1], 11990, rel=0.05)
-    for state in ("LAST_ACK", "FIN_WAIT1"):  # ~1.5-1.8, 3.0, 6.0, then ~12.0 s
+    assert_slirp_ticks([g / 1000 for g in syn["gaps_us"]], [12, 24, 24, 24], "SYN_RCVD")
+    for state in ("LAST_ACK", "FIN_WAIT1"):  # 3 ticks (first RTO, phase), 6, 12, then 24
         r = by[("slirp", state)]
         assert r["status"] == "ok" and r["nb_pkt"] >= 3, r
         g = [x / 1000 for x in r["gaps_us"]]
-        assert 1300 <= g[0] <= 2000 and near(r["gaps_us"][1], 3000) and near(r["gaps_us"][2], 6000)
-        assert all(near(x * 1000, 11990, rel=0.05) for x in g[3:]), g
+        assert 1000 <= g[0] <= LOAD_FACTOR * 2000, (state, g)  # 1.5 s RTO, +0.5 s phase
+        assert_slirp_ticks(g[1:], [6, 12, 24, 24, 24], state)
         assert r["connect_us"] < 20_000
 
 
-def _impaired_lab(**spec):
-    from cronos.lab import Lab
-
-    try:
-        from cronos.lab.impair import parse_impairment
-    except ImportError as exc:
-        pytest.skip(f"impairment not available: {exc}")
-    return Lab.create(["linux-orphan2"], impair=parse_impairment(**spec))
-
-
-def test_delay_50ms_gives_connect_100ms_and_longer_first_fin_gap(tmp_path):
-    with _impaired_lab(delay="50ms") as lab:
-        recs = scan(lab.scanner_ns, [lab.targets[0].ip], tmp_path, method="lf", timeout=4)
+def test_delay_50ms_gives_connect_100ms_and_longer_first_fin_gap(make_lab, tmp_path):
+    lab = make_lab(["linux-orphan2"], impair=parse_impairment(delay="50ms"))
+    _, recs = scan(lab, [lab.targets[0].ip], tmp_path / "o.jsonl", methods="lf", timeout=4)
     for r in recs:
         assert r["status"] == "ok", r
         rtt = r["connect_us"] / 1000
-        assert abs(rtt - 100) <= 10, r
+        # each direction is held at least 50 ms, later only under load
+        assert 99 <= rtt <= 130, r
         # Linux retransmits its FIN after RTO = RTT + max(200 ms, 2*RTT) (~300 ms here,
         # ~210 ms on the bare veth). In FIN_WAIT1 the timer restarts when our ACK of the
         # data arrives, one more RTT later. Measured: LAST_ACK 349-352, FIN_WAIT1 474-476.
@@ -89,10 +84,19 @@ def test_delay_50ms_gives_connect_100ms_and_longer_first_fin_gap(tmp_path):
         assert r["nb_pkt"] >= 2
 
 
-def test_loss_5pct_with_three_tries_never_hangs_or_crashes(tmp_path):
-    with _impaired_lab(loss="5%") as lab:
-        recs = scan(lab.scanner_ns, [lab.targets[0].ip], tmp_path, "--tries", "3", timeout=3)
+def test_loss_5pct_with_three_tries_never_hangs_or_crashes(make_lab, tmp_path):
+    """Whatever the losses, every try ends with a record and a known status.
+    Which tries succeed is chance (a lost handshake packet is 'filtered'):
+    at 5 % a state fails all three tries about 1 % of the time, so only a
+    scan where nothing at all succeeded (about 1e-6) is a failure."""
+    lab = make_lab(["linux-orphan2"], impair=parse_impairment(loss="5%", seed=7))
+    _, recs = scan(lab, [lab.targets[0].ip], tmp_path / "o.jsonl", "--tries", "3",
+                   methods="slf")  # fmt: skip
     assert len(recs) == 9
+    assert sorted((r["method"], r["try"]) for r in recs) == [
+        (m, k) for m in "fls" for k in (1, 2, 3)
+    ]
     assert {r["status"] for r in recs} <= {"ok", "filtered", "no-close", "reset"}
-    for state in ("SYN_RCVD", "LAST_ACK", "FIN_WAIT1"):
-        assert any(r["status"] == "ok" for r in recs if r["state"] == state), state
+    assert any(r["status"] == "ok" for r in recs)
+    for r in recs:
+        assert r["nb_pkt"] == len(r["gaps_us"]), r

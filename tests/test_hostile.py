@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 
 import pytest
@@ -21,6 +20,8 @@ from cronos.packet import SYN, build_ip
 from cronos.probes import PROBES, ProbeConfig
 from cronos.probes.closing import ClosingProbe
 from cronos.probes.syn import SynProbe
+
+from helpers import CMD, assert_linux_profile, default_signals, skip_on_capture_loss
 
 US, THEM = "10.77.1.1", "10.77.1.2"
 FIN_NOTE = f"more than {ClosingProbe.MAX_FINS} FINs"
@@ -114,32 +115,26 @@ def test_parse_frame_round_trip():
 
 # -- real namespaces ----------------------------------------------------------------------
 
-root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, raw sockets)")
 HOSTILE_PORTS = ",".join(map(str, sorted(BEHAVIOURS)))
-SCAN_WALL_LIMIT_S = 90
+LAB_PROFILES = ["hostile", "linux-orphan2"]
+#: not a speed target: a bound that only a hung or runaway scan reaches
+#: (the scan takes about 10 s; bench/ measures speed)
+HANG_LIMIT_S = 180
 RSS_LIMIT_KB = 400 * 1024
-
-
-@pytest.fixture(scope="module")
-def lab():
-    from cronos.lab import Lab
-
-    with Lab.create(["hostile", "linux-orphan2"]) as lab:
-        yield lab
 
 
 def _scan(lab, targets, ports, out):
     """Run a scan; (wall seconds, peak RSS in KiB, stderr, exit status)."""
-    argv = [sys.executable, "-m", "cronos", "scan", "--netns", lab.scanner_ns, *targets,
-            "-p", ports, "-m", "slf", "--timeout", "3", "--full", "-q", "--no-progress",
-            "-oJ", str(out)]  # fmt: skip
+    argv = [*CMD, "scan", "--netns", lab.scanner_ns, *targets, "-p", ports, "-m", "slf",
+            "--timeout", "3", "--full", "-q", "--no-progress", "-oJ", str(out)]  # fmt: skip
     t0 = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_signals)  # fmt: skip
     while True:  # wait4, not Popen.wait: we want the child's peak RSS
         pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
-        if time.monotonic() - t0 > SCAN_WALL_LIMIT_S:
+        if time.monotonic() - t0 > HANG_LIMIT_S:
             proc.kill()
         time.sleep(0.05)
     wall = time.monotonic() - t0
@@ -164,7 +159,6 @@ def scans(lab, tmp_path_factory):
 
 
 @pytest.mark.netns
-@root_only
 def test_hostile_scan_is_bounded_and_reports_budgets(scans, record_property):
     hostile, _, ref, _, (wall, rss_kb, err, rc), recs = scans
     record_property("wall_s", round(wall, 1))
@@ -173,7 +167,7 @@ def test_hostile_scan_is_bounded_and_reports_budgets(scans, record_property):
           f" (linux alone: {ref[0]:.1f} s, {ref[1] / 1024:.1f} MiB)")  # fmt: skip
     assert "Traceback" not in err, err
     assert rc in (0, 1), err  # 1: the capture socket lost packets under the flood (said so)
-    assert wall < SCAN_WALL_LIMIT_S and 0 < rss_kb < RSS_LIMIT_KB
+    assert wall < HANG_LIMIT_S and 0 < rss_kb < RSS_LIMIT_KB
     by = {(r["target"], r["port"], r["method"]): r for r in recs}
     for port in BEHAVIOURS:
         for m in "slf":
@@ -190,12 +184,18 @@ def test_hostile_scan_is_bounded_and_reports_budgets(scans, record_property):
 
 
 @pytest.mark.netns
-@root_only
 def test_other_hosts_results_are_unaffected(scans):
+    """The Linux host measured next to the hostile one follows its stack's
+    rules exactly as when measured alone, and gets the same verdict. Not the
+    same microseconds: its closing RTO (hence the first gap and the orphan
+    budget's count) moves with how late the scanner, busy with the floods,
+    ACKs the handshake."""
     # the floods are cut short by the probes' caps and the engine's per-flow
     # packet budget, then dropped on their 4-tuple before any parse
-    _, linux, (_, _, _, rc_ref), alone, (_, _, _, rc), recs = scans
-    assert rc_ref == 0 and rc == 0, "the capture lost packets: nothing to compare"
+    _, linux, ref, alone, run, recs = scans
+    for r in (ref, run):
+        skip_on_capture_loss(_Proc(r[3], r[2]))
+        assert r[3] == 0, r[2]
     ref = {r["method"]: r for r in alone}
     got = {r["method"]: r for r in recs if r["target"] == linux and r["port"] == 80}
     for m in "slf":
@@ -203,16 +203,8 @@ def test_other_hosts_results_are_unaffected(scans):
         print(f"  linux {m}: alone {w['gaps_us']} connect {w['connect_us']}; "
               f"with hostile {g['gaps_us']} connect {g['connect_us']}")  # fmt: skip
     for m in "slf":
-        g, w = got[m], ref[m]
-        assert g["status"] == w["status"] == "ok", (g, w)
-        assert g["nb_pkt"] == w["nb_pkt"], (m, g["gaps_us"], w["gaps_us"])
-        for k, (a, b) in enumerate(zip(g["gaps_us"], w["gaps_us"], strict=True)):
-            # A closing state's first gap is the server's RTO counted from our
-            # ACK (of the handshake, or of the response in FIN_WAIT1): a scanner
-            # busy with a flood ACKs later and that one gap grows with it (seen:
-            # +84 ms). What the server does after (doubling, count) is unchanged.
-            tol = 150_000 if m != "s" and k == 0 else 50_000
-            assert abs(a - b) < tol, (m, g["gaps_us"], w["gaps_us"])
+        assert_linux_profile(ref[m], "linux-orphan2")
+        assert_linux_profile(got[m], "linux-orphan2")
     # and the verdict on the Linux host is the same
     from cronos.db import load_db
     from cronos.match import match
@@ -222,3 +214,8 @@ def test_other_hosts_results_are_unaffected(scans):
     v_alone = match([Observation.from_dict(r) for r in ref.values()], db).verdict
     v_with = match([Observation.from_dict(r) for r in got.values()], db).verdict
     assert v_alone is not None and v_alone == v_with, (v_alone, v_with)
+
+
+class _Proc:
+    def __init__(self, returncode, stderr):
+        self.returncode, self.stderr = returncode, stderr

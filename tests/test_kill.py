@@ -30,12 +30,10 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, raw sockets)"),
-]
+from helpers import CMD, lab_leftovers, spawn
 
-CMD = [sys.executable, "-m", "cronos"]
+pytestmark = pytest.mark.netns
+LAB_PROFILES = ["linux-orphan2", "linux-rto20", "linux-synack2"]
 SEED = int(os.environ.get("CRONOS_KILL_SEED", "20030611"))
 SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGKILL]
 N_SCAN, N_DEMO = 45, 5
@@ -84,20 +82,6 @@ def _procs(pattern: str) -> list[str]:
     return [ln for ln in r.stdout.splitlines() if ln.split()[0] != str(os.getpid())]
 
 
-def _links(lab_id: str) -> list[str]:
-    out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    return [ln for ln in out.splitlines() if f"cr{lab_id}" in ln]
-
-
-def _lab_leftovers(lab_id: str) -> list[str]:
-    left = [n for n in _ns_list() if n.startswith(f"cronos-{lab_id}-")]
-    left += _links(lab_id)
-    left += _procs(f"cronos-{lab_id}-")
-    if Path(f"/run/cronos/labs/{lab_id}.json").exists():
-        left.append(f"/run/cronos/labs/{lab_id}.json")
-    return left
-
-
 def _cleanup(ns: str | None = None) -> subprocess.CompletedProcess:
     pre = ["ip", "netns", "exec", ns] if ns else []
     return subprocess.run([*pre, *CMD, "cleanup"], capture_output=True, text=True, timeout=60)
@@ -137,18 +121,6 @@ def _check_jsonl(path: Path, sig) -> int:
 
 
 @pytest.fixture(scope="module")
-def lab():
-    from cronos.lab import Lab
-
-    before = _ns_list()
-    with Lab.create(["linux-orphan2", "linux-rto20", "linux-synack2"]) as lab:
-        yield lab
-    # the module's lab is gone with the module, and nothing else of ours is left
-    assert _lab_leftovers(lab.id) == []
-    assert {n for n in _ns_list() - before if n.startswith(f"cronos-{lab.id}-")} == set()
-
-
-@pytest.fixture(scope="module")
 def report(lab):
     yield STATS
     print(f"\nkill trials: {json.dumps(STATS)}")
@@ -157,11 +129,9 @@ def report(lab):
 def _scan_trial(lab, tmp_path, sig, delay, methods):
     out = tmp_path / "o.jsonl"
     ips = [t.ip for t in lab.targets]
-    p = subprocess.Popen(
-        [*CMD, "scan", "--netns", lab.scanner_ns, *ips, "-p", "80,1234", "-m", methods,
-         "--timeout", "3", "-q", "-oJ", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    p = spawn("scan", "--netns", lab.scanner_ns, *ips, "-p", "80,1234", "-m", methods,
+              "--timeout", "3", "-q", "-oJ", str(out), stdout=subprocess.DEVNULL,
+              stderr=subprocess.PIPE)  # fmt: skip
     time.sleep(delay)
     assert p.poll() is None, "the scan ended before the signal"
     p.send_signal(sig)
@@ -187,8 +157,17 @@ def _scan_trial(lab, tmp_path, sig, delay, methods):
 
 def _demo_trial(tmp_path, sig, delay):
     tmp_before = set(glob.glob("/tmp/cronos-demo-*"))
-    p = subprocess.Popen([*CMD, "demo", "-P", "linux-orphan2", "-m", "s", "--timeout", "2"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    p = spawn(
+        "demo",
+        "-P",
+        "linux-orphan2",
+        "-m",
+        "s",
+        "--timeout",
+        "2",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     lab_id = None
     deadline = time.time() + 20
     while lab_id is None and time.time() < deadline and p.poll() is None:
@@ -219,7 +198,7 @@ def _demo_trial(tmp_path, sig, delay):
             assert p.returncode == EXIT[sig], (p.returncode, err)
         assert "Traceback" not in err, err
         assert set(glob.glob("/tmp/cronos-demo-*")) - tmp_before == set()
-    left = _lab_leftovers(lab_id)
+    left = lab_leftovers(lab_id)
     STATS["leftovers"] += len(left)
     assert left == [], left
 
@@ -270,8 +249,15 @@ def test_signal_just_after_the_table_is_made_leaves_no_table(lab):
     assert _tables(lab.scanner_ns) == []
 
 
-def test_nothing_left(lab, report):
-    """After all trials: no table anywhere of ours, no scan or demo process."""
+def test_nothing_left(lab, report, tmp_path):
+    """Three trials of its own (so that it checks something when run alone),
+    then, after every trial of the module: no table anywhere of ours, no scan
+    or demo process, no namespace of a lab without its state file."""
+    for k, sig in enumerate((signal.SIGINT, signal.SIGTERM, signal.SIGKILL)):
+        trial_dir = tmp_path / str(k)
+        trial_dir.mkdir()
+        STATS["trials"] += 1
+        assert not _scan_trial(lab, trial_dir, sig, 1.0 + 0.4 * k, "slf")
     assert _tables(lab.scanner_ns) == []
     assert _procs(f"cronos scan --netns {lab.scanner_ns}") == []
     assert [p for p in _procs("cronos demo -P linux-orphan2 -m s --timeout 2")] == []

@@ -21,12 +21,7 @@ from cronos.lab import profiles as prof_mod
 from cronos.lab import state as state_mod
 from cronos.lab.profiles import Profile
 
-ROOT = os.geteuid() == 0
-
-
-def needs_netns(fn):
-    return pytest.mark.netns(pytest.mark.skipif(not ROOT, reason="needs root")(fn))
-
+needs_netns = pytest.mark.netns  # root, namespaces: skipped otherwise (conftest)
 
 KERNEL_PROFILES = [n for n, p in PROFILES.items() if p.kind in ("linux", "synproxy")]
 

@@ -20,12 +20,12 @@ from cronos.errors import LabError
 from cronos.lab import impair
 from cronos.lab.impair import Impairment, parse_impairment
 
-ROOT = os.geteuid() == 0
+from helpers import lab_leftovers
+
 HAVE_SLIRP = shutil.which("slirp4netns") is not None
 HAVE_PYTCP = importlib.util.find_spec("pytcp") is not None
 HAVE_NFQ = importlib.util.find_spec("netfilterqueue") is not None
 
-root_only = pytest.mark.skipif(not ROOT, reason="needs root (network namespaces)")
 needs_slirp = pytest.mark.skipif(not HAVE_SLIRP, reason="slirp4netns not installed (apt)")
 needs_pytcp = pytest.mark.skipif(not HAVE_PYTCP, reason="PyPI pytcp not installed")
 needs_nfq = pytest.mark.skipif(not HAVE_NFQ, reason="PyPI NetfilterQueue not installed")
@@ -75,12 +75,6 @@ conf.verb = 0
 send(IP(dst=sys.argv[1]) / TCP(sport=RandShort(), dport=1234, flags="S"), count=int(sys.argv[2]),
      inter=0.001)
 """
-
-
-def _leftovers(lab_id: str) -> list[str]:
-    ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    return [w for w in (ns + links).split() if f"cronos-{lab_id}" in w or f"cr{lab_id}" in w]
 
 
 # -- pure ---------------------------------------------------------------------------
@@ -170,15 +164,13 @@ def test_worker_keeps_order_and_reports_what_it_applied(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def user_stacks():
-    from cronos.lab import Lab
-
+def user_stacks(request):
     if not (HAVE_SLIRP and HAVE_PYTCP):
         pytest.skip("needs slirp4netns and pytcp")
-    lab = Lab.create(["slirp", "pytcp", "linux-default"])
-    yield lab
-    lab.destroy()
-    assert _leftovers(lab.id) == []
+    return request.getfixturevalue("lab")
+
+
+LAB_PROFILES = ["slirp", "pytcp", "linux-default"]  # the module's ``lab`` (conftest)
 
 
 def _target(lab, kind):
@@ -186,7 +178,6 @@ def _target(lab, kind):
 
 
 @pytest.mark.netns
-@root_only
 @needs_slirp
 @needs_pytcp
 def test_slirp_answers_http_and_synack_is_libslirp(user_stacks):
@@ -204,7 +195,6 @@ def test_slirp_answers_http_and_synack_is_libslirp(user_stacks):
 
 
 @pytest.mark.netns
-@root_only
 @needs_slirp
 @needs_pytcp
 def test_pytcp_answers_http(user_stacks):
@@ -217,27 +207,25 @@ def test_pytcp_answers_http(user_stacks):
 
 
 @pytest.mark.netns
-@root_only
 @needs_nfq
 def test_impairment_delay_gives_rtt_and_reports_it():
     from cronos.lab import Lab
 
-    with Lab.create(["linux-default"], impair=parse_impairment(delay="50ms", seed=1)) as lab:
+    with Lab.create(["linux-orphan2"], impair=parse_impairment(delay="50ms", seed=1)) as lab:
         t = lab.targets[0]
         rtt = float(in_ns(lab.scanner_ns, RTT, t.ip, "10"))
-        assert abs(rtt - 100) <= 10, rtt
+        assert 99 <= rtt <= 130, rtt  # held 50 ms each way at least; later only under load
         time.sleep(0.7)  # next stats write
         (st,) = impair.stats(lab)
         assert st.ns == t.netns and st.spec.delay_ms == 50 and st.count >= 30
-        assert 49 <= st.delay_p50_ms <= 55 and st.dropped == 0
+        assert 49.9 <= st.delay_p50_ms <= 65 and st.dropped == 0
         rules = subprocess.run(["ip", "netns", "exec", t.netns, "nft", "list", "ruleset"],
                                capture_output=True, text=True).stdout  # fmt: skip
         assert f"cronos_{lab.id}_imp" in rules
-    assert _leftovers(lab.id) == [] and not os.path.exists(st.path)
+    assert lab_leftovers(lab.id) == [] and not os.path.exists(st.path)
 
 
 @pytest.mark.netns
-@root_only
 @needs_nfq
 def test_impairment_loss_close_to_spec():
     from cronos.lab import Lab
@@ -248,11 +236,10 @@ def test_impairment_loss_close_to_spec():
         (st,) = impair.stats(lab)
     assert st.count >= 1500  # SYN in, SYN-ACK out, RST in
     assert 3.0 <= st.loss_pct <= 7.0, st
-    assert _leftovers(lab.id) == []
+    assert lab_leftovers(lab.id) == []
 
 
 @pytest.mark.netns
-@root_only
 @needs_nfq
 @needs_pytcp
 def test_impairment_in_scanner_ns_is_removed_by_cleanup():
@@ -271,4 +258,4 @@ def test_impairment_in_scanner_ns_is_removed_by_cleanup():
         assert "cronos_" not in out and "queue" not in out
     finally:
         lab.destroy()
-    assert _leftovers(lab.id) == []
+    assert lab_leftovers(lab.id) == []

@@ -297,27 +297,22 @@ table inet nmaptest {{
 
 
 @pytest.mark.netns
-@pytest.mark.skipif(not ROOT, reason="needs root")
 @pytest.mark.skipif(shutil.which("nmap") is None, reason="nmap is not installed")
 @pytest.mark.timeout(180)
-def test_nmap_for_real_in_a_lab():
+def test_nmap_for_real_in_a_lab(make_lab):
     """nmap -O on a lab Linux target, with a Cron-OS-style RST table in place:
     nmap's RSTs (other source ports) pass; the table drops none of them."""
-    if shutil.which("nft") is None:
-        pytest.skip("needs nft")
-    from cronos.lab import Lab
-
-    with Lab.create(["linux-synack2"]) as lab:
-        ip = lab.targets[0].ip
-        ns = lab.scanner_ns
-        nft = ["ip", "netns", "exec", ns, "nft"]
-        subprocess.run([*nft, "-f", "-"], input=NFT_PROBE_TABLE.format(ip=ip), text=True,
-                       check=True)  # fmt: skip
-        t0 = time.monotonic()
-        hosts = run_nmap([ip], [80, 1234], netns=ns, timeout_s=120)
-        elapsed = time.monotonic() - t0
-        listing = subprocess.run([*nft, "list", "table", "inet", "nmaptest"],
-                                 capture_output=True, text=True, check=True).stdout  # fmt: skip
+    lab = make_lab(["linux-synack2"])
+    ip = lab.targets[0].ip
+    ns = lab.scanner_ns
+    nft = ["ip", "netns", "exec", ns, "nft"]
+    subprocess.run([*nft, "-f", "-"], input=NFT_PROBE_TABLE.format(ip=ip), text=True,
+                   check=True)  # fmt: skip
+    t0 = time.monotonic()
+    hosts = run_nmap([ip], [80, 1234], netns=ns, timeout_s=120)
+    elapsed = time.monotonic() - t0
+    listing = subprocess.run([*nft, "list", "table", "inet", "nmaptest"],
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
     h = hosts[ip]
     assert h.status == "up" and h.port_state(80) == "open"
     assert "Linux" in h.top_families(), h.osmatches[:3]

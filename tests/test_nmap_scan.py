@@ -4,37 +4,27 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 
+from helpers import assert_ran, by_profile, cronos
+
 pytestmark = [
     pytest.mark.netns,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, raw sockets)"),
     pytest.mark.skipif(not shutil.which("nmap"), reason="nmap is not installed"),
 ]
-
-CMD = [sys.executable, "-m", "cronos"]
-
-
-@pytest.fixture(scope="module")
-def lab():
-    from cronos.lab import Lab
-
-    with Lab.create(["linux-orphan2", "synproxy"]) as lab:
-        yield lab
+LAB_PROFILES = ["linux-orphan2", "synproxy"]
 
 
 def test_synproxy_is_seen_with_nmap_and_xml_validates(lab, tmp_path):
-    proxy = next(t for t in lab.targets if t.profile == "synproxy")
+    proxy = by_profile(lab, "synproxy")
     xml = tmp_path / "out.xml"
     jl = tmp_path / "out.jsonl"
-    r = subprocess.run(
-        [*CMD, "scan", "--netns", lab.scanner_ns, proxy.ip, "-p", "80", "-m", "slf",
-         "--timeout", "4", "--nmap", "-oX", str(xml), "-oJ", str(jl)],
-        capture_output=True, text=True, timeout=300,
+    r = cronos(
+        "scan", "--netns", lab.scanner_ns, proxy.ip, "-p", "80", "-m", "slf",
+         "--timeout", "4", "--nmap", "-oX", str(xml), "-oJ", str(jl)
     )  # fmt: skip
-    assert r.returncode == 0, r.stderr
+    assert_ran(r)
     out = r.stdout
     assert "nmap's view" in out and "Cron-OS's view" in out
     assert "Aggressive OS guesses" in out or "OS details" in out or "OS guesses" in out
@@ -55,23 +45,21 @@ def test_synproxy_is_seen_with_nmap_and_xml_validates(lab, tmp_path):
 
 
 def test_syn_proxy_said_without_nmap(lab, tmp_path):
-    proxy = next(t for t in lab.targets if t.profile == "synproxy")
-    r = subprocess.run(
-        [*CMD, "scan", "--netns", lab.scanner_ns, proxy.ip, "-p", "80", "-m", "slf",
-         "--timeout", "3"],
-        capture_output=True, text=True, timeout=300,
+    proxy = by_profile(lab, "synproxy")
+    r = cronos(
+        "scan", "--netns", lab.scanner_ns, proxy.ip, "-p", "80", "-m", "slf",
+         "--timeout", "3"
     )  # fmt: skip
-    assert r.returncode == 0, r.stderr
+    assert_ran(r)
     assert "[syn-proxy]" in r.stdout
 
 
 def test_nmap_missing_is_one_line_and_cronos_part_completes(lab, tmp_path):
-    linux = next(t for t in lab.targets if t.profile == "linux-orphan2")
+    linux = by_profile(lab, "linux-orphan2")
     env = {**os.environ, "PATH": "/usr/sbin:/sbin"}  # ip, nft, but no nmap (/usr/bin)
-    r = subprocess.run(
-        [*CMD, "scan", "--netns", lab.scanner_ns, linux.ip, "-p", "80", "-m", "s",
-         "--timeout", "2", "--nmap"],
-        capture_output=True, text=True, timeout=300, env=env,
+    r = cronos(
+        "scan", "--netns", lab.scanner_ns, linux.ip, "-p", "80", "-m", "s",
+         "--timeout", "2", "--nmap", env=env
     )  # fmt: skip
     assert r.returncode == 1, r.stderr
     assert "Traceback" not in r.stderr
@@ -80,12 +68,11 @@ def test_nmap_missing_is_one_line_and_cronos_part_completes(lab, tmp_path):
 
 
 def test_plain_linux_with_nmap_is_consistent(lab, tmp_path):
-    linux = next(t for t in lab.targets if t.profile == "linux-orphan2")
-    r = subprocess.run(
-        [*CMD, "scan", "--netns", lab.scanner_ns, linux.ip, "-p", "80", "-m", "slf",
-         "--timeout", "3", "--nmap"],
-        capture_output=True, text=True, timeout=300,
+    linux = by_profile(lab, "linux-orphan2")
+    r = cronos(
+        "scan", "--netns", lab.scanner_ns, linux.ip, "-p", "80", "-m", "slf",
+         "--timeout", "3", "--nmap"
     )  # fmt: skip
-    assert r.returncode == 0, r.stderr
+    assert_ran(r)
     assert "nmap's view" in r.stdout
     assert "[consistent]" in r.stdout, r.stdout[-1500:]

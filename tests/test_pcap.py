@@ -1,7 +1,6 @@
 """Packet files and replay: pure tests on synthetic captures, one real lab test."""
 
 import json
-import os
 import shutil
 import struct
 import subprocess
@@ -11,11 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from cronos.dedupe import dedupe
 from cronos.model import Method, Status
 from cronos.packet import ACK, FIN, PSH, RST, SYN, Segment, build_ip
-from cronos.pcapio import PcapError, PcapWriter, dedupe, load_pcap, open_pcap_sink, read_pcap
+from cronos.pcapio import PcapError, PcapWriter, load_pcap, open_pcap_sink, read_pcap
 from cronos.probes import PROBES, ProbeConfig
 from cronos.replay import analyse_pcap, passive, replay_own
+
+from helpers import assert_ran, cronos
 
 T0 = 1795779084.502709123  # a capture time of today's magnitude (float resolution ~240 ns)
 US, SRV = "10.0.0.1", "10.0.0.2"
@@ -311,7 +313,7 @@ def test_pcapng_from_scapy(tmp_path):
 def test_dedupe_drops_copies_seen_on_two_interfaces():
     a, b = build_ip(_srv(FIN | ACK, 1, 2)), build_ip(_srv(FIN | ACK, 5, 2))
     pk = [(T0, a), (T0 + 0.00002, a), (T0 + 0.0001, b), (T0 + 0.2, a)]
-    assert dedupe(pk) == [pk[0], pk[2], pk[3]]
+    assert list(dedupe(pk)) == [pk[0], pk[2], pk[3]]
 
 
 # --- bad files: one line, no traceback --------------------------------------------------
@@ -363,63 +365,34 @@ def test_cli_reports_a_bad_pcap_in_one_line(tmp_path):
 
 # --- real stacks ------------------------------------------------------------------------
 
-_ENGINE = r"""
-import sys
-from cronos.net import netns
-ns, target, methods, timeout, jout, pout = sys.argv[1:7]
-netns.enter(ns)
-from cronos.model import Method
-from cronos.net.engine import Engine, EngineConfig, Job
-from cronos.output import JsonLinesWriter
-from cronos.pcapio import open_pcap_sink
-w = JsonLinesWriter(jout)
-sink, close = open_pcap_sink(pout)
-eng = Engine(EngineConfig(timeout_s=float(timeout)), lambda o: w.write(o.to_dict()), sink)
-try:
-    eng.run([Job(target, 80, Method(m)) for m in methods], targets_hint=[target])
-finally:
-    close()
-    w.close()
-"""
-
 
 def _scan_with_pcap(lab, ip, out: Path):
-    """``scan -w`` if the lead wired it, else the engine with our sink, in the netns."""
     jout, pout = out / "scan.jsonl", out / "scan.pcap"
-    r = subprocess.run([sys.executable, "-m", "cronos", "scan", "--netns", lab.scanner_ns, ip,
-                        "-p", "80", "-m", "slf", "--timeout", "3", "-oJ", str(jout), "-w",
-                        str(pout), "-q", "--full"],  # --full: tcpdump's copy is compared too
-                       capture_output=True, text=True, timeout=120)  # fmt: skip
-    if r.returncode != 0 and "unrecognized arguments: -w" in r.stderr:
-        r = subprocess.run([sys.executable, "-c", _ENGINE, lab.scanner_ns, ip, "slf", "3",
-                            str(jout), str(pout)], capture_output=True, text=True,
-                           timeout=120)  # fmt: skip
-    assert r.returncode == 0, r.stderr
+    r = cronos("scan", "--netns", lab.scanner_ns, ip, "-p", "80", "-m", "slf", "--timeout", "3",
+               "-oJ", str(jout), "-w", str(pout), "-q", "--full",  # tcpdump's copy is compared too
+               timeout=120)  # fmt: skip
+    assert_ran(r)
     return [json.loads(line) for line in jout.read_text().splitlines()], pout
 
 
 @pytest.mark.netns
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, raw sockets)")
-@pytest.mark.skipif(not shutil.which("tcpdump"), reason="tcpdump not installed")
-def test_lab_scan_pcap_replays_to_the_same_fingerprints(tmp_path):
-    from cronos.lab import Lab
-
-    with Lab.create(["linux-orphan2"]) as lab:
-        ip = lab.targets[0].ip
-        td_path = tmp_path / "tcpdump.pcap"
-        td = subprocess.Popen(["ip", "netns", "exec", lab.scanner_ns, "tcpdump", "-i", "any",
-                               "-U", "--time-stamp-precision=nano", "-w", str(td_path), "tcp"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-        try:
-            deadline = time.time() + 10
-            while not td_path.exists() and time.time() < deadline:
-                time.sleep(0.05)
-            time.sleep(0.5)
-            records, pcap = _scan_with_pcap(lab, ip, tmp_path)
-            time.sleep(0.3)
-        finally:
-            td.terminate()
-            td.wait(timeout=10)
+def test_lab_scan_pcap_replays_to_the_same_fingerprints(make_lab, tmp_path):
+    lab = make_lab(["linux-orphan2"])
+    ip = lab.targets[0].ip
+    td_path = tmp_path / "tcpdump.pcap"
+    td = subprocess.Popen(["ip", "netns", "exec", lab.scanner_ns, "tcpdump", "-i", "any",
+                           "-U", "--time-stamp-precision=nano", "-w", str(td_path), "tcp"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.time() + 10
+        while not td_path.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        records, pcap = _scan_with_pcap(lab, ip, tmp_path)
+        time.sleep(0.3)
+    finally:
+        td.terminate()
+        td.wait(timeout=10)
     records = [r for r in records if "method" in r]  # not the verdict records
     live = {r["method"]: r for r in records}
     assert set(live) == {"s", "l", "f"} and all(r["status"] == "ok" for r in records)
@@ -470,24 +443,18 @@ def test_replay_port_reuse_and_closing_probe_without_handshake():
     assert obs[0].fingerprint == obs[2].fingerprint
 
 
-def test_lab_scan_with_early_stop_replays_to_the_same_fingerprints(tmp_path):
+@pytest.mark.netns
+def test_lab_scan_with_early_stop_replays_to_the_same_fingerprints(make_lab, tmp_path):
     """The default scan stops early; replaying its -w file with the same early
     stop (same database) gives the same fingerprints."""
-    import os
-
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
     from cronos.db import load_db
     from cronos.early import EarlyStopper
-    from cronos.lab import Lab
 
     jout, pout = tmp_path / "scan.jsonl", tmp_path / "scan.pcap"
-    with Lab.create(["linux-rto20"]) as lab:
-        r = subprocess.run([sys.executable, "-m", "cronos", "scan", "--netns", lab.scanner_ns,
-                            lab.targets[0].ip, "-p", "80", "-m", "slf", "--timeout", "3",
-                            "-oJ", str(jout), "-w", str(pout), "-q"],
-                           capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert r.returncode == 0, r.stderr
+    lab = make_lab(["linux-rto20"])
+    r = cronos("scan", "--netns", lab.scanner_ns, lab.targets[0].ip, "-p", "80", "-m", "slf",
+               "--timeout", "3", "-oJ", str(jout), "-w", str(pout), "-q", timeout=120)  # fmt: skip
+    assert_ran(r)
     live = {}
     for line in jout.read_text().splitlines():
         rec = json.loads(line)

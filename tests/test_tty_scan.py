@@ -18,7 +18,8 @@ import pytest
 
 from cronos.lab.scale import ScaleLab
 
-ROOT = os.geteuid() == 0
+from helpers import default_signals
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -56,7 +57,6 @@ class _Terminal:
 
 
 @pytest.mark.netns
-@pytest.mark.skipif(not ROOT, reason="needs root (namespaces, raw sockets)")
 def test_slash22_from_a_terminal_progress_stream_and_ctrl_c(tmp_path):
     # one target namespace; its lo answers for the whole 10.100.0.0/16 (AnyIP)
     with ScaleLab.create(1, ["linux-synack2"]) as lab:
@@ -65,6 +65,7 @@ def test_slash22_from_a_terminal_progress_stream_and_ctrl_c(tmp_path):
         term = _Terminal()
 
         def controlling_tty():  # what a shell does for a foreground job
+            default_signals()
             os.setsid()
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 

@@ -1,34 +1,22 @@
 """Verdicts on the lab: each profile named first; a profile left out is "no match"."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, raw sockets)"),
-]
+from helpers import assert_ran, cronos
 
-CMD = [sys.executable, "-m", "cronos"]
-PROFILES = ["linux-orphan2", "linux-rto20", "linux-synack3"]
+pytestmark = pytest.mark.netns
+LAB_PROFILES = ["linux-orphan2", "linux-rto20", "linux-synack3"]
 
 
 @pytest.fixture(scope="module")
-def scanned(tmp_path_factory):
-    from cronos.lab import Lab
-
+def scanned(lab, tmp_path_factory):
     out = tmp_path_factory.mktemp("verdict") / "o.jsonl"
-    with Lab.create(PROFILES) as lab:
-        r = subprocess.run(
-            [*CMD, "scan", "--netns", lab.scanner_ns, *[t.ip for t in lab.targets], "-p", "80",
-             "-m", "slf", "--timeout", "6", "--tries", "2", "-oJ", str(out)],
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        targets = {t.ip: t.profile for t in lab.targets}
-    assert r.returncode == 0, r.stderr
+    r = cronos("scan", "--netns", lab.scanner_ns, *[t.ip for t in lab.targets], "-p", "80",
+               "-m", "slf", "--timeout", "6", "--tries", "2", "-oJ", str(out))  # fmt: skip
+    assert_ran(r)
+    targets = {t.ip: t.profile for t in lab.targets}
     recs = [json.loads(x) for x in out.read_text().splitlines()]
     return r.stdout, recs, targets
 

@@ -31,8 +31,19 @@ class Terminated(BaseException):
     """Raised from SIGTERM/SIGHUP so that every ``finally`` runs (cleanup)."""
 
 
+_received: list[BaseException] = []  # the signals this process was sent, as raised
+
+
 def _on_signal(signum, _frame):
-    raise Terminated(signal.Signals(signum).name)
+    exc = Terminated(signal.Signals(signum).name)
+    _received.append(exc)
+    raise exc
+
+
+def _on_sigint(_signum, _frame):
+    exc = KeyboardInterrupt()
+    _received.append(exc)
+    raise exc
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,9 +70,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interruption(exc: BaseException) -> BaseException | None:
+    """The signal behind ``exc``, if one came. numpy, for one, turns a signal
+    that arrives while it is imported into an ImportError, and the chain of
+    causes does not always lead back to it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, KeyboardInterrupt | Terminated):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return _received[0] if _received else None
+
+
+def _interrupted(exc: BaseException) -> int:
+    if isinstance(exc, KeyboardInterrupt):
+        print("cron-os: interrupted", file=sys.stderr)
+        return 130
+    print(f"cron-os: terminated by {exc}", file=sys.stderr)
+    return 143
+
+
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_sigint)  # not when started with SIGINT ignored
     try:  # a signal while the subcommands are imported is an interruption too
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -70,17 +104,19 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return int(args.func(args) or 0)
     except CronosError as exc:
+        signalled = _interruption(exc)
+        if signalled is not None:  # an error made by the interruption itself
+            return _interrupted(signalled)
         print(f"cron-os: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("cron-os: interrupted", file=sys.stderr)
-        return 130
-    except Terminated as exc:
-        print(f"cron-os: terminated by {exc}", file=sys.stderr)
-        return 143
+    except (KeyboardInterrupt, Terminated) as exc:
+        return _interrupted(exc)
     except BrokenPipeError:
         return 0
     except Exception as exc:  # a bug: one line (CRONOS_DEBUG=1 shows the traceback)
+        signalled = _interruption(exc)
+        if signalled is not None:  # a library re-raised our signal as its own error
+            return _interrupted(signalled)
         if os.environ.get("CRONOS_DEBUG"):
             raise
         where = exc.__traceback__

@@ -12,6 +12,7 @@ from ..errors import UsageError
 from ..match import NOVELTY
 from ..textfile import NotText, read_text
 from ..verdict_text import render, verdict_dict
+from .checks import output_dir, positive_seconds
 
 
 def register(subparsers) -> None:
@@ -64,8 +65,10 @@ def run(args) -> int:
     from ..html_report import check_outputs, write_evidence
 
     check_outputs(args.html_out, args.plot_out)
-    if args.xml_out and not Path(args.xml_out).resolve().parent.is_dir():
-        raise UsageError(f"-oX {args.xml_out}: directory does not exist")
+    output_dir("-oX", args.xml_out)
+    output_dir("-oJ", args.json_out)
+    positive_seconds("--timeout", args.timeout)
+    positive_seconds("--window", args.window)
     db = load_db(args.db)
     if args.pcap:
         from ..replay import analyse_pcap
@@ -99,6 +102,10 @@ def run(args) -> int:
         results={v.target: v.result for v in verdicts}, top=args.top,
     )  # fmt: skip
     for v in verdicts:
+        if args.pcap:  # the measurements and fingerprint lines, as the live scan printed them
+            from ..report import host_block
+
+            sys.stdout.write(host_block(v.target, v.observations) + "\n")
         sys.stdout.write(render(v, args.top) + "\n")
     if args.json_out:
         text = "".join(json.dumps(verdict_dict(v)) + "\n" for v in verdicts)

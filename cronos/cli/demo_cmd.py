@@ -14,7 +14,7 @@ import sys
 import tempfile
 from collections import defaultdict
 
-from ..errors import PrivilegeError
+from ..errors import PrivilegeError, UsageError
 
 
 def register(sub) -> None:
@@ -54,18 +54,34 @@ def _methods_available() -> str:
     return "".join(m.value for m in PROBES)
 
 
+def _check(args) -> tuple[list[str], str]:
+    """Every option, before a lab is built."""
+    from ..lab import DEFAULT_PROFILES
+    from ..lab.profiles import get
+    from ..targets import parse_methods
+
+    profiles = args.profile or list(DEFAULT_PROFILES)
+    for name in profiles:
+        get(name)  # LabError naming the valid ones
+    methods = "".join(parse_methods(args.method)) if args.method else _methods_available()
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout must be > 0 seconds (got {args.timeout:g})")
+    if not 1 <= args.tries <= 100:
+        raise UsageError(f"--tries must be between 1 and 100 (got {args.tries})")
+    return profiles, methods
+
+
 def run(args) -> int:
+    profiles, methods = _check(args)
     if os.geteuid() != 0:
         raise PrivilegeError("cron-os demo needs root (namespaces, raw sockets, nftables)")
-    from ..lab import DEFAULT_PROFILES, Lab, cleanup_stale
+    from ..lab import Lab, cleanup_stale
     from ..net import firewall
 
     for name in cleanup_stale():
         print(f"cron-os: removed lab {name} left by a killed run", file=sys.stderr)
     for name in firewall.cleanup_stale():
         print(f"cron-os: removed firewall table {name} left by a killed run", file=sys.stderr)
-    profiles = args.profile or list(DEFAULT_PROFILES)
-    methods = args.method or _methods_available()
     print(f"Building the lab: {', '.join(profiles)} ...", flush=True)
     with Lab.create(profiles) as lab, tempfile.TemporaryDirectory(prefix="cronos-demo-") as tmp:
         print(f"Lab {lab.id}: scanner namespace {lab.scanner_ns}")

@@ -66,13 +66,19 @@ def run(args) -> int:
 
     if Path(args.output).suffix.lower() not in FORMATS:
         raise UsageError(f"-o {args.output}: plot format must be one of {', '.join(FORMATS)}")
+    from .checks import output_dir, positive_seconds
+
+    output_dir("-o", args.output)
+    output_dir("-oH", args.html_out)
+    positive_seconds("--timeout", args.timeout)
+    positive_seconds("--window", args.window)
     from ..classify import classify
     from ..db import load_db
     from ..html_report import write_evidence
     from ..plot import plot_timeline
 
+    db = load_db(args.db)  # a bad --db is an argument error: before reading the input
     kind, obs = load_observations(args.input, args.timeout, args.window)
-    db = load_db(args.db)
     results = {v.target: v.result for v in classify(obs, db, top=max(args.top, 5))}
     plot_timeline(obs, results, args.output, top=args.top)
     if args.html_out:

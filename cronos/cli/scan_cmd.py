@@ -120,6 +120,12 @@ def register(sub) -> None:
         "--netns", metavar="NAME", help="run from inside network namespace NAME (a lab scanner)"
     )
     p.add_argument(
+        "-e",
+        "--interface",
+        metavar="IFACE",
+        help="send and capture on IFACE only (default: the interface of each target's route)",
+    )
+    p.add_argument(
         "--db",
         action="append",
         default=[],
@@ -189,6 +195,7 @@ def _check(args) -> tuple[TargetSet, list[int], list[Method], bytes]:
         from ..net import netns
 
         netns.enter(args.netns)
+    check_interface(args.interface)
     if not 1 <= args.top <= 100:
         raise UsageError("--top must be between 1 and 100")
     from ..db import load_db
@@ -199,6 +206,18 @@ def _check(args) -> tuple[TargetSet, list[int], list[Method], bytes]:
     if n > MAX_HOSTS_WITHOUT_YES and not args.yes:
         raise UsageError(f"{n} hosts to scan: more than {MAX_HOSTS_WITHOUT_YES} needs --yes")
     return targets, ports, methods, payload
+
+
+def check_interface(name: str | None) -> None:
+    """``-e IFACE`` names an interface that exists (here: after ``--netns``)."""
+    if name is None:
+        return
+    import socket
+
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        raise UsageError(f"-e {name}: no such interface") from None
 
 
 def _done_keys(path: str) -> set[tuple]:
@@ -548,6 +567,7 @@ def run(args) -> int:
         max_rate_pps=args.max_rate,
         payload=payload,
         sack=args.sack,
+        interface=args.interface,
     )
     nmap_future = None
     if args.nmap:
@@ -556,7 +576,8 @@ def run(args) -> int:
         from ..nmap import run_nmap
 
         pool = ThreadPoolExecutor(max_workers=1)  # one nmap subprocess for the batch
-        nmap_future = pool.submit(run_nmap, list(targets), ports)
+        extra = ("-e", args.interface) if args.interface else ()
+        nmap_future = pool.submit(run_nmap, list(targets), ports, extra_args=extra)
         pool.shutdown(wait=False)
     reporter = HostReporter(args, writer, out, nmap_future, targets.upper_bound())
 
@@ -605,6 +626,8 @@ def run(args) -> int:
         if verdict_times:
             med = sorted(verdict_times)[len(verdict_times) // 2]
             extra += f"; {len(verdict_times)} stopped early (median time to verdict {med:.1f} s)"
+        if stats.copies:  # a packet seen on two devices (a bridge and its port...)
+            extra += f"; {stats.copies} captured copies of packets dropped"
         skipped_addrs = ", ".join(f"{v} {k}" for k, v in targets.skipped.items())
         if skipped_addrs:
             extra += f"; addresses skipped: {skipped_addrs}"

@@ -42,6 +42,11 @@ class Profile:
     route: tuple[tuple[str, str], ...] = ()  # e.g. (("rto_min", "20ms"),)
     expected_ms: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     notes: str = ""
+    # how the scanner namespace reaches the target: "veth" (its address on the
+    # veth end), "bridge" (on a bridge whose port is the veth end) or "macvlan"
+    # (on a macvlan device over the veth end); Linux profiles only
+    link: str = "veth"
+    default: bool = True  # built by ``lab up`` / ``demo`` without --profile
 
     def resolve(self) -> Callable:
         """The setup function; ``LabError`` if its module is not available."""
@@ -106,6 +111,28 @@ PROFILES: dict[str, Profile] = {
             expected_ms={"SYN_RCVD": (1020, 2020), **_same_closing((25, 52, 100, 196, 404))},
             notes="rto_min only shortens data/FIN retransmissions, not SYN-ACKs",
         ),
+        *(
+            Profile(
+                f"linux-{link}",
+                f"linux-rto20's stack; the scanner's address is on a {what}",
+                "linux",
+                _LINUX,
+                sysctls=(
+                    ("net.ipv4.tcp_synack_retries", "2"),
+                    ("net.ipv4.tcp_orphan_retries", "2"),
+                ),
+                route=(("rto_min", "20ms"),),
+                expected_ms={"SYN_RCVD": (1020, 2020), **_same_closing((25, 52, 100, 196, 404))},
+                notes="a capture on every interface would see each packet twice here "
+                f"(on the {link} and on the veth under it)",
+                link=link,
+                default=False,
+            )
+            for link, what in (
+                ("bridge", "bridge whose port is the veth"),
+                ("macvlan", "macvlan device over the veth"),
+            )
+        ),
         Profile(
             "synproxy",
             "Linux server behind a router running iptables SYNPROXY (ports 80, 1234)",
@@ -142,7 +169,7 @@ PROFILES: dict[str, Profile] = {
 
 #: What ``cron-os lab up`` builds without ``--profile``: the kernel-only ones.
 DEFAULT_PROFILES: tuple[str, ...] = tuple(
-    n for n, p in PROFILES.items() if p.kind in ("linux", "synproxy")
+    n for n, p in PROFILES.items() if p.kind in ("linux", "synproxy") and p.default
 )
 
 

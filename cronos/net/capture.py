@@ -1,12 +1,19 @@
 """Packet capture with kernel timestamps (AF_PACKET, SO_TIMESTAMPNS).
 
-One socket sees both directions on every interface of the namespace: incoming
+One socket per interface that routes to the targets leave through (see
+``cronos.net.route``), bound to it: it sees both directions there, incoming
 replies and our own outgoing segments, each with the kernel's capture time.
-The BPF filter is attached right after the socket is created, and whatever
-arrived before it (unfiltered) is drained and discarded before any probe
-starts. On ``lo`` every packet is seen twice (outgoing, then incoming): the
-outgoing copy is skipped. PACKET_AUXDATA tells whether a checksum is still to
-be computed by the device (veth offload): only complete checksums are checked.
+A socket on every interface would see a packet once per device it crosses (a
+bridge and its port, a macvlan or VLAN device and its parent, a bond and its
+slave). ``CaptureSet`` reads the sockets of a scan and drops the exact copies
+that can still arrive (``cronos.dedupe``).
+
+The socket is created with protocol 0 (it receives nothing), the BPF filter
+is attached, then it is bound to its interface and protocol: no unfiltered
+packet gets in; whatever did is drained before any probe starts. On ``lo``
+every packet is seen twice (outgoing, then incoming): the outgoing copy is
+skipped. PACKET_AUXDATA tells whether a checksum is still to be computed by
+the device (veth offload): only complete checksums are checked.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from ..dedupe import CopyFilter
 from ..errors import NetError, PrivilegeError
 from . import bpf
 
@@ -39,19 +47,20 @@ class Captured:
 
 
 class Capture:
-    """A filtered AF_PACKET capture socket; ``recv()`` never blocks."""
+    """A filtered AF_PACKET capture socket on ``ifname`` (None: every
+    interface); ``recv()`` never blocks."""
 
-    def __init__(self, expr: str, rcvbuf: int = 32 << 20):
-        prog = bpf.compile_filter(expr)
-        self.expr = expr
+    def __init__(self, prog, ifname: str | None = None, rcvbuf: int = 32 << 20):
+        self.ifname = ifname
         self.drops = 0
         self.packets = 0
         try:
-            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
+            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
         except PermissionError:
             raise PrivilegeError("capturing packets needs root (CAP_NET_RAW)") from None
         try:
             bpf.attach(self.sock, prog)
+            self.sock.bind((ifname or "", ETH_P_ALL))  # Python converts to network order
             self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             self.sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
             try:
@@ -62,7 +71,8 @@ class Capture:
             self._drain_unfiltered()
         except OSError as exc:
             self.sock.close()
-            raise NetError(f"cannot open capture socket: {exc}") from exc
+            where = f" on {ifname}" if ifname else ""
+            raise NetError(f"cannot open capture socket{where}: {exc.strerror or exc}") from exc
 
     def _drain_unfiltered(self) -> None:
         while True:
@@ -112,3 +122,49 @@ class Capture:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class CaptureSet:
+    """The capture sockets of one scan, one per interface, opened on demand
+    (``ensure``) with one compiled filter; ``recv()`` returns each packet once."""
+
+    def __init__(self, expr: str):
+        self.expr = expr
+        self._prog = bpf.compile_filter(expr)
+        self._by_if: dict[str | None, Capture] = {}
+        self._order: list[Capture] = []
+        self._next = 0
+        self.copies = CopyFilter()
+
+    def ensure(self, ifname: str | None) -> Capture | None:
+        """Capture on ``ifname`` from now on; the new socket (to watch), or None."""
+        if ifname in self._by_if:
+            return None
+        cap = Capture(self._prog, ifname)
+        self._by_if[ifname] = cap
+        self._order.append(cap)
+        return cap
+
+    @property
+    def interfaces(self) -> list[str | None]:
+        return list(self._by_if)
+
+    def recv(self) -> Captured | None:
+        """One packet from any socket (in turn), exact copies skipped; None if none waits."""
+        n = len(self._order)
+        for i in range(n):  # round robin: a flood on one interface starves no other
+            k = (self._next + i) % n
+            while (pkt := self._order[k].recv()) is not None:
+                if not self.copies.is_copy(pkt.ts, pkt.data):
+                    self._next = k + 1
+                    return pkt
+        return None
+
+    def kernel_drops(self) -> int:
+        return sum(c.kernel_drops() for c in self._order)
+
+    def close(self) -> None:
+        for c in self._order:
+            c.close()
+        self._order.clear()
+        self._by_if.clear()

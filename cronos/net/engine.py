@@ -39,9 +39,10 @@ from ..packet import (
 )
 from ..probes import PROBES, Probe, ProbeConfig
 from . import bpf
-from .capture import Capture
+from .capture import CaptureSet
 from .firewall import RstGuard
-from .rawsend import PortReservation, RawSender, source_address
+from .rawsend import PortReservation, RawSender
+from .route import RouteTable
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class EngineConfig:
     payload: bytes = b"GET / HTTP/1.0\r\n\r\n"
     sack: bool = False
     key: bytes = field(default_factory=lambda: secrets.token_bytes(16))
+    interface: str | None = None  # -e: send and capture only there
 
 
 @dataclass
@@ -77,7 +79,9 @@ class EngineStats:
     rst_dropped: int = 0
     send_errors: int = 0
     early_stops: int = 0
+    copies: int = 0  # captured packets dropped as exact copies (bridge and port, ...)
     capture_filter: str = ""
+    interfaces: tuple[str, ...] = ()  # where the capture listened
 
 
 def isn_for(key: bytes, src: str, sport: int, dst: str, dport: int) -> int:
@@ -142,12 +146,12 @@ class Engine:
         expr = bpf.flows_filter(targets_hint or [])
         self.stats.capture_filter = expr
         pending: Iterator[Job] = iter(jobs)
-        capture = Capture(expr)
-        self._capture = capture
-        sender = RawSender()
-        sel = selectors.DefaultSelector()
-        sel.register(capture.fileno(), selectors.EVENT_READ)
+        self._routes = RouteTable(self.cfg.interface)
+        self._sel = sel = selectors.DefaultSelector()
+        sender = capture = None
         try:
+            self._capture = capture = CaptureSet(expr)
+            sender = RawSender(self.cfg.interface)
             with RstGuard() as guard:
                 self._guard = guard
                 try:
@@ -156,10 +160,15 @@ class Engine:
                     self._abort_all(time.time())
                     self.stats.rst_dropped = guard.dropped() if guard.active else 0
         finally:
-            self.stats.kernel_drops = capture.kernel_drops()
+            if capture is not None:
+                self.stats.kernel_drops = capture.kernel_drops()
+                self.stats.copies = capture.copies.copies
+                self.stats.interfaces = tuple(i or "any" for i in capture.interfaces)
+                capture.close()
             sel.close()
-            capture.close()
-            sender.close()
+            if sender is not None:
+                sender.close()
+            self._routes.close()
             self.stats.finished = time.time()
         return self.stats
 
@@ -224,7 +233,11 @@ class Engine:
         return exhausted
 
     def _prepare(self, job: Job) -> _Running:
-        src_ip = source_address(job.target, job.port)
+        route = self._routes.lookup(job.target)
+        new = self._capture.ensure(route.ifname)  # listening before the first SYN leaves
+        if new is not None:
+            self._sel.register(new.fileno(), selectors.EVENT_READ)
+        src_ip = route.src
         res = PortReservation(src_ip)
         cfg = ProbeConfig(
             target=job.target,
@@ -250,7 +263,7 @@ class Engine:
             self._tokens = min(max(rate, 1.0), self._tokens + (now - self._last_refill) * rate)
         self._last_refill = now
 
-    def _drain(self, capture: Capture, sender: RawSender) -> None:
+    def _drain(self, capture: CaptureSet, sender: RawSender) -> None:
         for _ in range(10000):  # bounded: timers must still fire under a flood
             pkt = capture.recv()
             if pkt is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import socket
 
-from ..errors import NetError, PrivilegeError, UsageError
+from ..errors import NetError, PrivilegeError
 
 
 class RawSender:
@@ -15,11 +15,19 @@ class RawSender:
     tool's own nft table sees them; it only drops RSTs, which we never send).
     """
 
-    def __init__(self):
+    def __init__(self, interface: str | None = None):
+        """``interface``: packets leave only through it (``-e``, SO_BINDTODEVICE)."""
         try:
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
         except PermissionError:
             raise PrivilegeError("sending raw packets needs root (CAP_NET_RAW)") from None
+        if interface is not None:
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
+                                     interface.encode())  # fmt: skip
+            except OSError as exc:
+                self.sock.close()
+                raise NetError(f"-e {interface}: {exc.strerror}") from exc
         self.sent = 0
         self.errors = 0
 
@@ -36,16 +44,6 @@ class RawSender:
 
     def close(self) -> None:
         self.sock.close()
-
-
-def source_address(target: str, port: int) -> str:
-    """The local address the kernel would use towards target (no packet sent)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect((target, port))
-        except OSError as exc:
-            raise UsageError(f"no route to {target}: {exc.strerror}") from None
-        return s.getsockname()[0]
 
 
 class PortReservation:

@@ -1,0 +1,18 @@
+"""Option checks every command shares: made before any work starts."""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import UsageError
+
+
+def positive_seconds(flag: str, value: float) -> None:
+    if not value > 0:  # also refuses NaN
+        raise UsageError(f"{flag} must be > 0 seconds (got {value:g})")
+
+
+def output_dir(flag: str, path: str | None) -> None:
+    """The file ``path`` can be created: its directory exists."""
+    if path and path != "-" and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise UsageError(f"{flag} {path}: directory does not exist")
