@@ -1,39 +1,42 @@
 #!/usr/bin/env python3
-"""Accuracy of the Cron-OS matcher on the Hershel+ data (420 stacks x 50 samples).
+"""Accuracy of the Cron-OS matcher on the Hershel+ data, under realistic noise.
 
-    .venv/bin/python bench/accuracy.py [--quick] [--seed 1] [--data DIR]
+    .venv/bin/python bench/accuracy.py              # every section (~10 min)
+    .venv/bin/python bench/accuracy.py --quick      # 1 held-out sample per stack
+    .venv/bin/python bench/accuracy.py --only target,speed
 
-1. Held-out: for every stack, TEST samples are held out and the database is
-   built from the other samples with the same converter code as the shipped
-   database (``scripts/hershel2db.py``). Each held-out sample becomes one
-   SYN_RCVD observation through the noise model below and is classified alone.
-2. Leave-stacks-out: 10% of the stacks are removed from that database; their
-   held-out observations should give "no match".
+For each of the 420 Hershel+ stacks, ``--test`` of its 50 samples are held
+out. Each held-out sample is sent through a simulated path (``bench/noise.py``:
+one-sided queueing delay of several families, loss of any packet, header
+changes), written as Hershel+'s live fingerprinter writes an observation,
+read back by ``cron-os classify``'s reader, and classified alone (one
+observation per target, Hershel+'s setting) or two per target (``--tries``).
 
-A target is classified from ``--tries`` observations (default 2, as the
-talk's "2success/2tests"): the path (RTT, header changes) is shared by the
-tries, jitter and losses are drawn per try.
+Two databases: the full built-in one (its Hershel+ blocks were built from all
+50 samples, the held-out ones included), and one rebuilt from the other
+samples only (``scripts/hershel2db.py``'s code) plus the non-Hershel+ files.
+A signature identical in every feature to the right one (same header and
+packet count, arrivals within 3 sigma of both spreads and 10 ms) counts as
+right. Leave-stacks-out: 10 % of the stacks removed from the rebuilt database;
+their observations should give "no match" or a confidence under 0.5.
 
-Noise model (seeded):
-* RTT: uniform 5-300 ms before the first SYN-ACK (it only moves the window:
-  gaps are measured after the first packet seen);
-* jitter: every arrival (the first SYN-ACK included) gets N(0, JITTER) added;
-* loss: each SYN-ACK (the first one included) and the RST are lost with
-  probability LOSS; the listening window is 60 s after the SYN;
-* header: TTL decremented by 0-25 hops; the window is rewritten with
-  probability P_WIN, the MSS clamped to 1360 with P_MSS, one option (T, else S,
-  else W) stripped with P_STRIP.
-
-Prints the talk's Annex 1 table (correct / false positive / false negative for
-known OSes, error / correct no-answer for unknown ones), top-1 and top-3
-accuracy, the leave-out no-match and confident-wrong rates, observations/s.
+Sections (``--only``): ``sweep`` (delay mean 0/10/50/150/300 ms, loss
+0/3/10 %, header changes 0/10/25 %), ``target`` (the heaviest level Hershel+
+handles: 150 ms, 8 % loss, 10 % header changes, every delay family, both
+databases, one and two tries, leave-stacks-out, the Annex 1 table),
+``calibrate`` (EM on a batch: accuracy with and without, estimated loss and
+mean delay against the true ones), ``speed`` (``cron-os classify FILE -oJ
+OUT`` on 12,600 observations, one core; the slowest single input).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,244 +44,324 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-from cronos.db import Database  # noqa: E402
-from cronos.match import match  # noqa: E402
-from cronos.model import Method, StateFingerprint, SynAckFeatures  # noqa: E402
+from noise import FAMILIES, Noise, hershel_line, observe  # noqa: E402
+
+from cronos.classify import read_hershel  # noqa: E402
+from cronos.db import Database, load_db  # noqa: E402
+from cronos.match import DEFAULT_MODEL, match  # noqa: E402
+from cronos.model import Method  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("hershel2db", ROOT / "scripts" / "hershel2db.py")
 h2d = importlib.util.module_from_spec(_spec)
 sys.modules["hershel2db"] = h2d
 _spec.loader.exec_module(h2d)
 
-JITTER_US = 5_000
-LOSS = 0.05
-P_WIN, P_MSS, P_STRIP = 0.05, 0.10, 0.03
-WINDOW_S = 60
+HP = "420OS_db.txt"
 CONFIDENT = 0.5
-HERSHEL_PLUS = "420OS_db.txt"
+TARGET = Noise("exp", 150, 0.08, 0.10)
 
 
-def noisy_target(samples, rng: np.random.Generator) -> list[tuple]:
-    """Several tries at one target: one path (header changes, RTT), one sample each."""
-    path = dict(
-        rtt=rng.uniform(5e3, 300e3),
-        win=rng.random() < P_WIN,
-        new_win=int(rng.choice([5840, 14600, 29200, 64240, 65535, 8192])),
-        clamp=rng.random() < P_MSS,
-        strip=rng.random() < P_STRIP,
-        hops=int(rng.integers(0, 26)),
-    )
-    return [noisy_observation(s, path, rng) for s in samples]
+# --- databases and the truth -----------------------------------------------------------
 
 
-def noisy_observation(s, path, rng: np.random.Generator) -> tuple:
-    """One held-out sample seen through the noise model."""
-    times = np.array((0.0,) + s.times_s) * 1e6  # first SYN-ACK at 0
-    rst_t = None
-    if s.rst and len(s.times_s):
-        rst_t, times = times[-1], times[:-1]
-    rtt = path["rtt"]
-    arr = times + rtt + rng.normal(0, JITTER_US, len(times))
-    keep = (rng.random(len(arr)) >= LOSS) & (arr <= WINDOW_S * 1e6)
-    arr = np.sort(arr[keep])
-    rst_us = None
-    if rst_t is not None and len(arr) and rng.random() >= LOSS:
-        t = rst_t + rtt + rng.normal(0, JITTER_US)
-        if t <= WINDOW_S * 1e6 and t > arr[-1]:
-            rst_us = int(t - arr[-1])
-    gaps = tuple(int(g) for g in np.diff(arr))
-    fp = StateFingerprint(Method.SYN_RCVD, WINDOW_S, gaps, None, rst_us)
-    win, mss, opts = s.window, s.mss, s.options
-    if path["win"]:
-        win = path["new_win"]
-    if path["clamp"] and mss is not None and mss > 1360:
-        mss = 1360
-    if path["strip"]:
-        for ch in "TSW":
-            if ch in opts:
-                opts = opts.replace(ch, "", 1)
-                break
-    return fp, SynAckFeatures(win, s.ttl - path["hops"], s.df, None, mss, opts, None)
+def builtin_without_hershelplus() -> list:
+    return [s for s in load_db().signatures if "[Hershel+ id" not in s.name]
 
 
-def build_db(stacks, train_idx, exclude=frozenset()) -> tuple[Database, dict[int, int]]:
-    """Database from the training samples; {signature index: stack id} (merged: -1...)."""
-    sigs, ids = [], []
+def train_db(stacks, train_idx, exclude=frozenset()) -> Database:
+    sigs = []
     for _f, _tag, sid, label, samples in stacks:
         if sid in exclude:
             continue
         chosen = [samples[i] for i in train_idx[sid]]
-        src = f"hershel {HERSHEL_PLUS} id={sid} ({len(chosen)} samples)"
-        sigs.append(h2d.stack_signature(chosen, f"{label} [id {sid}]", src, h2d.class_for(label)))
-        ids.append(sid)
-    merged = h2d.merge_identical(sigs)
-    stack_of = {}
-    for k, sig in enumerate(merged):
-        stack_of[k] = {int(src.split("id=")[1].split()[0]) for src in sig.sources}
-    return Database(tuple(merged)), stack_of
+        src = f"hershel {HP} id={sid} ({len(chosen)} samples)"
+        sigs.append(h2d.stack_signature(chosen, f"{label} [Hershel+ id {sid}]", src,
+                                        h2d.class_for(label)))  # fmt: skip
+    return Database(tuple(h2d.merge_identical(sigs) + builtin_without_hershelplus()))
 
 
-def equivalents(db: Database, stack_of) -> dict[int, set[int]]:
-    """Stacks identical in every feature: same header, same number of packets and
-    RST, every arrival within 3 sigma (both spreads, shifts and 10 ms jitter)."""
-    sig_of = {sid: sig for k, sig in enumerate(db.signatures) for sid in stack_of[k]}
-    by_hdr: dict[tuple, list[int]] = {}
-    for sid, sig in sig_of.items():
-        by_hdr.setdefault((sig.features, len(_arrivals(sig)[0])), []).append(sid)
-    eq = {sid: {sid} for sid in sig_of}
-    for group in by_hdr.values():
-        for i, a in enumerate(group):
-            for b in group[i + 1 :]:
-                if _close(sig_of[a], sig_of[b]):
-                    eq[a].add(b)
-                    eq[b].add(a)
-    return eq
+def truth_index(db: Database) -> dict[int, int]:
+    """Hershel+ stack id -> index of its signature in db."""
+    out = {}
+    for k, s in enumerate(db.signatures):
+        for part in s.name.split(" or "):
+            if "[Hershel+ id " in part:
+                out[int(part.rsplit("id ", 1)[1].rstrip("]"))] = k
+    return out
+
+
+def _arrivals(sig):
+    m = Method.SYN_RCVD
+    fp = sig.states.get(m)
+    if fp is None:
+        return np.zeros(0), np.zeros(0)
+    t = np.cumsum(fp.gaps_us + ((fp.rst_us,) if fp.rst_us is not None else ()))
+    s = np.array(sig.spread_us.get(m, (30_000,) * fp.nb_pkt)
+                 + tuple(sig.rst_spread_us.values()), dtype=float)  # fmt: skip
+    keep = t <= 120e6
+    return t[keep], s[: len(t)][keep]
 
 
 def _close(x, y) -> bool:
-    """Same packets inside the 60 s window, each within 3 sigma."""
-    m = Method.SYN_RCVD
+    if x.features is None or y.features is None:
+        return False
+    fx, fy = x.features, y.features
+    if (fx.window, fx.ttl, fx.df, fx.mss, fx.options) != (fy.window, fy.ttl, fy.df, fy.mss,
+                                                          fy.options):  # fmt: skip
+        return False
     tx, sx = _arrivals(x)
     ty, sy = _arrivals(y)
     if len(tx) != len(ty):
         return False
+    m = Method.SYN_RCVD
     off = x.offset_spread_us.get(m, 0) ** 2 + y.offset_spread_us.get(m, 0) ** 2
     tol = 3 * np.sqrt(sx**2 + sy**2 + off + 2 * 10_000**2)
     return bool(np.all(np.abs(tx - ty) <= tol))
 
 
-def _arrivals(sig):
-    m = Method.SYN_RCVD
-    fp = sig.states[m]
-    t = np.cumsum(fp.gaps_us + ((fp.rst_us,) if fp.rst_us is not None else ()))
-    s = np.array(sig.spread_us.get(m, ()) + tuple(sig.rst_spread_us.values()), dtype=float)
-    keep = t <= WINDOW_S * 1e6
-    return t[keep], s[keep]
+def equivalents(db: Database, truth: dict[int, int]) -> dict[int, set[int]]:
+    """stack id -> signature indices identical to its own in every feature."""
+    by_hdr: dict[tuple, list[int]] = {}
+    for k, s in enumerate(db.signatures):
+        if s.features is not None and Method.SYN_RCVD in s.states:
+            f = s.features
+            by_hdr.setdefault((f.window, f.ttl, f.df, f.mss, f.options), []).append(k)
+    out = {}
+    for sid, k in truth.items():
+        f = db.signatures[k].features
+        peers = by_hdr.get((f.window, f.ttl, f.df, f.mss, f.options), [k])
+        out[sid] = {k} | {j for j in peers if _close(db.signatures[k], db.signatures[j])}
+    return out
 
 
-def evaluate(db, stack_of, cases, eq, known: bool):
-    """Classify every case; return counters and the time spent matching.
+# --- one condition ---------------------------------------------------------------------
 
-    ``eq[sid]``: stacks indistinguishable from sid (itself included); naming
-    one of them is right ("stacks identical in every feature count as one").
-    For unknown stacks (removed from the DB) naming an equivalent still in the
-    DB is counted apart ("equivalent") from a real error.
-    """
-    index = {id(s): k for k, s in enumerate(db.signatures)}
-    r = dict(n=0, answered=0, top1=0, top3=0, group=0, confident_wrong=0, wrong=0, t=0.0,
-             equivalent=0, fits=[])  # fmt: skip
-    for sid, obs in cases:
+
+def make_lines(held, noise: Noise, tries: int, rng) -> list[tuple[int, str]]:
+    """[(true stack id, observation lines of one target)]."""
+    out, ident = [], 0
+    for sid, samples in held:
+        for k in range(0, len(samples) - tries + 1, tries):
+            ident += 1
+            lines = []
+            for s in samples[k : k + tries]:
+                seen = observe(s, noise, rng)
+                if seen is not None:
+                    lines.append(hershel_line(ident, seen))
+            if lines:
+                out.append((sid, "\n".join(lines)))
+    return out
+
+
+def evaluate(db, cases, eq, *, known=True, model=None) -> dict:
+    model = model or DEFAULT_MODEL
+    r = dict(n=0, obs=0, top1=0, top3=0, right=0, answered=0, wrong=0, confident_wrong=0,
+             equivalent=0, low=0, t=0.0, slowest=0.0)  # fmt: skip
+    for sid, text in cases:
+        obs = read_hershel(text, "bench")
         t0 = time.perf_counter()
-        res = match(obs, db, top=3)
-        r["t"] += time.perf_counter() - t0
+        res = match(obs, db, top=3, model=model)
+        dt = time.perf_counter() - t0
+        r["t"] += dt
+        r["slowest"] = max(r["slowest"], dt)
         r["n"] += 1
-        r["obs"] = r.get("obs", 0) + len(obs)
-        same = eq.get(sid, {sid})
-        ranked = [stack_of[index[id(c.signature)]] for c in res.candidates]
-        in_group = any(same & g for g in ranked[: max(res.ties, 1)])
-        ok_top = bool(res.candidates) and res.candidates[0].success > 0
-        r["fits"].append((res.fit if ok_top else np.inf, in_group))
-        if res.verdict is not None:
-            r["answered"] += 1
-            if not known and in_group:
-                r["equivalent"] += 1
-            elif not (known and in_group):
-                r["wrong"] += 1
-                if res.confidence >= CONFIDENT:
-                    r["confident_wrong"] += 1
-        if known and ranked:
-            r["top1"] += bool(same & ranked[0])
-            r["top3"] += any(same & g for g in ranked[:3])
-            r["group"] += in_group and res.verdict is not None
+        r["obs"] += len(obs)
+        good = eq.get(sid, set())
+        ranked = [id(c.signature) for c in res.candidates]
+        ids = {id(db.signatures[k]) for k in good}
+        named = ranked[: max(res.ties, 1)]
+        in_group = bool(ids & set(named))
+        if known:
+            r["top1"] += bool(ranked) and ranked[0] in ids
+            r["top3"] += bool(ids & set(ranked[:3]))
+        if res.verdict is None:
+            continue
+        r["answered"] += 1
+        if res.confidence < CONFIDENT:
+            r["low"] += 1
+        if known and in_group:
+            r["right"] += 1
+        elif not known and in_group:
+            r["equivalent"] += 1
+        else:
+            r["wrong"] += 1
+            r["confident_wrong"] += res.confidence >= CONFIDENT
     return r
+
+
+def _changes(m) -> str:
+    return ", ".join(f"{f} {v:.1%}" for f, v in m.change.items() if f != "wscale")
+
+
+def pct(a, b) -> str:
+    return f"{100.0 * a / b:5.1f} %" if b else "   n/a"
+
+
+# --- sections --------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.rng = np.random.default_rng(args.seed)
+        self.stacks = [s for s in h2d.all_stacks(args.data) if s[0] == HP]
+        self.train_idx, self.held = {}, []
+        for _f, _tag, sid, _label, samples in self.stacks:
+            perm = self.rng.permutation(len(samples))
+            self.train_idx[sid] = sorted(perm[args.test :].tolist())
+            self.held.append((sid, [samples[i] for i in perm[: args.test]]))
+        self.full = load_db()
+        self.full_truth = truth_index(self.full)
+        self.full_eq = equivalents(self.full, self.full_truth)
+        self.train = train_db(self.stacks, self.train_idx)
+        self.train_truth = truth_index(self.train)
+        self.train_eq = equivalents(self.train, self.train_truth)
+
+    def cases(self, noise, tries=1, seed_offset=0):
+        rng = np.random.default_rng(self.args.seed * 1000 + seed_offset)
+        return make_lines(self.held, noise, tries, rng)
+
+    def line(self, label, r):
+        n = r["n"]
+        print(f"  {label:<44} top-1 {pct(r['top1'], n)}  top-3 {pct(r['top3'], n)}  "
+              f"no match {pct(n - r['answered'], n)}  confident wrong "
+              f"{pct(r['confident_wrong'], n)}  ({n} targets, "
+              f"{r['obs'] / max(r['t'], 1e-9):,.0f} obs/s)",
+              flush=True)  # fmt: skip
+
+    def sweep(self):
+        print("Sweep (full database, one observation per target, exponential delay):")
+        levels = [Noise("none", 0, 0, 0)]
+        levels += [Noise("exp", m, 0.03, 0.10) for m in (10, 50, 150, 300)]
+        levels += [Noise("exp", 50, p, 0.10) for p in (0.0, 0.10)]
+        levels += [Noise("exp", 50, 0.03, h) for h in (0.0, 0.25)]
+        for k, noise in enumerate(levels):
+            r = evaluate(self.full, self.cases(noise, seed_offset=k), self.full_eq)
+            self.line(noise.label, r)
+
+    def target(self):
+        print(f"\nTarget level ({TARGET.label}):")
+        for k, fam in enumerate(f for f in FAMILIES if f != "none"):
+            noise = Noise(fam, TARGET.mean_ms, TARGET.loss, TARGET.header)
+            r = evaluate(self.full, self.cases(noise, seed_offset=100 + k), self.full_eq)
+            self.line(f"full DB, {fam}", r)
+        cases = self.cases(TARGET, seed_offset=200)
+        r = evaluate(self.train, cases, self.train_eq)
+        self.line("DB without the held-out samples, exp", r)
+        r2 = evaluate(self.full, self.cases(TARGET, tries=2, seed_offset=201), self.full_eq)
+        self.line("full DB, exp, two tries per target", r2)
+        clean = evaluate(self.full, self.cases(Noise("none", 0, 0, 0), seed_offset=202),
+                         self.full_eq)  # fmt: skip
+        self.line("clean (no noise), full DB", clean)
+        self.leave_out(r)
+
+    def leave_out(self, known):
+        ids = [s[2] for s in self.stacks]
+        rng = np.random.default_rng(self.args.seed + 7)
+        tot = None
+        for fold in range(self.args.folds):
+            out = set(rng.choice(ids, size=len(ids) // 10, replace=False).tolist())
+            db = train_db(self.stacks, self.train_idx, exclude=out)
+            eq = {}
+            for sid in out:  # the removed stack's equivalents still in the database
+                sig = self.train.signatures[self.train_truth[sid]]
+                eq[sid] = {k for k, s in enumerate(db.signatures) if _close(sig, s)}
+            held = [(sid, s) for sid, s in self.held if sid in out]
+            rng2 = np.random.default_rng(self.args.seed * 1000 + 300 + fold)
+            cases = make_lines(held, TARGET, 1, rng2)
+            r = evaluate(db, cases, eq, known=False)
+            tot = r if tot is None else {k: tot[k] + r[k] for k in tot}
+        nu = tot["n"]
+        ne = nu - tot["equivalent"]
+        honest = ne - (tot["wrong"] - tot["confident_wrong"]) - tot["confident_wrong"]
+        print(f"  leave-stacks-out ({self.args.folds} x 10 %): no match "
+              f"{pct(nu - tot['answered'], nu)}, equivalent stack named "
+              f"{pct(tot['equivalent'], nu)}, confident wrong {pct(tot['confident_wrong'], ne)}"
+              f" (equivalents excluded)")  # fmt: skip
+        ok = (nu - tot["answered"]) + (tot["wrong"] - tot["confident_wrong"])
+        print(f"  leave-stacks-out: no match or confidence < {CONFIDENT}: {pct(ok, ne)} "
+              f"(equivalents excluded; {honest} honest of {ne})")  # fmt: skip
+        n = known["n"]
+        print("\n  Annex 1 (SSTIC 2003), target level, DB without the held-out samples")
+        print("                      | tool answers                    | no answer")
+        print(f"  OS in the database  | correct {pct(known['right'], n)}  false pos. "
+              f"{pct(known['wrong'], n)} | false neg. {pct(n - known['answered'], n)}")  # fmt: skip
+        print(f"  OS not in database  | error   {pct(tot['wrong'], ne)}"
+              f"                     | correct {pct(nu - tot['answered'], ne)}")  # fmt: skip
+
+    def calibrate(self):
+        from cronos.calibrate import calibrate
+
+        print("\nSelf-calibration (EM on the batch), full DB, one observation per target:")
+        for k, noise in enumerate([TARGET, Noise("exp", 50, 0.03, 0.10),
+                                   Noise("pareto", 300, 0.10, 0.25)]):  # fmt: skip
+            cases = self.cases(noise, seed_offset=400 + k)
+            groups = [read_hershel(text, "bench") for _sid, text in cases]
+            t0 = time.perf_counter()
+            cal = calibrate(groups, self.full)
+            took = time.perf_counter() - t0
+            before = evaluate(self.full, cases, self.full_eq)
+            after = evaluate(self.full, cases, self.full_eq, model=cal.model)
+            m = cal.model
+            print(f"  {noise.label} ({len(cases)} targets; EM {cal.iterations} iterations, "
+                  f"{took:.1f} s on {cal.targets} targets)")  # fmt: skip
+            print(f"    loss: true {noise.loss:.1%}, estimated {m.loss:.1%};  mean queueing "
+                  f"delay: true {noise.mean_ms:g} ms, estimated {m.mean_delay_us() / 1000:.0f} ms;"
+                  f"  header changes estimated {_changes(m)}")  # fmt: skip
+            self.line("default model", before)
+            self.line("calibrated model", after)
+
+    def speed(self):
+        print("\nSpeed: cron-os classify FILE -oJ OUT, 12,600 observations (420 x 30), one core")
+        rng = np.random.default_rng(self.args.seed + 11)
+        lines, ident = [], 0
+        for _f, _tag, _sid, _label, samples in self.stacks:
+            for s in samples[:30]:
+                seen = observe(s, TARGET, rng)
+                if seen is not None:
+                    ident += 1
+                    lines.append(hershel_line(ident, seen))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "obs.txt"
+            path.write_text("\n".join(lines) + "\n")
+            out = Path(tmp) / "v.jsonl"
+            cmd = [sys.executable, "-m", "cronos", "classify", str(path), "-oJ", str(out)]
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+            t0 = time.perf_counter()
+            p = subprocess.Popen(["taskset", "-c", "0", *cmd], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, env=env)  # fmt: skip
+            _, status, ru = os.wait4(p.pid, 0)
+            wall = time.perf_counter() - t0
+            err = p.stderr.read().decode()
+            if status != 0:
+                print("  classify failed:", err.strip()[-300:])
+                return
+            n_out = sum(1 for _ in out.open())
+        cpu = ru.ru_utime + ru.ru_stime
+        print(f"  {len(lines):,} observations in {wall:.1f} s wall, {cpu:.1f} s CPU: "
+              f"{len(lines) / wall:,.0f} obs/s; {n_out:,} verdict records; peak RSS "
+              f"{ru.ru_maxrss / 1024:.0f} MiB")  # fmt: skip
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "hershel")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--test", type=int, default=10, help="held-out samples per stack")
+    ap.add_argument("--test", type=int, default=3, help="held-out samples per stack")
     ap.add_argument("--folds", type=int, default=3, help="leave-stacks-out repetitions")
-    ap.add_argument("--tries", type=int, default=2, help="tries (samples) per target")
-    ap.add_argument("--quick", action="store_true", help="4 held-out samples, 1 fold")
+    ap.add_argument("--quick", action="store_true", help="1 held-out sample per stack, 1 fold")
+    ap.add_argument("--only", default="sweep,target,calibrate,speed")
     args = ap.parse_args(argv)
     if args.quick:
-        args.test, args.folds = 4, 1
-    rng = np.random.default_rng(args.seed)
-    stacks = [s for s in h2d.all_stacks(args.data) if s[0] == HERSHEL_PLUS]
-    train_idx, cases = {}, []
-    for _f, _tag, sid, _label, samples in stacks:
-        perm = rng.permutation(len(samples))
-        train_idx[sid] = sorted(perm[args.test :])
-        held = [samples[i] for i in perm[: args.test]]
-        for k in range(0, len(held) - args.tries + 1, args.tries):
-            cases.append((sid, noisy_target(held[k : k + args.tries], rng)))
-    db, stack_of = build_db(stacks, train_idx)
-    eq = equivalents(db, stack_of)
-    known = evaluate(db, stack_of, cases, eq, known=True)
-    ids = [s[2] for s in stacks]
-    unknown = dict(n=0, answered=0, confident_wrong=0, t=0.0, equivalent=0, wrong=0, fits=[], obs=0)
-    for _ in range(args.folds):
-        out = set(rng.choice(ids, size=len(ids) // 10, replace=False).tolist())
-        db_lo, stack_of_lo = build_db(stacks, train_idx, exclude=out)
-        r = evaluate(db_lo, stack_of_lo, [c for c in cases if c[0] in out], eq, known=False)
-        for k in unknown:
-            unknown[k] += r[k]
-    n_eq = sum(1 for v in eq.values() if len(v) > 1)
-    report(args, len(stacks), len(db), n_eq, known, unknown)
+        args.test, args.folds = 1, 1
+    b = Bench(args)
+    print(f"Hershel+: {len(b.stacks)} stacks, {args.test} held-out samples each; full DB "
+          f"{len(b.full)} signatures, rebuilt DB {len(b.train)}; seed {args.seed}\n")  # fmt: skip
+    for section in args.only.split(","):
+        getattr(b, section.strip())()
     return 0
-
-
-def pct(a, b) -> str:
-    return f"{100.0 * a / b:5.1f}%" if b else "  n/a"
-
-
-def report(args, n_stacks, n_sigs, n_eq, k, u) -> None:
-    n, nu = k["n"], u["n"]
-    nu_eq = nu - u["equivalent"]  # unknown stacks with no equivalent answer
-    print(f"Hershel+ {n_stacks} stacks, DB {n_sigs} signatures, seed {args.seed}, "
-          f"{args.test} held-out samples/stack, {args.tries} tries/target\n"
-          f"noise: jitter {JITTER_US / 1000:g} ms, "
-          f"loss {LOSS:.0%}, window/MSS/option changed {P_WIN:.0%}/{P_MSS:.0%}/{P_STRIP:.0%}, "
-          "TTL -0..25")  # fmt: skip
-    print()
-    print("Annex 1 (SSTIC 2003)        | tool answers            | no answer")
-    print(f"OS in the database  ({n:5d}) | correct {pct(k['group'], n)} "
-          f"false pos. {pct(k['wrong'], n)} | false neg. {pct(n - k['answered'], n)}")  # fmt: skip
-    print(f"OS not in database  ({nu:5d}) | error   {pct(u['wrong'], nu)}"
-          f"                   | correct {pct(nu - u['answered'], nu)}")  # fmt: skip
-    print()
-    print(f"held-out top-1 {pct(k['top1'], n)}   top-3 {pct(k['top3'], n)}   "
-          f"confident wrong {pct(k['confident_wrong'], n)}")  # fmt: skip
-    print(
-        f"leave-stacks-out ({args.folds} x 10% of stacks): no match "
-        f"{pct(nu - u['answered'], nu)}, equivalent stack named {pct(u['equivalent'], nu)}, "
-        f"confident wrong {pct(u['confident_wrong'], nu)}"
-    )
-    print(
-        f"  not counting answers naming an equivalent stack: no match "
-        f"{pct(nu - u['answered'], nu_eq)}   confident wrong {pct(u['confident_wrong'], nu_eq)}"
-    )
-    print(
-        f"  ({n_eq} of {n_stacks} stacks have an equivalent: identical header and packet count,"
-        " arrivals within 3 sigma)"
-    )
-    print()
-    print(
-        "novelty threshold sweep (match(..., novelty=T)): answered right (known) / no match"
-        " (unknown, equivalents excluded)"
-    )
-    kf, uf = np.array(k["fits"], dtype=float), np.array(u["fits"], dtype=float)
-    for thr in (1.0, 1.5, 2.0, 2.2):  # above NOVELTY the tally already says "no"
-        right = np.sum((kf[:, 0] <= thr) & (kf[:, 1] > 0))
-        uf_ne = uf[uf[:, 1] == 0]
-        print(
-            f"  T={thr:3.1f}: known answered right {pct(right, n)}   unknown no match "
-            f"{pct(np.sum(uf_ne[:, 0] > thr), len(uf_ne))}"
-        )
-    t = k["t"] + u["t"]
-    print(f"speed: {(k['obs'] + u['obs']) / t:,.0f} SYN_RCVD observations/s (one core, full DB)")
 
 
 if __name__ == "__main__":

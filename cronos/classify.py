@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from .db import Database
 from .errors import FingerprintSyntaxError
-from .match import NOVELTY, MatchResult, match
+from .match import MatchResult, PathModel, match
 from .model import (
     Method,
     Observation,
@@ -38,6 +38,7 @@ from .model import (
 
 _STATE_RE = re.compile(r"^(CronOS_(?:Syn|LastAck|FinWait|Hdr|Rst))\(")
 _HERSHEL_RE = re.compile(r"^\d+\s*,")
+LISTEN_HERSHEL_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -166,21 +167,31 @@ def _logical_lines(text: str, source: str) -> Iterable[tuple[int, str]]:
 
 
 def read_hershel(text: str, source: str = "<input>") -> list[Observation]:
-    """Hershel CSV lines; the times are after the first SYN-ACK (a leading 0.0,
-    as in the 116-stack file, is the first SYN-ACK itself). When rst_present=1
-    the last time is the RST (see docs/database.md)."""
+    """Hershel / Hershel+ CSV lines, database or observation files alike.
+
+    After the header and RST fields (11 of them in the Hershel+ format, 12 in
+    the Hershel one, which adds ``rst_seq``) come the arrival times in seconds,
+    all measured from the SYN: the first is the first SYN-ACK's (its RTT; 0 in
+    the database files, whose times start at the first SYN-ACK), then each
+    retransmission, then the RST when ``rst_present=1`` (see
+    docs/database.md). Every time is re-based on the first SYN-ACK; the RTT is
+    kept as the first arrival. Lines with the same first column are tries at
+    one target (the live fingerprinter numbers its targets)."""
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            rows.append((n, [x.strip() for x in line.split(",")]))
+    default = _file_layout(rows)
     out = []
     tries: dict[str, int] = {}
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        f = [x.strip() for x in line.split(",")]
+    for n, f in rows:
+        skip = _hershel_layout(f, default)
         try:
-            if len(f) < 12:
-                raise ValueError("fewer than 12 fields")
-            times = [float(x) for x in f[12:] if x]
-            if times and times[0] == 0.0:
-                times = times[1:]
+            if len(f) < skip:
+                raise ValueError(f"fewer than {skip} fields")
+            times = [float(x) for x in f[skip:] if x]
+            if any(not math.isfinite(t) or t < 0 for t in times):
+                raise ValueError("times must be finite and >= 0")
             opts = "" if f[4] == "X" else f[4]
             if not set(opts) <= set("MNWSTE"):
                 raise ValueError(f"options {f[4]!r}")
@@ -193,29 +204,94 @@ def read_hershel(text: str, source: str = "<input>") -> list[Observation]:
                 options=opts,
                 wscale=None,
             )
-            rst = f[7] == "1" and bool(times)
         except ValueError as exc:
             raise FingerprintSyntaxError(f"{source}:{n}: not a Hershel line: {exc}") from exc
-        us = [round(t * 1e6) for t in times]
+        rtt = times[0] if times else 0.0
+        rel = [t - rtt for t in times[1:]]
+        if any(b < a for a, b in zip([0.0, *rel], rel, strict=False)):
+            raise FingerprintSyntaxError(f"{source}:{n}: not a Hershel line: times go back")
+        rst = f[7] == "1" and bool(rel)
+        us = [round(t * 1e6) for t in rel]
         cum = us[:-1] if rst else us
         gaps = tuple(b - a for a, b in zip([0, *cum], cum, strict=False))  # none: no retransmission
         rst_us = us[-1] - (cum[-1] if cum else 0) if rst else None
-        time_s = max(60, math.ceil(2 * times[-1])) if times else 60
+        # Hershel+'s live fingerprinter listens 120 s after the SYN
+        listened = max(LISTEN_HERSHEL_S - rtt, rel[-1] if rel else 0.0)
+        time_s = math.ceil(listened + rtt)
         target = f"hershel-{f[0]}"
         tries[target] = tries.get(target, 0) + 1
-        fp = StateFingerprint(Method.SYN_RCVD, time_s, gaps, None, rst_us)
+        fp = StateFingerprint(Method.SYN_RCVD, time_s, gaps, None, rst_us,
+                              listened_us=round(listened * 1e6) + 50_000)  # fmt: skip
+        a0 = round(rtt * 1e6)
+        arrivals = (a0, *(a0 + c for c in cum)) if rtt > 0 else ()
         out.append(Observation(target, 0, Method.SYN_RCVD, tries[target], Status.OK, fp, feats,
+                               arrivals_us=arrivals,
                                extra={"input_id": f"{source}:{n}"}))  # fmt: skip
     if not out:
         raise FingerprintSyntaxError(f"{source}:1: no Hershel line")
     return out
 
 
-def classify(
-    observations: Sequence[Observation], db: Database, *, top: int = 5, novelty: float = NOVELTY
-) -> list[TargetVerdict]:
-    """Group observations per target (first-seen order) and match each group."""
+def _hershel_layout(f: list[str], file_default: int) -> int:
+    """Index of the first time in one line: 11 (Hershel+, 420-stack format) or
+    12 (Hershel, 116-stack format, with rst_seq). A decimal point in field 11
+    is a time (Hershel+); field 11 a 1, or an integer followed by a zero time,
+    is Hershel's rst_nonzero. A line that could be either (field 11 "0", a
+    positive time after it) follows the file: Hershel+ unless every line that
+    tells says Hershel and its field 12 looks like an RTT (under 1 s)."""
+    if len(f) < 12:
+        return 11
+    if "." in f[11] or "e" in f[11].lower():
+        return 11
+    if f[11] == "1" or (len(f) > 12 and _zero(f[12])):
+        return 12
+    if file_default == 12 and len(f) > 12 and _num(f[12]) < 1.0:
+        return 12
+    return 11
+
+
+def _file_layout(rows) -> int:
+    says = set()
+    for _n, f in rows:
+        if len(f) >= 12 and ("." in f[11] or "e" in f[11].lower()):
+            says.add(11)
+        elif len(f) >= 12 and (f[11] == "1" or (len(f) > 12 and _zero(f[12]))):
+            says.add(12)
+    return 12 if says == {12} else 11
+
+
+def _num(x: str) -> float:
+    try:
+        return float(x)
+    except ValueError:
+        return math.inf
+
+
+def _zero(x: str) -> bool:
+    try:
+        return float(x) == 0.0
+    except ValueError:
+        return False
+
+
+def group_targets(observations: Iterable[Observation]) -> dict[str, list[Observation]]:
+    """Observations per target, in first-seen order."""
     groups: dict[str, list[Observation]] = {}
     for o in observations:
         groups.setdefault(o.target, []).append(o)
-    return [TargetVerdict(t, tuple(obs), match(obs, db, top=top)) for t, obs in groups.items()]
+    return groups
+
+
+def classify(
+    observations: Sequence[Observation],
+    db: Database,
+    *,
+    top: int = 5,
+    model: PathModel | None = None,
+) -> list[TargetVerdict]:
+    """Group observations per target (first-seen order) and match each group."""
+    groups = group_targets(observations)
+    return [
+        TargetVerdict(t, tuple(obs), match(obs, db, top=top, model=model))
+        for t, obs in groups.items()
+    ]

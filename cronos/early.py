@@ -2,7 +2,8 @@
 
 A pure function of a partial observation (what a probe has timed so far), the
 time listened, and the database. Every signature that still explains the
-partial series (the matcher's ``success`` for it) predicts a future: the
+partial series (the matcher's ``success`` for it, with a posterior of at
+least ``MIN_POSTERIOR``) predicts a future: the
 packets (and final RST) it expects after the last one seen. A prediction whose
 first event is overdue (``now`` past it by more than its tolerance) has been
 contradicted and drops out. When every remaining signature predicts the same
@@ -30,6 +31,7 @@ MIN_GAPS = 3  # evidence before stopping while some signature still expects pack
 QUANTUM_US = 2_000  # prefix key resolution
 Z = 3.0  # an event is overdue Z tolerances after its expected time
 MIN_TOL_US = 20_000
+MIN_POSTERIOR = 0.005  # a candidate less likely than this cannot change the verdict
 REL_TOL = 0.05
 
 
@@ -65,7 +67,7 @@ def futures(partial: Observation, db: Database) -> tuple[Future, ...] | None:
     out = []
     for c in res.candidates:
         how = c.how[0] if c.how else None
-        if how is None or not how.success or how.unexplained:
+        if how is None or not how.success or how.unexplained or c.confidence < MIN_POSTERIOR:
             continue
         sig_fp = c.signature.states.get(fp.method)
         if sig_fp is None:

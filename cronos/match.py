@@ -1,89 +1,565 @@
-"""The matcher: a pure function from observations to scored candidates.
+"""The matcher: a pure function from observations to a scored, calibrated verdict.
 
-Model (documented field by field in ``docs/database.md``, "How matching works"):
+Model (``docs/matching.md`` explains it with the figures):
 
-* Times are compared as arrival times after the first packet seen (cumulative
-  gaps), so per-packet jitter does not accumulate. Arrival = expected + shift
-  + residual: the shift (the first packet's own lateness) has a Gaussian prior
-  and is integrated out in closed form; each residual has a tolerance
-  ``sqrt(spread^2 + JITTER^2 + (REL x t)^2)``. Arrivals more than OUTLIER_Z
-  sigma off are outliers (timer ticks), further than Z_MAX x OUTLIER_US are
-  unexplained (another OS).
-* Lost packets: observed packets may skip expected ones (a gap equal to the
-  sum of consecutive expected gaps costs ``LOST`` per skipped packet, not a
-  mismatch); the first packet itself may be lost (the series is re-anchored on
-  the second expected packet). Expected packets after the last one seen but
-  inside the listening window count as lost too.
-* The window: expected packets later than the observation's ``Time`` could not
-  be seen; observed packets later than the signature's ``Time`` are unknown.
-* RST: a final RST is compared like a packet; a missing RST costs little
-  (firewalls drop them), an unexpected one costs like an unexplained packet.
-* Closing states: a signature whose first gap follows the Linux rule
-  ``Connect + max(2 x Connect, 200 ms)`` is rescaled to the observation's RTT.
-* Header (SYN-ACK) features weigh less than timing: TTL may be decremented by
-  up to ``MAX_HOPS`` hops, window/MSS may be rewritten, an option stripped.
+* **Timing.** A stack emits its series at ``T_0 = 0 < T_1 < ...`` (the
+  signature's schedule, relative to its first packet), each ``T_j`` moved by
+  the stack's own timer noise (``Spread``; a common offset of everything after
+  the first packet, ``...Offset``, is fitted within its spread). Packet ``i``
+  arrives at ``tau + T_j + q_i``: ``tau`` (when the series started plus the
+  base one-way delay) is unknown and integrated out; ``q_i >= 0`` is queueing
+  delay, one-sided, exponential with a scale ``theta`` that is one per path
+  (shared by every packet, state and try of a target) and itself unknown: it
+  is integrated over a grid of scales from 1 ms to 1.4 s with prior weights
+  (``PathModel.theta_weights``), which makes the marginal delay heavy-tailed.
+* **Loss.** Any packet, the first one and the RST included, is lost with
+  probability ``loss``; which observed packet is which expected one is found
+  by aligning in time (the first packet seen may be the first or the second
+  one sent). Expected packets after the listening window are not lost, only
+  unseen; observed packets after the signature's own window are unknown to it.
+* **Header.** Each field of the first SYN-ACK keeps its value with probability
+  ``1 - change[field]``; a changed value is drawn from the database's own
+  distribution of that field (an MSS clamped below, options stripped, a TTL
+  lowered by up to ``MAX_HOPS`` routers are the likely changes).
+* **Unknown stacks.** Beside the signatures, a generic stack (any first gap,
+  any backoff, any header) competes with prior ``unknown_prior``: "no match"
+  is the verdict when it is more probable than the best signature. So the
+  answer is a posterior probability, not a distance against a threshold.
+* **Evidence.** A signature built from N examples has its spreads widened by
+  ``sqrt(1 + 1/N)`` (the uncertainty of a mean of N) and a prior weight
+  ``N / (N + 1)``. Broad spreads do not help a signature explain a noisy
+  series: the path's queueing explains noise for every signature alike, and
+  a broad schedule has a lower density where the observation is.
 
-Costs are negative log-likelihoods (nats); the score of a candidate is minus
-its total cost over every observation (states and tries). The *fit* (the same
-without likelihood normalisation) decides "no match".
+Costs are negative log-likelihoods in nats (time densities per microsecond).
+``calibrate`` (``cronos.calibrate``) estimates the path parameters and the
+stacks' popularity from a batch of observations (EM) and returns a
+``PathModel`` to match them with.
 """
 
 from __future__ import annotations
 
+import math
+import re
+import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
-from types import SimpleNamespace
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import numpy as np
 
+from . import _kernel
 from .db import Database, Signature
 from .model import Method, Observation, StateFingerprint, Status, SynAckFeatures
 
-# Weights (nats). Timing dominates: one unexplained packet costs more than any
-# single header difference.
-Z_MAX = 4.0
-UNEXPLAINED = 9.0
-LOST = 2.5
-FIRST_LOST = 2.5
-# In the fit (the surprise that decides "no match") a loss costs less: with
-# p = 0.05 over a handful of packets one loss is common (log(P(0)/P(1)) ~ 1.4).
-LOST_FIT = 1.4
-RST_MISSING = 1.5
-LISTEN_SLACK_US = 50_000  # an expected packet this close to the end may still be in flight
-# per observation, when every try of a state misses the signature's last packets
-TAIL_AGAIN = 3.0
-MIN_CONFIDENCE = 0.05  # below this the verdict is "no match"
-JITTER_US = 15_000
-REL = 0.005
-DEFAULT_SPREAD_US = 30_000
-DEFAULT_SPREAD_REL = 0.01
-REF_TOL_US = 10_000  # likelihood normalisation: log(tol / REF_TOL_US)
-# Outliers: an arrival more than OUTLIER_Z sigma from its expected time (after
-# the shift) but within Z_MAX x OUTLIER_US is an outlier, not another OS: about
-# 10% of the Hershel arrivals are 0.1-0.3 s off (timer ticks).
-OUTLIER = 2.3  # -log(0.1)
-OUTLIER_US = 250_000
-OUTLIER_Z = 3.0
-MAX_HOPS = 30
-# Header: -log P(difference | same stack behind an ordinary path). What a
-# middlebox commonly does is cheap (rewrite the window, clamp the MSS down,
-# strip an option); what it cannot do (raise the TTL, raise the MSS, invent
-# options) costs like an unexplained packet.
-W_TTL = 6.0  # TTL above the initial TTL, or more than MAX_HOPS below it
-W_DF = 4.0
-W_WIN = 3.0  # window rewritten (p ~ 0.05)
-W_MSS_DOWN, W_MSS_OTHER = 2.3, 6.0  # clamped down (p ~ 0.1) / raised or added
-W_OPT_STRIP, W_OPT = 3.5, 6.0  # options removed (p ~ 0.03) / otherwise different
-W_WS = 1.0
-W_NO_HDR = 1.5  # signature without header line, observation with one
-# A signature without the observed state predicts nothing: each observed packet
-# costs as if uniform over ~1 s at REF_TOL_US resolution (log 100), plus a base.
-MISSING_STATE = 1.0
-MISSING_PER_PKT = 4.6
-# Verdict
-NOVELTY = 2.2  # mean fit cost per observation above which the answer is "no match"
-TIE = 0.05  # candidates within TIE nats of the best are reported together
+# --- the path model ---------------------------------------------------------------------
+
+#: Queueing delay scales integrated over (µs): one per path.
+THETA_GRID_US = np.array([1e3, 3e3, 8e3, 20e3, 45e3, 90e3, 180e3, 350e3, 700e3, 1.4e6])
+_THETA_PRIOR = (0.10, 0.12, 0.14, 0.14, 0.13, 0.12, 0.10, 0.08, 0.05, 0.02)
+MAX_HOPS = 40
+TIE = 0.05  # nats: candidates this close to the best are named together
+MIN_CONFIDENCE = 0.05
+NO_MATCH = 0.75  # posterior of the unknown stack above which the verdict is "no match"
+
+
+@dataclass(frozen=True)
+class PathModel:
+    """What the network (and the users) do to observations; ``calibrate``
+    estimates it from a batch, the defaults are a prior for a single target."""
+
+    loss: float = 0.05  # any packet
+    rst_loss: float = 0.15  # a final RST (firewalls drop them)
+    theta_weights: tuple[float, ...] = _THETA_PRIOR  # prior over THETA_GRID_US
+    rtt_median_us: float = 80_000.0  # lognormal prior of the first SYN-ACK's RTT
+    rtt_sigma: float = 1.4
+    change: MappingProxyType = field(
+        default_factory=lambda: MappingProxyType(
+            {"window": 0.03, "ttl": 0.03, "df": 0.03, "mss": 0.03, "options": 0.03, "wscale": 0.03}
+        )
+    )
+    unknown_prior: float = 0.3
+    #: per-signature prior weights (popularity), index-aligned with the database;
+    #: None: every signature by its evidence only
+    popularity: tuple[float, ...] | None = None
+    #: where the parameters come from ("default", or "estimated from N targets")
+    origin: str = "default"
+
+    def theta_logw(self) -> np.ndarray:
+        w = np.asarray(self.theta_weights, dtype=float)
+        return np.log(np.maximum(w, 1e-12) / w.sum())
+
+    def mean_delay_us(self) -> float:
+        w = np.asarray(self.theta_weights, dtype=float)
+        return float((w * THETA_GRID_US).sum() / w.sum())
+
+
+DEFAULT_MODEL = PathModel()
+
+# generic ("unknown stack") model
+_GEN_FIRST = math.log(math.log(1e6))  # an unexplained packet: any gap in 1 ms .. 1000 s
+_GEN_RST = math.log(math.log(1000.0))
+_GEN_COUNT_RHO = 0.8  # number of retransmissions: geometric
+_GEN_P_RST = 0.3
+UNEXPLAINED = 4.6  # -log(0.01): a packet the signature does not predict, beyond the generic cost
+GATE_US = 2_500_000.0  # an arrival this far from its expected time is not that packet
+SPREAD_Z = 3.0  # common-offset fit within this many of its spreads
+LAM_REF_US = 20_000.0  # queueing scale of the alignment's robust cost
 LINUX_RTO_MIN_US = 200_000
+
+
+# --- the compiled database --------------------------------------------------------------
+
+
+class _Table:
+    """Schedules of the signatures having one state, flattened for searchsorted."""
+
+    def __init__(self, sigs: Sequence[Signature], idx: list[int], method: Method, evidence):
+        self.idx = np.asarray(idx, dtype=np.int64)
+        m = len(idx)
+        self.nexp = np.zeros(m, dtype=np.int64)
+        self.rst_t = np.full(m, np.nan)
+        self.rst_s = np.zeros(m)
+        self.time_us = np.zeros(m)
+        self.off_sd = np.zeros(m)
+        self.rule_connect = np.full(m, np.nan)  # Linux-rule closing schedules: their Connect
+        rows_t, rows_s = [], []
+        for r, i in enumerate(idx):
+            s = sigs[i]
+            fp = s.states[method]
+            cum = np.concatenate([[0.0], np.cumsum(fp.gaps_us, dtype=float)])
+            sp = s.spread_us.get(method)
+            if sp is None or len(sp) != fp.nb_pkt:
+                spr = 30_000.0 + 0.01 * cum[1:]
+            else:
+                spr = np.asarray(sp, dtype=float)
+            n_ev = evidence[i]
+            spr = np.maximum(spr * math.sqrt(1 + 1 / n_ev), 1_000.0 + 0.001 * cum[1:])
+            rows_t.append(cum)
+            rows_s.append(np.concatenate([[0.0], spr]))
+            self.nexp[r] = len(cum)
+            self.time_us[r] = fp.time_s * 1e6
+            self.off_sd[r] = max(s.offset_spread_us.get(method, 0), 1.0)
+            if fp.rst_us is not None:
+                self.rst_t[r] = cum[-1] + fp.rst_us
+                rs = s.rst_spread_us.get(method, 30_000 + 0.01 * fp.rst_us)
+                self.rst_s[r] = max(rs * math.sqrt(1 + 1 / n_ev), 1_000.0)
+            if method is not Method.SYN_RCVD and fp.connect_us is not None and fp.gaps_us:
+                rule = fp.connect_us + max(2 * fp.connect_us, LINUX_RTO_MIN_US)
+                if abs(fp.gaps_us[0] - rule) <= 0.15 * rule:
+                    self.rule_connect[r] = fp.connect_us
+        self.start = np.zeros(m + 1, dtype=np.int64)
+        self.start[1:] = np.cumsum(self.nexp)
+        self.t = np.concatenate(rows_t) if rows_t else np.zeros(0)
+        self.s = np.concatenate(rows_s) if rows_s else np.zeros(0)
+        self.row = np.repeat(np.arange(m), self.nexp)
+        self.big = float(max(self.t.max(initial=0.0), 1e6) * 8 + 1e12)
+        self.key = self.row * self.big + self.t
+        self.inv = {int(i): r for r, i in enumerate(idx)}
+        # both anchors (first packet seen = expected 0, or 1) as 2 x m virtual rows
+        k0 = np.repeat([0, 1], m)
+        row2 = np.concatenate([np.arange(m)] * 2)
+        self.k0 = k0
+        self.row2 = row2
+        self.valid2 = self.nexp[row2] > k0
+        self.anchor_pos = self.start[row2] + np.minimum(k0, self.nexp[row2] - 1)
+        self.lo = self.anchor_pos + 1
+        self.hi = self.start[row2 + 1] - 1
+        self.rowbase = row2 * self.big
+
+
+def _evidence(sig: Signature) -> float:
+    """How many examples a signature rests on (from its Source lines)."""
+    best = 1.0
+    for src in sig.sources:
+        m = re.search(r"\((\d+) samples?\)", src) or re.search(r"(\d+) tries", src)
+        if m:
+            best = max(best, float(m.group(1)))
+        elif src.startswith("source"):
+            best = max(best, 3.0)  # constants from the code: exact, jitter unknown
+    return best
+
+
+def evidence_text(sig: Signature) -> str:
+    """What a signature rests on, for the verdict."""
+    n = int(_evidence(sig))
+    kinds = []
+    for src in sig.sources:
+        low = src.lower()
+        kind = (
+            "Hershel+" if "420os" in low else "Hershel" if "hershel" in low
+            else "the 2003 talk" if low.startswith("talk")
+            else "OS source" if low.startswith("source")
+            else "lab" if low.startswith("lab") else "user"
+        )  # fmt: skip
+        if kind not in kinds:
+            kinds.append(kind)
+    what = "example" if n == 1 else "samples"
+    return f"{n} {what} ({', '.join(kinds)})"
+
+
+class _Header:
+    """Header fields of every signature, and the database's distribution of each."""
+
+    def __init__(self, sigs: Sequence[Signature]):
+        f = [s.features for s in sigs]
+        self.has = np.array([x is not None for x in f])
+        self.win = np.array([x.window if x else -1 for x in f])
+        self.ttl = np.array([x.ttl if x else -1 for x in f])
+        self.df = np.array([x.df if x else False for x in f])
+        self.mss = np.array([x.mss if x and x.mss is not None else -1 for x in f])
+        self.ws = np.array([x.wscale if x and x.wscale is not None else -1 for x in f])
+        self.opt_names = sorted({x.options for x in f if x is not None})
+        where = {o: k for k, o in enumerate(self.opt_names)}
+        self.opt_idx = np.array([where[x.options] if x else 0 for x in f], dtype=np.int64)
+        known = [x for x in f if x is not None]
+        self.q_win = _marginal([x.window for x in known], 65536)
+        self.q_mss = _marginal([x.mss for x in known], 65536)
+        self.q_opt = _marginal([x.options for x in known], 256)
+        inits = [_initial_ttl(x.ttl) for x in known]
+        self.q_init = _marginal(inits, 8)
+        self.memo: dict[tuple, np.ndarray] = {}
+
+
+def _marginal(values, n_possible: int):
+    """q(v): the database's frequency of v, mixed with a uniform share for
+    values it never shows."""
+    counts: dict = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    total = max(len(values), 1)
+
+    def q(v) -> float:
+        return 0.7 * counts.get(v, 0) / total + 0.3 / n_possible
+
+    return q
+
+
+def _initial_ttl(ttl: int) -> int:
+    for init in (32, 64, 128, 255):
+        if ttl <= init:
+            return init
+    return 255
+
+
+class _Compiled:
+    def __init__(self, db: Database):
+        sigs = db.signatures
+        self.n = len(sigs)
+        self.evidence = np.array([_evidence(s) for s in sigs])
+        self.log_prior = np.log(self.evidence / (self.evidence + 1.0))
+        self.tables: dict[Method, _Table] = {}
+        for m in Method:
+            idx = db.with_method(m)
+            if idx:
+                self.tables[m] = _Table(sigs, idx, m, self.evidence)
+        self.header = _Header(sigs)
+        self.families = [s.family for s in sigs]
+
+
+_CACHE: dict[int, _Compiled] = {}
+
+
+def _compiled(db: Database) -> _Compiled:
+    c = _CACHE.get(id(db))
+    if c is None:
+        c = _CACHE[id(db)] = _Compiled(db)
+        weakref.finalize(db, _CACHE.pop, id(db), None)
+    return c
+
+
+# --- observations -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Obs:
+    fp: StateFingerprint
+    features: SynAckFeatures | None
+    try_index: int
+    a0_us: float | None  # first packet from the stimulus (SYN_RCVD), when known
+
+    @property
+    def method(self) -> Method:
+        return self.fp.method
+
+
+def _normalise(items) -> list[_Obs]:
+    out = []
+    for i, it in enumerate(items, 1):
+        if isinstance(it, Observation):
+            if it.status not in (Status.OK, Status.ABORTED):  # aborted: Time = time listened
+                continue
+            a0 = None
+            if it.method is Method.SYN_RCVD and it.arrivals_us:
+                a0 = float(it.arrivals_us[0])
+            out.append(_Obs(it.fingerprint, it.features, it.try_index, a0))
+        elif isinstance(it, StateFingerprint):
+            out.append(_Obs(it, None, i, None))
+        elif isinstance(it, tuple) and len(it) == 2 and isinstance(it[0], StateFingerprint):
+            out.append(_Obs(it[0], it[1], i, None))
+        else:
+            raise TypeError(f"cannot match {type(it).__name__}")
+    return out
+
+
+def _listened(fp: StateFingerprint) -> float:
+    """How long after the first packet of the series we surely listened (µs)."""
+    if fp.listened_us is not None:
+        return fp.listened_us - 50_000.0
+    return fp.time_s * 1e6 - 1e6
+
+
+def _rtt_cost(model: PathModel, rtt_us):
+    """-log density (1/µs) of a first-SYN-ACK RTT (lognormal prior)."""
+    x = np.maximum(np.asarray(rtt_us, dtype=float), 1.0)
+    z = (np.log(x) - math.log(model.rtt_median_us)) / model.rtt_sigma
+    return 0.5 * z * z + np.log(x * model.rtt_sigma * math.sqrt(2 * math.pi))
+
+
+def _lognormal_mix(x: float, parts) -> float:
+    """-log density per log-unit of x under a mixture of (weight, median, sigma)
+    lognormals and (weight, lo, hi) log-uniforms (sigma None)."""
+    lx = math.log(x)
+    acc = 0.0
+    for w, a, b in parts:
+        if b is None:  # (w, (lo, hi), None)
+            lo, hi = a
+            if lo <= x <= hi:
+                acc += w / math.log(hi / lo)
+        else:
+            z = (lx - math.log(a)) / b
+            acc += w * math.exp(-0.5 * z * z) / (b * 2.5066282746310002)
+    return -math.log(max(acc, 1e-300))
+
+
+#: What retransmission schedules look like, for the unknown stack: a first
+#: timeout of a few hundred ms to tens of seconds, then a backoff that
+#: doubles (most stacks), stays (a constant or capped timer) or grows by
+#: half, or anything else.
+_GEN_FIRST_MIX = ((0.7, 2e6, 1.1), (0.3, (1e3, 1e9), None))
+_GEN_RATIO_MIX = ((0.45, 2.0, 0.12), (0.15, 1.0, 0.08), (0.1, 1.5, 0.1), (0.3, (0.2, 8.0), None))
+
+
+def generic_cost(o: _Obs, model: PathModel = DEFAULT_MODEL) -> float:
+    """-log likelihood of an observation under the generic (unknown) stack."""
+    gaps = [max(float(g), 1.0) for g in o.fp.gaps_us]
+    n = len(gaps)
+    cost = -math.log(1 - _GEN_COUNT_RHO) - n * math.log(_GEN_COUNT_RHO)
+    prev = None
+    for g in gaps:
+        if prev is None:
+            cost += math.log(g) + _lognormal_mix(g, _GEN_FIRST_MIX)
+        else:
+            cost += math.log(g) + _lognormal_mix(g / prev, _GEN_RATIO_MIX)
+        prev = g
+    if o.fp.rst_us is not None:
+        cost += -math.log(_GEN_P_RST) + math.log(max(o.fp.rst_us, 1.0)) + _GEN_RST
+    else:
+        cost += -math.log(1 - _GEN_P_RST)
+    if o.a0_us is not None:
+        cost += float(_rtt_cost(model, o.a0_us))
+    return cost
+
+
+def _gen_packet_cost(gap_us) -> np.ndarray:
+    return np.log(np.maximum(gap_us, 1.0)) + _GEN_FIRST
+
+
+# --- timing against every signature of a state ------------------------------------------
+
+
+@dataclass
+class _TimingResult:
+    """Per signature row of the table (best anchor chosen)."""
+
+    base: np.ndarray  # nats: loss, unexplained, RST, offset, RTT
+    ll: np.ndarray  # rows x grid: log-likelihood of the arrival times per theta
+    k0: np.ndarray
+    lost: np.ndarray
+    unexpl: np.ndarray
+    rst: np.ndarray  # code, see RST_STATES
+    shift: np.ndarray  # µs: observed = expected + shift (after the first packet)
+    scale: np.ndarray
+    pos: object  # rows -> positions (lazy)
+    off: object  # rows -> offsets (lazy)
+    standalone: np.ndarray  # nats: this observation alone (own theta mixture)
+    n_in: np.ndarray  # packets in the timing model (the first one included)
+    big_s: np.ndarray  # µs: sum of the queueing delays beyond the least delayed packet
+    s_bar: np.ndarray  # µs: the stack's own spread (rms) over those packets
+    tail: np.ndarray  # expected packets after the last one seen, within the window (lost)
+
+
+RST_STATES = ("-", "match", "wrong", "unexpected", "missing")
+
+
+_INFO = ("k0", "lost", "unexpl", "rst", "shift", "alone", "n_in", "s", "s_bar", "tail")
+
+
+def _params(o: _Obs, model: PathModel, horizon: float) -> np.ndarray:
+    fp = o.fp
+    head = [
+        np.nan if fp.rst_us is None else float(sum(fp.gaps_us) + fp.rst_us),
+        horizon,
+        np.nan if o.a0_us is None else o.a0_us,
+        -math.log(model.loss),
+        -math.log(1 - model.loss),
+        -math.log(model.rst_loss),
+        -math.log(1 - model.rst_loss),
+        (math.log(max(fp.rst_us, 1.0)) + _GEN_RST) if fp.rst_us is not None else 0.0,
+        math.log(model.rtt_median_us),
+        model.rtt_sigma,
+        GATE_US,
+        UNEXPLAINED,
+        SPREAD_Z,
+        1.0 / LAM_REF_US,
+        model.mean_delay_us(),
+    ]
+    return np.asarray(head, dtype=float)
+
+
+def _timing(tab: _Table, o: _Obs, model: PathModel) -> _TimingResult:
+    """The observation against every row of ``tab`` (``cronos._kernel``)."""
+    fp = o.fp
+    m = len(tab.idx)
+    x = np.concatenate([[0.0], np.cumsum(np.asarray(fp.gaps_us, dtype=float))])
+    n = len(x) - 1
+    horizon = max(_listened(fp), x[-1])
+    # closing states: Linux-rule schedules follow the observed RTT
+    scale = np.ones(m)
+    if fp.method is not Method.SYN_RCVD and fp.connect_us is not None:
+        rc = tab.rule_connect
+        has = ~np.isnan(rc)
+        c = float(fp.connect_us)
+        scale[has] = (c + max(2 * c, LINUX_RTO_MIN_US)) / (
+            rc[has] + np.maximum(2 * rc[has], LINUX_RTO_MIN_US)
+        )
+    gen = _gen_packet_cost(np.diff(x))
+    base = np.empty(m)
+    info = np.empty((m, len(_INFO)))
+    pos = np.empty((m, n), dtype=np.int32)
+    off = np.empty((m, n))
+    _kernel.timing(tab.t, tab.s, tab.start, tab.rst_t, tab.rst_s, tab.time_us, tab.off_sd, scale,
+                   x, gen, _params(o, model, horizon), base, info, pos, off)  # fmt: skip
+    n_in, big_s, s_bar = info[:, 6], info[:, 7], info[:, 8]
+    lam = 1.0 / (THETA_GRID_US[None, :] + s_bar[:, None])
+    ll = (n_in - 1)[:, None] * np.log(lam) - lam * big_s[:, None] - np.log(n_in)[:, None]
+    alone = base - _logsumexp(ll + model.theta_logw()[None, :], axis=1)
+    return _TimingResult(
+        base=base, ll=ll, k0=info[:, 0].astype(np.int64), lost=info[:, 1].astype(np.int64),
+        unexpl=info[:, 2].astype(np.int64), rst=info[:, 3].astype(np.int64), shift=info[:, 4],
+        scale=scale, pos=pos, off=off, standalone=alone, n_in=n_in, big_s=big_s, s_bar=s_bar,
+        tail=info[:, 9].astype(np.int64),
+    )  # fmt: skip
+
+
+class _Lazy:
+    """Row ``i`` of a packets x rows result, computed when asked for."""
+
+    __slots__ = ("_f", "_sel")
+
+    def __init__(self, f, sel):
+        self._f = f
+        self._sel = sel
+
+    def __getitem__(self, i):
+        return self._f(self._sel[i])
+
+
+def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
+    mx = np.max(a, axis=axis, keepdims=True)
+    mx = np.where(np.isfinite(mx), mx, 0.0)
+    return np.squeeze(mx, axis=axis) + np.log(np.sum(np.exp(a - mx), axis=axis))
+
+
+# --- header -----------------------------------------------------------------------------
+
+
+def _strip_ok(obs_opts: str, sig_opts: str) -> bool:
+    """obs options = signature options with some kinds removed (NOPs/EOL ignored)."""
+    a = obs_opts.replace("N", "").replace("E", "")
+    b = sig_opts.replace("N", "").replace("E", "")
+    it = iter(b)
+    return len(a) < len(b) and all(ch in it for ch in a)
+
+
+def header_costs(db: Database, f: SynAckFeatures, model: PathModel = DEFAULT_MODEL) -> np.ndarray:
+    """-log P(observed SYN-ACK header | signature), per signature; signatures
+    without a header line get the generic cost. Each field's cost vector is
+    memoised by its value: a fleet shares a few values per field."""
+    h = _compiled(db).header
+    ch = model.change
+    parts = [
+        _field(h, "window", f.window, ch["window"]),
+        _field(h, "ttl", f.ttl, ch["ttl"]),
+        _field(h, "df", f.df, ch["df"]),
+        _field(h, "mss", f.mss, ch["mss"]),
+        _field(h, "options", f.options, ch["options"]),
+    ]
+    if f.wscale is not None:
+        parts.append(_field(h, "wscale", f.wscale, ch["wscale"]))
+    return np.where(h.has, sum(parts), generic_header_cost(h, f))
+
+
+def _field(h: _Header, name: str, value, c: float) -> np.ndarray:
+    key = (name, value, c)
+    hit = h.memo.get(key)
+    if hit is None:
+        if len(h.memo) >= 20_000:
+            h.memo.clear()
+        hit = h.memo[key] = _FIELD_COST[name](h, value, c)
+        hit.flags.writeable = False
+    return hit
+
+
+def _keep_or(c: float, same, other) -> np.ndarray:
+    return np.where(same, -math.log(1 - c), -np.log(c * np.maximum(other, 1e-12)))
+
+
+def _cost_ttl(h: _Header, ttl: int, c: float) -> np.ndarray:
+    hop_ok = (ttl <= h.ttl) & (h.ttl - ttl <= MAX_HOPS)
+    return np.where(
+        hop_ok,
+        -math.log(1 - c) + math.log(MAX_HOPS + 1),
+        -math.log(c * h.q_init(_initial_ttl(ttl)) / (MAX_HOPS + 1)),
+    )
+
+
+def _cost_mss(h: _Header, mss_value, c: float) -> np.ndarray:
+    mss = -1 if mss_value is None else mss_value
+    clamp = (mss >= 0) & (mss < h.mss)
+    return np.where(h.mss == mss, -math.log(1 - c),
+                    -np.log(c * np.where(clamp, 0.8 / 20, 0.2 * h.q_mss(mss_value))))  # fmt: skip
+
+
+def _cost_options(h: _Header, opts: str, c: float) -> np.ndarray:
+    per_name = np.array([0 if s == opts else 1 if _strip_ok(opts, s) else 2 for s in h.opt_names])
+    kind = per_name[h.opt_idx]
+    return np.where(kind == 0, -math.log(1 - c),
+                    -np.log(c * np.where(kind == 1, 0.5, 0.5 * h.q_opt(opts))))  # fmt: skip
+
+
+_FIELD_COST = {
+    "window": lambda h, v, c: _keep_or(c, h.win == v, h.q_win(v)),
+    "ttl": _cost_ttl,
+    "df": lambda h, v, c: _keep_or(c, h.df == v, 1.0),
+    "mss": _cost_mss,
+    "options": _cost_options,
+    "wscale": lambda h, v, c: np.where(h.ws < 0, 0.0, _keep_or(c, h.ws == v, 1 / 15)),
+}
+
+
+def generic_header_cost(h: _Header, f: SynAckFeatures) -> float:
+    """-log P(header) under the generic stack: each field from the database's
+    distribution of it."""
+    cost = -math.log(h.q_win(f.window))
+    cost += -math.log(h.q_init(_initial_ttl(f.ttl))) + math.log(MAX_HOPS + 1)
+    cost += math.log(2)
+    cost += -math.log(h.q_mss(f.mss))
+    cost += -math.log(h.q_opt(f.options))
+    return cost
+
+
+# --- results ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -94,23 +570,23 @@ class StateHow:
     try_index: int
     positions: tuple[int, ...]  # expected packet index explaining each observed one (-1: none)
     offsets_us: tuple[int, ...]  # observed minus expected arrival minus shift, per packet
-    lost: int  # expected packets assumed lost (inside, first, and tail)
+    lost: int  # expected packets assumed lost (first, inside, and tail)
     first_lost: bool
-    shift_us: int  # common shift of the series fitted (the first packet's lateness)
+    shift_us: int  # common shift: observed = expected + shift (+ queueing) after the first
     unexplained: int
     rst: str  # "match", "missing", "unexpected", "wrong", "-"
     scale: float  # closing-state RTT rescale applied to the signature
     header: str  # header differences ("" if none or not compared)
-    cost: float
-    success: bool
+    cost: float  # nats, this observation alone
+    success: bool  # explains this observation better than an unknown stack
 
 
 @dataclass(frozen=True)
 class Candidate:
     signature: Signature
-    score: float  # minus the total cost; higher is better
-    confidence: float  # 0..1
-    success: int  # observations this candidate explains within tolerance
+    score: float  # log-likelihood (nats) of every observation; higher is better
+    confidence: float  # posterior probability 0..1
+    success: int  # observations this candidate explains better than an unknown stack
     tests: int
     how: tuple[StateHow, ...]
 
@@ -126,373 +602,239 @@ class Candidate:
     def tally(self) -> str:
         return f"{self.success}success/{self.tests}tests"
 
+    @property
+    def evidence(self) -> str:
+        return evidence_text(self.signature)
+
 
 @dataclass(frozen=True)
 class MatchResult:
     candidates: tuple[Candidate, ...]  # best first
     verdict: str | None  # names of the best (tied) signatures, None = "no match"
-    verdict_class: str | None  # family shared by the likely candidates, if any
-    confidence: float
+    verdict_class: str | None  # family holding 90 % of the posterior, if any
+    confidence: float  # posterior probability of the verdict
     ties: int  # how many candidates share the top score
     tests: int
-    fit: float  # mean fit cost per observation of the best candidate
+    fit: float  # nats per observation: best signature against an unknown stack (< 0: better)
     observation_block: str  # the observation as a pasteable database block
+    p_unknown: float = 0.0  # posterior probability that the stack is in no signature
 
     @property
     def no_match(self) -> bool:
         return self.verdict is None
 
 
-# --- inputs ----------------------------------------------------------------
+# --- the matcher ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Obs:
-    fp: StateFingerprint
-    features: SynAckFeatures | None
-    try_index: int
+@dataclass
+class Scored:
+    """Every signature's likelihood for one target's observations (``score``):
+    what ``match`` ranks and ``cronos.calibrate`` re-estimates the model from."""
+
+    obs: list[_Obs]
+    per_obs: list  # (obs, table, timing result, generic cost)
+    total: np.ndarray  # -log L(observations | signature), inf where nothing in common
+    ll: np.ndarray  # signatures x theta grid: log-likelihood of the arrival times
+    hdr: np.ndarray  # header part of total
+    post: np.ndarray  # posterior of each signature
+    p_unknown: float
+    unknown: float  # -log L(observations | unknown stack)
+    success: np.ndarray
+    gen_hdr: float
+    feats: SynAckFeatures | None
 
 
-def _normalise(items) -> list[_Obs]:
-    out = []
-    for i, it in enumerate(items, 1):
-        if isinstance(it, Observation):
-            if it.status not in (Status.OK, Status.ABORTED):  # aborted: Time = time listened
-                continue
-            out.append(_Obs(it.fingerprint, it.features, it.try_index))
-        elif isinstance(it, StateFingerprint):
-            out.append(_Obs(it, None, i))
-        elif isinstance(it, tuple) and len(it) == 2 and isinstance(it[0], StateFingerprint):
-            out.append(_Obs(it[0], it[1], i))
+def score(observations: Sequence, db: Database, model: PathModel | None = None) -> Scored | None:
+    """Likelihood and posterior of every signature (None: nothing to match)."""
+    model = model or DEFAULT_MODEL
+    obs = _normalise(observations)
+    comp = _compiled(db)
+    n_sig = comp.n
+    if not obs or n_sig == 0:
+        return None
+    base = np.zeros(n_sig)
+    ll = np.zeros((n_sig, len(THETA_GRID_US)))
+    covered = np.zeros(n_sig, dtype=np.int64)
+    success = np.zeros(n_sig, dtype=np.int64)
+    gen_total = 0.0
+    per_obs = []
+    variant_base = np.zeros(n_sig)  # observations without this state: generic (added below)
+    feats = next((o.features for o in obs if o.features is not None), None)
+    hdr = header_costs(db, feats, model) if feats is not None else np.zeros(n_sig)
+    gen_hdr = generic_header_cost(comp.header, feats) if feats is not None else 0.0
+    for o in obs:
+        g = generic_cost(o, model)
+        gen_total += g
+        tab = comp.tables.get(o.method)
+        res = None
+        own = np.full(n_sig, g)
+        if tab is not None:
+            res = _timing(tab, o, model)
+            own[tab.idx] = res.base
+            # a variant of the stack may stop earlier (another retries
+            # setting): its expected packets after the last seen are not lost
+            lp = -math.log(model.loss) * res.tail
+            variant_base[tab.idx] += res.base - np.logaddexp(0.0, lp) + math.log(2.0)
+            ll[tab.idx] += res.ll
+            covered[tab.idx] += 1
+            alone = res.standalone
+            if o.features is not None:
+                alone = alone + hdr[tab.idx] - gen_hdr
+            success[tab.idx] += alone < g
+        base += own
+        if tab is not None:
+            missing = np.ones(n_sig, dtype=bool)
+            missing[tab.idx] = False
+            variant_base[missing] += g
         else:
-            raise TypeError(f"cannot match {type(it).__name__}")
-    return out
+            variant_base += g
+        per_obs.append((o, tab, res, g))
+    if not covered.any():
+        return None
+    mix = _logsumexp(ll + model.theta_logw()[None, :], axis=1)
+    timing = base - mix
+    variant_timing = variant_base - mix
+    total = np.where(covered > 0, timing + hdr, np.inf)
+    prior = comp.log_prior.copy()
+    if model.popularity is not None and len(model.popularity) == n_sig:
+        prior = prior + np.log(np.maximum(np.asarray(model.popularity), 1e-12))
+    unknown = _unknown_cost(db, feats, gen_total, gen_hdr, variant_timing, hdr, prior, covered)
+    post_sig = prior - total
+    # the unknown stack's prior mass is relative to the signatures' total weight
+    post_unk = math.log(model.unknown_prior) - unknown + _logsumexp(prior, axis=0)
+    norm = _logsumexp(np.append(post_sig[np.isfinite(post_sig)], post_unk), axis=0)
+    post = np.exp(post_sig - norm)
+    return Scored(obs, per_obs, total, ll, hdr, post, float(math.exp(post_unk - norm)), unknown,
+                  success, gen_hdr, feats)  # fmt: skip
 
 
-# --- per-method prepared arrays ----------------------------------------------
+def match(
+    observations: Sequence,
+    db: Database,
+    *,
+    top: int = 5,
+    model: PathModel | None = None,
+) -> MatchResult:
+    """Rank the database's signatures against one target's observations.
+
+    ``observations``: ``Observation`` objects (only ``ok`` and ``aborted`` ones
+    count, an aborted one with the time actually listened as its window),
+    ``StateFingerprint`` objects, or ``(StateFingerprint, SynAckFeatures|None)``.
+    All of them share one path (one queueing scale). A signature without an
+    observed state is neutral about it (the generic stack's likelihood)."""
+    sc = score(observations, db, model)
+    if sc is None:
+        obs = _normalise(observations)
+        return MatchResult((), None, None, 0.0, 0, len(obs), float("inf"),
+                           _observation_block(obs), 1.0)  # fmt: skip
+    return result(sc, db, top=top)
 
 
-class _Prep:
-    """Flattened schedules of the signatures having one state, for searchsorted."""
-
-    def __init__(self, sigs: list[Signature], idx: list[int], method: Method, scales=None):
-        self.idx = np.asarray(idx, dtype=np.int64)
-        rows_t, rows_s = [], []
-        n = len(idx)
-        self.m = np.zeros(n, dtype=np.int64)
-        self.rst_t = np.full(n, np.nan)
-        self.rst_s = np.zeros(n)
-        self.time_us = np.zeros(n)
-        self.off_s = np.zeros(n)
-        for r, i in enumerate(idx):
-            fp = sigs[i].states[method]
-            k = 1.0 if scales is None else scales[r]
-            cum = np.concatenate([[0.0], np.cumsum(fp.gaps_us, dtype=float)]) * k
-            sp = sigs[i].spread_us.get(method)
-            if sp is None or len(sp) != fp.nb_pkt:
-                spr = DEFAULT_SPREAD_US + DEFAULT_SPREAD_REL * cum[1:]
-            else:
-                spr = np.asarray(sp, dtype=float)
-            rows_t.append(cum)
-            rows_s.append(np.concatenate([[0.0], spr]))
-            self.m[r] = fp.nb_pkt
-            self.off_s[r] = sigs[i].offset_spread_us.get(method, 0) * k
-            self.time_us[r] = fp.time_s * 1e6
-            if fp.rst_us is not None:
-                self.rst_t[r] = cum[-1] + fp.rst_us * k
-                rs = sigs[i].rst_spread_us.get(method)
-                self.rst_s[r] = (
-                    rs if rs is not None else DEFAULT_SPREAD_US + DEFAULT_SPREAD_REL * fp.rst_us
-                )
-        self.start = np.zeros(n + 1, dtype=np.int64)
-        self.start[1:] = np.cumsum(self.m + 1)
-        self.t = np.concatenate(rows_t) if rows_t else np.zeros(0)
-        self.s = np.concatenate(rows_s) if rows_s else np.zeros(0)
-        self.big = float(max(self.t.max(initial=0.0), 1e6) * 4 + 1e12)
-        self.inv = {int(i): r for r, i in enumerate(idx)}
-        self.row = np.repeat(np.arange(n), self.m + 1)
-        self.flat = np.arange(len(self.t))
-        self.key = self.row * self.big + self.t
-        self.both = self._anchors()
-
-    def _anchors(self) -> SimpleNamespace:
-        """Per virtual row (k0 = 0 rows, then k0 = 1 rows): alignment constants."""
-        m2 = np.concatenate([self.m, self.m])
-        k0 = np.repeat([0, 1], len(self.m))
-        start = np.concatenate([self.start[:-1], self.start[:-1]])
-        end = np.concatenate([self.start[1:], self.start[1:]]) - 1  # last flat index
-        anchor_pos = start + np.minimum(k0, m2)
-        row_lo = anchor_pos + 1  # first flat index for the next packets
-        row_hi = end
-        rst_t = np.concatenate([self.rst_t, self.rst_t])
-        return SimpleNamespace(
-            k0=k0,
-            row_start=start,
-            anchor_pos=anchor_pos,
-            anchor=self.t[anchor_pos] if len(self.t) else np.zeros(0),
-            row_lo=row_lo,
-            has=row_hi >= row_lo,
-            hi=np.minimum(np.maximum(row_lo, row_hi), max(len(self.t) - 1, 0)),
-            rowbase=np.concatenate([np.arange(len(self.m))] * 2) * self.big,
-            base=np.where(m2 >= k0, FIRST_LOST * k0, np.inf),  # the anchor must exist
-            base_fit=LOST_FIT * k0.astype(float),
-            time_us=np.concatenate([self.time_us, self.time_us]),
-            has_rst=~np.isnan(rst_t),
-            rst_t=np.nan_to_num(rst_t, nan=np.inf),
-            rst_s=np.concatenate([self.rst_s, self.rst_s]),
-            off_s=np.concatenate([self.off_s, self.off_s]),
-            flat2=np.concatenate([self.flat, self.flat]),
-            row2=np.concatenate([self.row, self.row + len(self.m)]),
-            t2=np.concatenate([self.t, self.t]),
-        )
+def result(sc: Scored, db: Database, *, top: int = 5) -> MatchResult:
+    """The ranked, named verdict of a scored target."""
+    comp = _compiled(db)
+    post, total = sc.post, sc.total
+    finite = np.isfinite(total)
+    order = np.argsort(-post, kind="stable") if comp.n < 64 else _top_order(total, post, top)
+    order = order[finite[order]]
+    best = order[0]
+    ties = int(np.count_nonzero(post[order] >= post[best] * math.exp(-TIE)))
+    group = float(post[order[:ties]].sum())
+    n_obs = len(sc.obs)
+    fit = float((total[best] - sc.unknown) / n_obs)
+    cands = []
+    for rank, i in enumerate(order[: max(top, ties)]):
+        how = tuple(_how(db.signatures[i], i, o, tab, res, g, sc.hdr[i], sc.gen_hdr)
+                    for o, tab, res, g in sc.per_obs)  # fmt: skip
+        conf = group / ties if rank < ties else float(post[i])
+        cands.append(Candidate(db.signatures[i], -float(total[i]), conf, int(sc.success[i]),
+                               n_obs, how))  # fmt: skip
+    # named unless an unknown stack is clearly likelier: a signature that fits
+    # but for a header field is named with the confidence it deserves
+    novel = sc.p_unknown >= NO_MATCH or group < MIN_CONFIDENCE
+    verdict = None if novel else " or ".join(db.signatures[i].name for i in order[:ties])
+    fam = None if novel else _family(comp, np.argsort(-post)[:200], post)
+    return MatchResult(tuple(cands), verdict, fam, 0.0 if novel else group, ties, n_obs, fit,
+                       _observation_block(sc.obs), sc.p_unknown)  # fmt: skip
 
 
-def _prep_syn(db: Database) -> _Prep:
-    cached = db.__dict__.get("_cronos_prep_syn")
-    if cached is None:
-        cached = _Prep(list(db.signatures), db.with_method(Method.SYN_RCVD), Method.SYN_RCVD)
-        object.__setattr__(db, "_cronos_prep_syn", cached)
-    return cached
+def _top_order(total, post, top: int) -> np.ndarray:
+    """The best signatures first (by posterior, which includes the prior);
+    enough of them for ties and the shown candidates."""
+    k = min(len(post), max(top, 8) * 4)
+    part = np.argpartition(-post, k - 1)[:k]
+    return part[np.argsort(-post[part], kind="stable")]
 
 
-def _closing_scales(db: Database, idx: list[int], method: Method, connect_us) -> np.ndarray:
-    """RTT rescale of Linux-rule signatures to the observation's Connect."""
-    out = np.ones(len(idx))
-    if connect_us is None:
-        return out
-    for r, i in enumerate(idx):
-        fp = db.signatures[i].states[method]
-        if fp.connect_us is None or not fp.gaps_us:
-            continue
-        rule = fp.connect_us + max(2 * fp.connect_us, LINUX_RTO_MIN_US)
-        if abs(fp.gaps_us[0] - rule) <= 0.15 * rule:
-            out[r] = (connect_us + max(2 * connect_us, LINUX_RTO_MIN_US)) / rule
-    return out
+#: The unknown stack, a mixture: a new timing with a new header; a known
+#: stack's header with a new timing; a variant of a known stack: its timing,
+#: perhaps stopping earlier (another retries setting), with a variant of its
+#: header (each field its own with probability 1 - VARIANT, else drawn from
+#: the database's values). Stacks of one family differ just so (a DF flag, a
+#: window, an initial TTL, tcp_synack_retries): a header field that disagrees
+#: with a signature may be the path's doing or another stack's nature.
+UNKNOWN_MIX = (0.2, 0.2, 0.6)
+VARIANT = 0.3
+_VARIANT_MODEL = None
 
 
-# --- timing ------------------------------------------------------------------
+def _unknown_cost(db, feats, gen_timing, gen_hdr, timing, hdr, prior, covered) -> float:
+    """-log likelihood of the observations under the unknown stack."""
+    global _VARIANT_MODEL
+    if _VARIANT_MODEL is None:
+        _VARIANT_MODEL = PathModel(change=MappingProxyType(dict.fromkeys(DEFAULT_MODEL.change,
+                                                                          VARIANT)))  # fmt: skip
+    logp = prior - _logsumexp(prior, axis=0)
+    ok = covered > 0
+    known_hdr = -_logsumexp(logp - hdr, axis=0)
+    if ok.any():
+        var = header_costs(db, feats, _VARIANT_MODEL) if feats is not None else 0.0
+        variant = -_logsumexp((logp - timing - var)[ok], axis=0)
+    else:
+        variant = gen_timing + gen_hdr
+    parts = np.array([gen_timing + gen_hdr, gen_timing + known_hdr, variant])
+    return float(-_logsumexp(np.log(UNKNOWN_MIX) - parts, axis=0))
 
 
-def _tol(t, spread, jitter):
-    return np.sqrt(spread**2 + jitter**2 + (REL * t) ** 2)
+def _family(comp: _Compiled, order, post) -> str | None:
+    """The family holding >= 90 % of the signatures' posterior, if any."""
+    mass: dict[str, float] = {}
+    total = 0.0
+    for i in order[:200]:
+        p = float(post[i])
+        if p < 1e-6:
+            break
+        fam = comp.families[i] or "?"
+        mass[fam] = mass.get(fam, 0.0) + p
+        total += p
+    if not mass:
+        return None
+    fam, p = max(mass.items(), key=lambda kv: kv[1])
+    return fam if fam != "?" and p >= 0.9 * total else None
 
 
-def _timing(prep: _Prep, fp: StateFingerprint, jitter: float) -> list[np.ndarray]:
-    """Vectorised timing cost of one observed state against every row of prep.
-
-    Both alignments (first packet seen, or first packet lost) are computed at
-    once on 2 x rows virtual rows; the cheaper one is kept per signature.
-    Arrival times are ``expected + shift + residual``: the shift (the first
-    packet's own lateness, prior N(0, offset spread^2 + jitter^2)) is common
-    to the series and integrated out in closed form (Gaussian).
-    Returns [cost, fit, positions, offsets, lost, unexplained, rst code,
-    first lost, shift] (per row; positions and offsets: rows x packets).
-    """
-    n_rows = len(prep.idx)
-    obs = np.cumsum(np.asarray(fp.gaps_us, dtype=float))
-    n = len(obs)
-    a = prep.both  # anchors for k0 = 0 then k0 = 1; arrays below are packets x rows
-    var_o = a.off_s**2 + jitter**2
-    target = obs[:, None] + a.anchor  # absolute times in the signature's frame
-    ins = np.searchsorted(prep.key, a.rowbase + target)
-    c1 = np.minimum(np.maximum(ins, a.row_lo), a.hi)
-    c0 = np.minimum(np.maximum(ins - 1, a.row_lo), a.hi)
-    # nearest expected packet in time (the spreads of neighbours are similar)
-    c = np.where(np.abs(prep.t[c1] - target) < np.abs(target - prep.t[c0]), c1, c0)
-    tc = prep.t[c]
-    rel = REL * (tc - a.anchor)
-    sp = prep.s[c]
-    tol2 = sp * sp + jitter * jitter + rel * rel  # squared tolerance of each arrival
-    r = target - tc
-    r2 = r * r
-    okz = a.has & (r2 <= Z_MAX**2 * (tol2 + var_o + OUTLIER_US**2))
-    beyond = target > a.time_us  # the signature's window ended before
-    ok = np.empty_like(okz)
-    last = a.anchor_pos.copy()  # flat index of the last matched expected packet
-    for j in range(n):  # packets must match expected ones in increasing order
-        ok[j] = okz[j] & (c[j] > last)
-        last = np.where(ok[j], c[j], last)
-    rst_code, rst_pen, rst_w, rst_r, rst_logtol = _rst(prep, fp, obs, a.anchor, jitter)
-    # shift: Gaussian closed form; then packets > OUTLIER_Z sigma off are outliers
-    # (timer ticks: ~10% of Hershel arrivals are 0.1-0.3 s off) and the shift is
-    # re-estimated without them
-    inv_var = 1.0 / tol2
-    inl = ok
-    for _ in range(2):
-        w = np.where(inl, inv_var, 0.0)
-        wr = w * r
-        sum_a = _colsum(w) + rst_w
-        sum_b = _colsum(wr) + rst_w * rst_r
-        sum_c = _colsum(wr * r) + rst_w * rst_r * rst_r
-        prec = sum_a + 1.0 / var_o
-        shift = sum_b / prec
-        e = r - shift
-        inl = ok & (e * e <= OUTLIER_Z**2 * tol2)
-    n_out = _colsum(ok & ~inl)
-    quad = 0.5 * (sum_c - sum_b * shift)
-    logtol = 0.5 * _colsum(np.where(inl, np.log(tol2 / REF_TOL_US**2), 0.0))
-    unexpl = _colsum(~ok & ~beyond)
-    penalty = UNEXPLAINED * unexpl + rst_pen + OUTLIER * n_out
-    # packets skipped inside, plus tail packets expected before the window ends
-    inner = np.maximum((last - a.anchor_pos) - _colsum(ok), 0)
-    tail = _count_tail(prep, last, a.anchor, _listened(fp))
-    lost = inner + tail
-    # the fit is a surprise per observation: each inlier's z^2/2 averages 1/2
-    # for the right signature, so a long series (Linux's 8 FINs, libslirp's
-    # dozen) would look surprising for being long. Beyond 3 packets, that
-    # expectation is subtracted (up to 3 it is left: the novelty threshold was
-    # set on Hershel's 2-5 packet series; bench/accuracy.py measures both).
-    dof = 0.5 * np.maximum(_colsum(inl) - 3.0, 0.0)
-    fit = np.maximum(quad - dof, 0.0) + penalty + LOST_FIT * lost + a.base_fit
-    cost = quad + penalty + LOST * lost + a.base
-    cost += 0.5 * np.log(prec * var_o) + logtol + rst_logtol
-    cost += n_out * np.log(OUTLIER_US / REF_TOL_US)
-    # keep the better alignment per signature
-    pick = (cost[n_rows:] < cost[:n_rows]).astype(np.int64)
-    sel = np.arange(n_rows) + pick * n_rows
-    # positions and offsets: only the few candidates shown need them
-    pos = _Lazy(lambda v: np.where(ok[:, v], c[:, v] - a.row_start[v], -1), sel)
-    off = _Lazy(lambda v: np.where(ok[:, v], r[:, v] - shift[v], 0.0), sel)
-    out = [x[sel] for x in (cost, fit, lost + a.k0, unexpl, rst_code, a.k0, shift, tail)]
-    return out[:2] + [pos, off] + out[2:]
-
-
-class _Lazy:
-    """Row ``i`` of a rows x packets result, computed when asked for."""
-
-    __slots__ = ("_f", "_sel")
-
-    def __init__(self, f, sel):
-        self._f = f
-        self._sel = sel
-
-    def __getitem__(self, i):
-        return self._f(self._sel[i])
-
-
-def _colsum(x: np.ndarray) -> np.ndarray:
-    """Sum over the (few) packets: faster than ``sum(axis=0)`` for short axes."""
-    if len(x) == 0:
-        return np.zeros(x.shape[1])
-    acc = x[0].astype(float)
-    for row in x[1:]:
-        acc = acc + row
-    return acc
-
-
-def _listened(fp: StateFingerprint) -> float:
-    """How long after the first packet of the series we surely listened (µs).
-
-    Exact when the scanner recorded it (``listened_us``); from a fingerprint
-    line only ``Time`` (whole seconds from the stimulus) is known, so a second
-    is taken off for its rounding and the first packet's own delay."""
-    if fp.listened_us is not None:
-        return fp.listened_us - LISTEN_SLACK_US
-    return fp.time_s * 1e6 - 1e6
-
-
-def _count_tail(prep: _Prep, last, anchor, window) -> np.ndarray:
-    """Expected packets after the last matched one that should have arrived."""
-    b = prep.both
-    horizon = np.minimum(anchor + window, b.time_us)
-    # a row's expected times increase: those up to the horizon end at ``end``
-    # (flat index), and the due ones are those after ``last``
-    end = np.searchsorted(prep.key, b.rowbase + horizon, side="right")
-    return np.maximum(end - last - 1, 0)
-
-
-RST_STATES = ("-", "match", "wrong", "unexpected", "missing")
-
-
-def _rst(prep, fp, obs, anchor, jitter):
-    """The final RST (2 x rows): code (index in RST_STATES), penalty, and when it
-    matches its weight 1/tol^2, residual and log-tolerance for the shift model."""
-    n = len(anchor)
-    b = prep.both
-    code = np.zeros(n, dtype=np.int64)
-    zero = np.zeros(n)
-    if fp.rst_us is None:
-        due = b.has_rst & (b.rst_t - anchor <= _listened(fp))
-        code[due] = 4
-        return code, np.where(due, RST_MISSING, 0.0), zero, zero, zero
-    t = (obs[-1] if len(obs) else 0.0) + fp.rst_us + anchor
-    exp_t = np.where(b.has_rst, b.rst_t, t)
-    tol = _tol(exp_t - anchor, b.rst_s, jitter)
-    r = t - exp_t
-    good = b.has_rst & (np.abs(r) <= Z_MAX * np.sqrt(tol**2 + b.off_s**2 + jitter**2))
-    unknown = ~good & (t > b.time_us)  # after the signature's window
-    pen = np.where(good | unknown, 0.0, UNEXPLAINED)
-    code[:] = np.where(good, 1, np.where(b.has_rst, 2, 3))
-    w = np.where(good, 1.0 / tol**2, 0.0)
-    return code, pen, w, np.where(good, r, 0.0), np.where(good, np.log(tol / REF_TOL_US), 0.0)
-
-
-# --- header ------------------------------------------------------------------
-
-
-def _strip_ok(obs_opts: str, sig_opts: str) -> bool:
-    """obs options = signature options with some kinds removed (NOPs ignored)."""
-    a, b = obs_opts.replace("N", ""), sig_opts.replace("N", "")
-    it = iter(b)
-    return len(a) < len(b) and all(ch in it for ch in a)
-
-
-class _HeaderArrays:
-    """Header features of every signature as arrays; option costs memoised."""
-
-    def __init__(self, sigs: list[Signature]):
-        f = [s.features for s in sigs]
-        self.has = np.array([x is not None for x in f])
-        self.win = np.array([x.window if x else -1 for x in f])
-        self.ttl = np.array([x.ttl if x else -1 for x in f])
-        self.df = np.array([x.df if x else False for x in f])
-        self.mss = np.array([x.mss if x and x.mss is not None else -1 for x in f])
-        self.ws = np.array([x.wscale if x and x.wscale is not None else -1 for x in f])
-        opts = sorted({x.options for x in f if x})
-        self.opt_names = opts
-        pos = {o: k for k, o in enumerate(opts)}
-        self.opt = np.array([pos[x.options] if x else 0 for x in f])
-        self.memo: dict[str, np.ndarray] = {}
-        self.cost_memo: dict[tuple, np.ndarray] = {}  # header fields -> cost per signature
-
-    def opt_cost(self, o: str) -> np.ndarray:
-        if o not in self.memo:
-            self.memo[o] = np.array(
-                [
-                    0.0 if o == s else W_OPT_STRIP if _strip_ok(o, s) else W_OPT
-                    for s in self.opt_names
-                ]
-            )
-        return self.memo[o][self.opt]
-
-
-def _header(db: Database, f: SynAckFeatures) -> np.ndarray:
-    """Header cost of one observed SYN-ACK against every signature (read-only;
-    memoised: a fleet's hosts of one stack share their header fields)."""
-    h = db.__dict__.get("_cronos_hdr")
-    if h is None:
-        h = _HeaderArrays(list(db.signatures))
-        object.__setattr__(db, "_cronos_hdr", h)
-    key = (f.window, f.ttl, f.df, f.mss, f.wscale, f.options)
-    hit = h.cost_memo.get(key)
-    if hit is None:
-        if len(h.cost_memo) >= 4096:
-            h.cost_memo.clear()
-        hit = h.cost_memo[key] = _header_cost(h, f)
-        hit.flags.writeable = False
-    return hit
-
-
-def _header_cost(h: _HeaderArrays, f: SynAckFeatures) -> np.ndarray:
-    c = np.where((f.ttl <= h.ttl) & (h.ttl - f.ttl <= MAX_HOPS), 0.0, W_TTL)
-    c += np.where(h.df != f.df, W_DF, 0.0)
-    c += np.where(h.win != f.window, W_WIN, 0.0)
-    mss = -1 if f.mss is None else f.mss
-    c += np.where(h.mss == mss, 0.0, np.where((mss >= 0) & (mss < h.mss), W_MSS_DOWN, W_MSS_OTHER))
-    if f.wscale is not None:
-        c += np.where((h.ws >= 0) & (h.ws != f.wscale), W_WS, 0.0)
-    c += h.opt_cost(f.options)
-    return np.where(h.has, c, W_NO_HDR)
+def _how(sig, i, o: _Obs, tab, res, gen, hdr_i, gen_hdr) -> StateHow:
+    m = o.method
+    r = tab.inv.get(int(i)) if res is not None else None
+    if r is None:  # the signature has no such state
+        return StateHow(m, o.try_index, (), (), 0, False, 0, 0, "-", 1.0, "", gen, False)
+    alone = float(res.standalone[r]) + (hdr_i - gen_hdr if o.features is not None else 0.0)
+    return StateHow(
+        method=m,
+        try_index=o.try_index,
+        positions=tuple(int(p) for p in res.pos[r]),
+        offsets_us=tuple(int(v) for v in np.rint(res.off[r])),
+        lost=int(res.lost[r]),
+        first_lost=bool(res.k0[r]),
+        shift_us=int(round(float(res.shift[r]))),
+        unexplained=int(res.unexpl[r]),
+        rst=RST_STATES[int(res.rst[r])],
+        scale=round(float(res.scale[r]), 4),
+        header=_header_notes(sig, o.features),
+        cost=alone,
+        success=bool(alone < gen),
+    )
 
 
 def _header_notes(s: Signature, f: SynAckFeatures | None) -> str:
@@ -513,161 +855,6 @@ def _header_notes(s: Signature, f: SynAckFeatures | None) -> str:
     if f.wscale is not None and g.wscale is not None and f.wscale != g.wscale:
         why.append("WS")
     return ", ".join(why)
-
-
-# --- the matcher -------------------------------------------------------------
-
-
-def match(
-    observations: Sequence, db: Database, *, top: int = 5, novelty: float = NOVELTY
-) -> MatchResult:
-    """Rank the database's signatures against one target's observations.
-
-    ``observations``: ``Observation`` objects (only ``ok`` and ``aborted`` ones
-    count, an aborted one with the time actually listened as its window),
-    ``StateFingerprint`` objects, or ``(StateFingerprint, SynAckFeatures|None)``.
-    A signature without an observed state gets ``MISSING_STATE`` for it and
-    that observation does not count in its fit. ``novelty``: mean fit cost per
-    observation above which the verdict is "no match" (None).
-    """
-    obs = _normalise(observations)
-    sigs = db.signatures
-    n_sig = len(sigs)
-    total = np.zeros(n_sig)
-    fit = np.zeros(n_sig)
-    success = np.zeros(n_sig, dtype=np.int64)
-    covered = np.zeros(n_sig, dtype=np.int64)
-    per_obs = []  # (obs, prep, result arrays): the `how` of the top candidates
-    # per method: observations, and how many of them miss a signature's tail
-    tail_n: dict[Method, int] = {}
-    tail_all: dict[Method, np.ndarray] = {}
-    for o in obs:
-        m = o.fp.method
-        if m is Method.SYN_RCVD:
-            prep = _prep_syn(db)
-            jitter = float(JITTER_US)
-        else:
-            idx = db.with_method(m)
-            prep = _Prep(sigs, idx, m, _closing_scales(db, idx, m, o.fp.connect_us))
-            jitter = JITTER_US + 0.5 * (o.fp.connect_us or 0)
-        row_cost = np.full(n_sig, MISSING_STATE + MISSING_PER_PKT * o.fp.nb_pkt)
-        res = None
-        if len(prep.idx):
-            res = _timing(prep, o.fp, jitter)
-            c, f = res[0], res[1]
-            if o.features is not None:
-                hc = _header(db, o.features)[prep.idx]
-                c = c + hc
-                f = f + hc
-            row_cost[prep.idx] = c
-            fit[prep.idx] += f
-            success[prep.idx] += (res[5] == 0) & (f <= novelty)
-            covered[prep.idx] += 1
-            t = np.zeros(n_sig, dtype=bool)
-            t[prep.idx] = res[-1] > 0
-            tail_n[m] = tail_n.get(m, 0) + 1
-            tail_all[m] = tail_all.get(m, np.ones(n_sig, dtype=bool)) & t
-        total += row_cost
-        per_obs.append((o, prep, res))
-    # Loss is random: the same expected packet(s) missing at the end of every
-    # try of a state means the stack stops earlier, not that the path lost them.
-    for m, n in tail_n.items():
-        if n >= 2:
-            pen = np.where(tail_all[m], TAIL_AGAIN * n, 0.0)
-            total += pen
-            fit += pen
-    block = _observation_block(obs)
-    if not obs or n_sig == 0 or not covered.any():
-        return MatchResult((), None, None, 0.0, 0, len(obs), float("inf"), block)
-    total = np.where(covered > 0, total, np.inf)  # nothing in common: cannot rank
-    # Signatures that explain the observation (fit below the novelty threshold)
-    # rank before those that do not: a tight signature that misses a packet or
-    # its RST must not outrank a broader one that explains every packet.
-    mean_fits = fit / np.maximum(covered, 1)
-    fits = (mean_fits <= novelty) & ((success * 2) >= covered)
-    order = np.lexsort((total, ~fits))
-    order = order[np.isfinite(total[order])]
-    best = total[order[0]]
-    n_fit = int(fits[order].sum())
-    # the posterior keeps every signature: a likelier one that fails the fit
-    # still lowers the confidence of the verdict
-    post = np.exp(-(total[order] - total[order].min()))
-    post /= post.sum()
-    ties = int(np.count_nonzero(total[order][: max(n_fit, 1)] <= best + TIE))
-    top_i = order[0]
-    mean_fit = float(fit[top_i] / covered[top_i])
-    quality = float(np.clip((novelty - mean_fit) / max(novelty - 1.0, 0.5), 0.0, 1.0))
-    group_p = float(post[:ties].sum())
-    cands = []
-    for rank, i in enumerate(order[: max(top, ties)]):
-        how = tuple(_how(sigs, i, o, prep, res, novelty) for o, prep, res in per_obs)
-        conf = (group_p / ties if rank < ties else float(post[rank])) * quality
-        cands.append(Candidate(sigs[i], -float(total[i]), conf, int(success[i]), len(obs), how))
-    # a verdict nobody would bet on (a likelier signature fails the fit) is none
-    novel = (
-        mean_fit > novelty
-        or success[top_i] * 2 < covered[top_i]
-        or group_p * quality < MIN_CONFIDENCE
-    )
-    verdict = None if novel else " or ".join(sigs[i].name for i in order[:ties])
-    fam = None if novel else _family(sigs, order, post)
-    conf = 0.0 if novel else group_p * quality
-    return MatchResult(tuple(cands), verdict, fam, conf, ties, len(obs), mean_fit, block)
-
-
-_FAMILIES: dict[int, tuple[tuple, list[str]]] = {}
-
-
-def _families(sigs) -> list[str]:
-    """Family of every signature (memoised per signature tuple)."""
-    hit = _FAMILIES.get(id(sigs))
-    if hit is None or hit[0] is not sigs:
-        if len(_FAMILIES) > 8:
-            _FAMILIES.clear()
-        hit = _FAMILIES[id(sigs)] = (sigs, [s.family for s in sigs])
-    return hit[1]
-
-
-def _family(sigs, order, post) -> str | None:
-    """The family holding >= 90% of the posterior, if any (class-level verdict)."""
-    mass: dict[str, float] = {}
-    for rank, i in enumerate(order[:50]):
-        if post[rank] < 1e-4:  # sorted: the rest cannot change the answer
-            break
-        fam = _families(sigs)[i] or "?"
-        mass[fam] = mass.get(fam, 0.0) + float(post[rank])
-    if not mass:  # fitting signatures rank first: the best one can hold < 1e-4 of the mass
-        return None
-    fam, p = max(mass.items(), key=lambda kv: kv[1])
-    return fam if fam != "?" and p >= 0.9 else None
-
-
-def _how(sigs, i, o: _Obs, prep: _Prep, res, novelty: float) -> StateHow:
-    m = o.fp.method
-    r = prep.inv.get(int(i)) if res is not None else None
-    if r is None:  # the signature has no such state
-        return StateHow(m, o.try_index, (), (), 0, False, 0, 0, "-", 1.0, "", MISSING_STATE, False)
-    cost, fitc, pos, off, lost, unexpl, rst_state, k0, shift, _tail = (a[r] for a in res)
-    scale = 1.0
-    if m is not Method.SYN_RCVD:
-        gaps = sigs[i].states[m].gaps_us
-        if gaps:
-            scale = float(prep.t[prep.start[r + 1] - 1] / sum(gaps))
-    return StateHow(
-        method=m,
-        try_index=o.try_index,
-        positions=tuple(pos.tolist()),
-        offsets_us=tuple(np.rint(off).astype(np.int64).tolist()),
-        lost=int(lost),
-        first_lost=bool(k0),
-        shift_us=int(round(shift)),
-        unexplained=int(unexpl),
-        rst=RST_STATES[int(rst_state)],
-        scale=round(scale, 4),
-        header=_header_notes(sigs[i], o.features),
-        cost=float(cost),
-        success=bool(unexpl == 0 and fitc <= novelty),
-    )
 
 
 def _observation_block(obs: list[_Obs]) -> str:

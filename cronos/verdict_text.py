@@ -15,6 +15,7 @@ def candidate_dict(c: Candidate) -> dict:
         "success": c.success,
         "tests": c.tests,
         "class": [cl.line()[6:] for cl in c.signature.classes],
+        "evidence": c.evidence,
         "cpe": list(c.signature.cpes),
         "how": [
             {
@@ -46,6 +47,7 @@ def verdict_dict(v: TargetVerdict) -> dict:
         "verdict": r.verdict if r.verdict is not None else "no match",
         "class": r.verdict_class,
         "confidence": round(r.confidence, 3),
+        "p_unknown": round(r.p_unknown, 3),
         "ties": r.ties,
         "fit": round(r.fit, 3) if r.fit != float("inf") else None,
         "candidates": [candidate_dict(c) for c in r.candidates],
@@ -61,13 +63,18 @@ def render(v: TargetVerdict, top: int = 5) -> str:
     shown = ", ".join(ids[:4]) + (f", ... (+{len(ids) - 4})" if len(ids) > 4 else "")
     lines = [f"Target {v.target} ({len(v.observations)} observations{'; ' + shown if ids else ''})"]
     if r.verdict is None:
-        lines.append("No match (nothing in the database explains these timings).")
+        lines.append(f"No match: a stack not in the database is the likeliest answer "
+                     f"(probability {r.p_unknown:.2f}).")  # fmt: skip
     else:
         lines.append(f"Verdict: {r.verdict}  (confidence {r.confidence:.2f})")
         if r.ties > 1:
             lines.append(f"  {r.ties} signatures fit equally well")
         if r.verdict_class:
             lines.append(f"  Class: {r.verdict_class}")
+        if r.candidates:
+            lines.append(f"  Evidence: {r.candidates[0].evidence}")
+        if r.p_unknown >= 0.05:
+            lines.append(f"  A stack not in the database: probability {r.p_unknown:.2f}")
     guesses = [f"{c.name} ({c.tally}, {c.confidence:.2f}) [{c.where}]" for c in r.candidates[:top]]
     if guesses:
         head = "Remote OS guesses" if r.verdict else "Closest signatures"

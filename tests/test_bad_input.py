@@ -142,7 +142,7 @@ BAD = [
     (["lab", "up", "--jitter", "ten"], "bad jitter 'ten'"),
     (["lab", "up", "--loss", "200%"], "impairment loss_pct 200.0 is over 100"),
     ([*C, "--top", "0"], "--top must be at least 1"),
-    ([*C, "--novelty", "0"], "--novelty must be positive"),
+    ([*C, "--unknown-prior", "0"], "--unknown-prior must be between 0 and 1"),
     (["classify", "--pcap", "{d}/none.pcap", "--timeout", "0"], "--timeout must be > 0 seconds"),
     (["classify", "--pcap", "{d}/none.pcap", "--window", "-1"], "--window must be > 0 seconds"),
     ([*C, "-oJ", "{d}/missing/v.jsonl"], "-oJ {d}/missing/v.jsonl: directory does not exist"),

@@ -54,5 +54,5 @@ def test_linux_default_prefix_waits_for_the_signatures_that_differ():
 
 def test_unknown_series_never_stops_early():
     stop = EarlyStopper(load_db())
-    weird = _obs([777_000, 777_000, 777_000, 777_000], feats=None)
+    weird = _obs([700_000, 300_000, 1_900_000, 450_000], feats=None)
     assert not stop.decide(weird, 5_000_000).stop

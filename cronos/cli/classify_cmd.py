@@ -1,4 +1,4 @@
-"""``cron-os classify [FILE|-] [--db FILE]... [-oJ FILE] [--top N] [--novelty T]``."""
+"""``cron-os classify [FILE|-] [--db FILE]... [-oJ FILE] [--top N] [--calibrate]``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from ..classify import classify, read_observations
 from ..db import load_db
 from ..errors import UsageError
-from ..match import NOVELTY
+from ..match import DEFAULT_MODEL
 from ..textfile import NotText, read_text
 from ..verdict_text import render, verdict_dict
 from .checks import output_dir, positive_seconds
@@ -27,8 +27,16 @@ def register(subparsers) -> None:
                    help="extra signature file, added to the built-in database")  # fmt: skip
     p.add_argument("-oJ", dest="json_out", metavar="FILE", help="write verdicts as JSON Lines")
     p.add_argument("--top", type=int, default=5, metavar="N", help="candidates shown (5)")
-    p.add_argument("--novelty", type=float, default=NOVELTY, metavar="T",
-                   help=f"mean fit above which the verdict is 'no match' ({NOVELTY})")  # fmt: skip
+    p.add_argument("--unknown-prior", type=float, default=DEFAULT_MODEL.unknown_prior,
+                   metavar="P", help="prior probability that a target's stack is in no "
+                   f"signature ({DEFAULT_MODEL.unknown_prior:g})")  # fmt: skip
+    cal = p.add_mutually_exclusive_group()
+    cal.add_argument("--calibrate", dest="calibrate", action="store_true", default=None,
+                     help="estimate the path model (loss, delay, header changes, stack "
+                     "popularity) from the input by EM; the default from 200 targets "
+                     "on")  # fmt: skip
+    cal.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                     help="use the default path model whatever the input's size")  # fmt: skip
     p.add_argument("--pcap", metavar="FILE",
                    help="derive the observations from a capture (a scan's -w file, or any "
                    "tcpdump capture: retransmission series are found passively)")  # fmt: skip
@@ -60,8 +68,8 @@ def _read_input(name: str) -> str:
 def run(args) -> int:
     if args.top < 1:
         raise UsageError("--top must be at least 1")
-    if not args.novelty > 0:
-        raise UsageError("--novelty must be positive")
+    if not 0 < args.unknown_prior < 1:
+        raise UsageError("--unknown-prior must be between 0 and 1 (exclusive)")
     from ..html_report import check_outputs, write_evidence
 
     check_outputs(args.html_out, args.plot_out)
@@ -87,7 +95,8 @@ def run(args) -> int:
     else:
         source = "<stdin>" if args.input == "-" else args.input
         obs = read_observations(_read_input(args.input), source)
-    verdicts = classify(obs, db, top=args.top, novelty=args.novelty)
+    model = _model(args, obs, db)
+    verdicts = classify(obs, db, top=args.top, model=model)
     if args.xml_out:
         import time
 
@@ -117,3 +126,24 @@ def run(args) -> int:
             except OSError as exc:
                 raise UsageError(f"{args.json_out}: cannot write: {exc.strerror or exc}") from exc
     return 0
+
+
+def _model(args, obs, db):
+    """The path model: the default, or estimated from the input (EM)."""
+    from dataclasses import replace
+
+    from ..calibrate import MIN_TARGETS, calibrate
+    from ..classify import group_targets
+
+    model = replace(DEFAULT_MODEL, unknown_prior=args.unknown_prior)
+    groups = group_targets(obs)
+    want = args.calibrate if args.calibrate is not None else len(groups) >= MIN_TARGETS
+    if not want:
+        return model
+    cal = calibrate(list(groups.values()), db, model=model)
+    if cal.iterations == 0:
+        print(f"cron-os: {len(groups)} targets: too few to calibrate (at least {MIN_TARGETS}); "
+              "default path model", file=sys.stderr)  # fmt: skip
+        return model
+    print(f"cron-os: {cal.summary()}", file=sys.stderr)
+    return cal.model

@@ -1,0 +1,335 @@
+/* The matcher's inner loop: one observed series against every signature of a
+ * state (cronos/match.py documents the model; cronos/_kernel_ref.py is the same
+ * computation in numpy, and tests/test_kernel.py checks that both agree).
+ *
+ * For each signature row and each anchor (the first packet seen is the first
+ * one sent, k0 = 0, or the second, k0 = 1), the observed packets are aligned to
+ * expected ones in time order (each to the expected packet just before or just
+ * after it, or to none: "unexplained"), by dynamic programming on a robust
+ * cost; the alignment then gets its exact cost: loss, unexplained packets,
+ * RST, the common offset of the packets after the first, the first SYN-ACK's
+ * RTT, and the log-likelihood of the arrival times for every queueing scale
+ * of the grid. The anchor with the lower cost (this observation alone) wins.
+ *
+ * No numpy C API: arrays arrive as buffers (Py_buffer), float64 / int64.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum {
+    P_XR, P_HORIZON, P_A0, P_LOST, P_KEEP, P_RST_LOST, P_RST_KEEP, P_RST_GEN,
+    P_RTT_MU, P_RTT_SIGMA, P_GATE, P_UNEXPL, P_SPREAD_Z, P_LAM_REF, P_CHOICE, P_NPARAMS
+};
+enum { I_K0, I_LOST, I_UNEXPL, I_RST, I_SHIFT, I_ALONE, I_NIN, I_S, I_SBAR, I_TAIL, I_NFIELDS };
+#define BIG 1e300
+
+typedef struct {
+    Py_ssize_t *cand, *lastj;
+    double *dp;
+    int *from, *beyond;
+} Scratch;
+
+typedef struct {
+    const double *t, *s;
+    const int64_t *start;
+    const double *rst_t, *rst_s, *time_us, *off_sd, *scale;
+    const double *x, *gen;
+    const double *p;
+    Py_ssize_t n;  /* observed packets after the first */
+} Ctx;
+
+typedef struct {
+    double base, alone, shift, big_s, s_bar, n_in;
+    int k0, lost, unexpl, rst, tail;
+} Res;
+
+static double rtt_cost(double rtt, double mu, double sigma) {
+    if (rtt < 1.0) rtt = 1.0;
+    double z = (log(rtt) - mu) / sigma;
+    return 0.5 * z * z + log(rtt * sigma * 2.5066282746310002);
+}
+
+/* first index in [lo, hi] whose time is > y (hi + 1 if none) */
+static Py_ssize_t upper(const double *t, double sc, Py_ssize_t lo, Py_ssize_t hi, double y) {
+    while (lo <= hi) {
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        if (t[mid] * sc <= y) lo = mid + 1;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
+/* One row, one anchor. pos/off (n each) receive the alignment. */
+static void one(const Ctx *c, const Scratch *w, Py_ssize_t r, int k0, Res *out, int32_t *pos,
+                double *off) {
+    const double *p = c->p;
+    const double sc = c->scale[r];
+    const Py_ssize_t b = c->start[r], e = c->start[r + 1];  /* row's flat range */
+    const Py_ssize_t m = e - b;
+    const Py_ssize_t n = c->n;
+    memset(out, 0, sizeof(*out));
+    out->k0 = k0;
+    if (m <= k0) { out->alone = out->base = INFINITY; return; }
+    const double *t = c->t + b, *s = c->s + b;
+    const double anchor = t[k0] * sc;
+    const double s_anchor = s[k0];
+    const double tmax = c->time_us[r] + p[P_GATE];
+    const double lam_ref = p[P_LAM_REF];
+    const double off_tol = (k0 == 0) ? c->off_sd[r] : 0.0;
+    /* --- DP alignment: state = chosen expected index per packet (2 candidates) or none */
+    Py_ssize_t *cand = w->cand, *lastj = w->lastj;
+    double *dp = w->dp;
+    int *from = w->from, *beyond = w->beyond;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double y = c->x[i + 1] + anchor;
+        Py_ssize_t u = upper(t, sc, k0 + 1, m - 1, y);
+        cand[2 * i] = (u - 1 >= k0 + 1) ? u - 1 : -1;
+        cand[2 * i + 1] = (u <= m - 1) ? u : -1;
+        beyond[i] = y > tmax;
+        for (int k = 0; k < 2; k++) {
+            Py_ssize_t j = cand[2 * i + k];
+            if (j >= 0 && fabs(y - t[j] * sc) > p[P_GATE] + 5 * s[j]) cand[2 * i + k] = -1;
+        }
+    }
+    /* dp[i][k]: best robust cost of packets 0..i with packet i in state k
+       (0, 1: candidate; 2: unexplained); lastj: the last expected index used */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double y = c->x[i + 1] + anchor;
+        for (int k = 0; k < 3; k++) {
+            Py_ssize_t j = (k < 2) ? cand[2 * i + k] : -1;
+            double own;
+            dp[3 * i + k] = BIG;
+            from[3 * i + k] = -1;
+            lastj[3 * i + k] = k0;
+            if (k < 2) {
+                if (j < 0 || beyond[i]) continue;
+                /* tolerance: queueing, the stack's spread, its common offset */
+                own = fabs(y - t[j] * sc) / (1.0 / lam_ref + s[j] + off_tol);
+            } else {
+                own = c->gen[i] + (beyond[i] ? 0.0 : p[P_UNEXPL]);
+            }
+            double best = BIG;
+            int arg = -1;
+            Py_ssize_t bl = k0;
+            int nq = (i == 0) ? 1 : 3;
+            for (int q = 0; q < nq; q++) {
+                double v = (i == 0) ? 0.0 : dp[3 * (i - 1) + q];
+                Py_ssize_t prev = (i == 0) ? k0 : lastj[3 * (i - 1) + q];
+                if (v >= BIG) continue;
+                double step = 0.0;
+                if (k < 2) {
+                    if (j <= prev) continue;
+                    step = (double)(j - prev - 1) * p[P_LOST];
+                }
+                if (v + step < best) {
+                    best = v + step;
+                    arg = q;
+                    bl = (k < 2) ? j : prev;
+                }
+            }
+            if (best >= BIG) continue;
+            dp[3 * i + k] = best + own;
+            from[3 * i + k] = arg;
+            lastj[3 * i + k] = bl;
+        }
+    }
+    /* back-track (state 2 is always reachable: a packet may be unexplained) */
+    if (n > 0) {
+        int k = 2;
+        double bestv = dp[3 * (n - 1) + 2];
+        for (int q = 0; q < 2; q++)
+            if (dp[3 * (n - 1) + q] < bestv) { bestv = dp[3 * (n - 1) + q]; k = q; }
+        for (Py_ssize_t i = n - 1; i >= 0; i--) {
+            pos[i] = (k < 2) ? (int32_t)cand[2 * i + k] : -1;
+            k = from[3 * i + k];
+        }
+    }
+    /* --- exact cost of the alignment */
+    Py_ssize_t n_ok = 0, unexpl = 0, last_j = k0;
+    double pen = 0.0, u_min = INFINITY, s2 = 0.0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (pos[i] >= 0) {
+            double r_i = c->x[i + 1] + anchor - t[pos[i]] * sc;
+            off[i] = r_i;
+            if (r_i < u_min) u_min = r_i;
+            s2 += s[pos[i]] * s[pos[i]];
+            n_ok++;
+            if (pos[i] > last_j) last_j = pos[i];
+        } else {
+            off[i] = 0.0;
+            pen += c->gen[i];
+            if (!beyond[i]) { pen += p[P_UNEXPL]; unexpl++; }
+        }
+    }
+    /* the common offset of everything after the first packet (anchor 0 only) */
+    double delta = 0.0;
+    if (k0 == 0 && n_ok > 0) {
+        double var = c->off_sd[r] * c->off_sd[r];
+        double lr = 1.0 / (1.0 / lam_ref + sqrt(s2 / (double)n_ok));
+        double lo = -lr * var, hi = (double)n_ok * lr * var;
+        delta = u_min < lo ? lo : (u_min > hi ? hi : u_min);
+        double lim = p[P_SPREAD_Z] * c->off_sd[r];
+        if (delta < -lim) delta = -lim;
+        if (delta > lim) delta = lim;
+    }
+    double rmin = 0.0, sum_r = 0.0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (pos[i] >= 0) {
+            off[i] -= delta;
+            if (off[i] < rmin) rmin = off[i];
+            sum_r += off[i];
+        }
+    /* the final RST */
+    double rst_cost = 0.0, r_rst = 0.0;
+    int rst_in = 0, code = 0;
+    double sig_rst = c->rst_t[r] * sc;
+    int has_rst = !isnan(c->rst_t[r]);
+    double xr = p[P_XR];
+    if (!isnan(xr)) {
+        double yr = xr + anchor;
+        if (has_rst && fabs(yr - sig_rst - delta) <= p[P_GATE] + 5 * c->rst_s[r]) {
+            rst_in = 1;
+            r_rst = yr - sig_rst - delta;
+            if (r_rst < rmin) rmin = r_rst;
+            s2 += c->rst_s[r] * c->rst_s[r];
+            rst_cost = p[P_RST_KEEP];
+            code = 1;
+        } else {
+            code = has_rst ? 2 : 3;
+            rst_cost = (yr > tmax) ? p[P_RST_GEN] : p[P_RST_GEN] + p[P_UNEXPL];
+        }
+    } else if (has_rst && sig_rst - anchor <= p[P_HORIZON]) {
+        code = 4;
+        rst_cost = p[P_RST_LOST];
+    }
+    double n_in = (double)n_ok + 1.0 + rst_in;
+    double big_s = sum_r - (double)n_ok * rmin + (rst_in ? r_rst - rmin : 0.0) - rmin;
+    double s_bar = sqrt((s2 + s_anchor * s_anchor) / n_in);
+    /* lost: expected within what we listened to, not matched */
+    Py_ssize_t expected_in = upper(t, sc, 0, m - 1, anchor + p[P_HORIZON]);
+    Py_ssize_t matched = n_ok + 1;
+    Py_ssize_t lost = expected_in - matched;
+    if (lost < 0) lost = 0;
+    Py_ssize_t tail = expected_in - (last_j + 1);  /* expected after the last one seen */
+    if (tail < 0) tail = 0;
+    if (tail > lost) tail = lost;
+    double base = (double)lost * p[P_LOST] + (double)matched * p[P_KEEP] + pen + rst_cost;
+    if (c->off_sd[r] > 0) base += 0.5 * (delta / c->off_sd[r]) * (delta / c->off_sd[r]);
+    if (!isnan(p[P_A0])) {
+        double rtt = p[P_A0] - anchor;
+        base += (rtt < -p[P_GATE]) ? INFINITY : rtt_cost(rtt, p[P_RTT_MU], p[P_RTT_SIGMA]);
+    }
+    /* the anchor is chosen at one queueing scale; match.py integrates over all */
+    double lam = 1.0 / (p[P_CHOICE] + s_bar);
+    out->base = base;
+    out->alone = base - (n_in - 1.0) * log(lam) + lam * big_s + log(n_in);
+    out->shift = rmin + delta;
+    out->big_s = big_s;
+    out->s_bar = s_bar;
+    out->n_in = n_in;
+    out->lost = (int)lost;
+    out->tail = (int)tail;
+    out->unexpl = (int)unexpl;
+    out->rst = code;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (pos[i] >= 0) off[i] -= rmin; /* offsets after the shift */
+}
+
+static int get(PyObject *o, Py_buffer *v, int writable, Py_ssize_t itemsize, const char *what) {
+    if (PyObject_GetBuffer(o, v, (writable ? PyBUF_WRITABLE : 0) | PyBUF_C_CONTIGUOUS) < 0)
+        return -1;
+    if (v->itemsize != itemsize) {
+        PyErr_Format(PyExc_TypeError, "%s: wrong item size", what);
+        PyBuffer_Release(v);
+        return -1;
+    }
+    return 0;
+}
+
+#define NARGS 15
+
+static PyObject *timing(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *o[NARGS];
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOOOO", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5],
+                          &o[6], &o[7], &o[8], &o[9], &o[10], &o[11], &o[12], &o[13], &o[14]))
+        return NULL;
+    /* in: t s start rst_t rst_s time_us off_sd scale x gen params; out: base info pos off */
+    static const int sizes[NARGS] = {8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 4, 8};
+    Py_buffer v[NARGS];
+    int got = 0;
+    for (; got < NARGS; got++)
+        if (get(o[got], &v[got], got >= 11, sizes[got], "array") < 0) break;
+    if (got < NARGS) {
+        for (int i = 0; i < got; i++) PyBuffer_Release(&v[i]);
+        return NULL;
+    }
+    Ctx c;
+    c.t = v[0].buf; c.s = v[1].buf; c.start = v[2].buf; c.rst_t = v[3].buf; c.rst_s = v[4].buf;
+    c.time_us = v[5].buf; c.off_sd = v[6].buf; c.scale = v[7].buf; c.x = v[8].buf;
+    c.gen = v[9].buf; c.p = v[10].buf;
+    Py_ssize_t rows = v[3].len / 8;
+    c.n = v[8].len / 8 - 1;
+    double *obase = v[11].buf, *oinfo = v[12].buf, *ooff = v[14].buf;
+    int32_t *opos = v[13].buf;
+    PyObject *ret = NULL;
+    Py_ssize_t n = c.n;
+    if (n < 0 || v[10].len / 8 < P_NPARAMS || v[12].len / 8 < rows * I_NFIELDS
+        || v[13].len / 4 < rows * n || v[15 - 1].len / 8 < rows * n || v[2].len / 8 < rows + 1
+        || v[9].len / 8 < n) {
+        PyErr_SetString(PyExc_ValueError, "kernel: array sizes do not agree");
+        goto done;
+    }
+    {
+        Py_ssize_t k = n > 0 ? n : 1;
+        Scratch w;
+        w.cand = malloc(sizeof(Py_ssize_t) * 2 * k);
+        w.lastj = malloc(sizeof(Py_ssize_t) * 3 * k);
+        w.dp = malloc(sizeof(double) * 3 * k);
+        w.from = malloc(sizeof(int) * 3 * k);
+        w.beyond = malloc(sizeof(int) * k);
+        int32_t *pos2 = malloc(sizeof(int32_t) * 2 * k);
+        double *off2 = malloc(sizeof(double) * 2 * k);
+        if (!w.cand || !w.lastj || !w.dp || !w.from || !w.beyond || !pos2 || !off2) {
+            PyErr_NoMemory();
+        } else {
+            Py_BEGIN_ALLOW_THREADS
+            for (Py_ssize_t r = 0; r < rows; r++) {
+                Res a, b;
+                one(&c, &w, r, 0, &a, pos2, off2);
+                one(&c, &w, r, 1, &b, pos2 + n, off2 + n);
+                int pick = b.alone < a.alone;
+                Res *x = pick ? &b : &a;
+                obase[r] = x->base;
+                double *info = oinfo + r * I_NFIELDS;
+                info[I_K0] = x->k0; info[I_LOST] = x->lost; info[I_UNEXPL] = x->unexpl;
+                info[I_RST] = x->rst; info[I_SHIFT] = x->shift; info[I_ALONE] = x->alone;
+                info[I_NIN] = x->n_in; info[I_S] = x->big_s; info[I_SBAR] = x->s_bar;
+                info[I_TAIL] = x->tail;
+                memcpy(opos + r * n, pos2 + (pick ? n : 0), sizeof(int32_t) * n);
+                memcpy(ooff + r * n, off2 + (pick ? n : 0), sizeof(double) * n);
+            }
+            Py_END_ALLOW_THREADS
+            ret = Py_None;
+            Py_INCREF(ret);
+        }
+        free(w.cand); free(w.lastj); free(w.dp); free(w.from); free(w.beyond);
+        free(pos2); free(off2);
+    }
+done:
+    for (int i = 0; i < NARGS; i++) PyBuffer_Release(&v[i]);
+    return ret;
+}
+
+static PyMethodDef methods[] = {
+    {"timing", timing, METH_VARARGS, "Timing of one observed series against every signature row."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernel", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__kernel(void) { return PyModule_Create(&module); }

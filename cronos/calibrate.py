@@ -1,0 +1,190 @@
+"""Self-calibration: estimate the path model from a batch of targets (EM).
+
+Faulds' idea (Shamsi, Cline, Loguinov, CCS 2017): the loss rate, the delay
+distribution, the probability that each header field was changed and the
+popularity of each stack are unknown, but a batch of observations holds them.
+Expectation-maximisation alternates:
+
+* E: classify every target under the current ``PathModel`` (``match.score``):
+  its posterior over the signatures and the unknown stack, and for its best
+  signatures the alignment (packets lost, packets matched), the header fields
+  that differ, and the posterior over the queueing scales of the grid;
+* M: the new model is what those imply, each with a small prior weight so that
+  a field nobody changed keeps a non-zero probability: the loss rate (lost /
+  expected packets), the queueing-scale weights (a non-parametric delay
+  distribution: one scale per path, ten scales from 1 ms to 1.4 s), each
+  header field's change rate, each signature's popularity, and the share of
+  unknown stacks.
+
+Iterations stop when no parameter moves by more than 2 % (at most
+``iterations``). A random sample of at most ``sample`` targets is enough to
+estimate a dozen numbers; every target is then classified with the result.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+
+import numpy as np
+
+from .db import Database
+from .match import DEFAULT_MODEL, MAX_HOPS, PathModel, score
+
+FIELDS = ("window", "ttl", "df", "mss", "options", "wscale")
+TOP = 5  # signatures per target whose alignment and header feed the M step
+MIN_TARGETS = 200  # below this, the batch says too little: keep the prior
+
+
+@dataclass(frozen=True)
+class Calibration:
+    model: PathModel
+    targets: int  # targets the estimate rests on
+    iterations: int
+    history: tuple[tuple[float, float, float], ...]  # (loss, mean delay µs, unknown) per step
+
+    def summary(self) -> str:
+        m = self.model
+        ch = ", ".join(f"{k} {v:.1%}" for k, v in m.change.items())
+        return (
+            f"path model estimated from {self.targets} targets in {self.iterations} "
+            f"EM iterations: loss {m.loss:.1%}, mean queueing delay "
+            f"{m.mean_delay_us() / 1000:.0f} ms, header changes: {ch}; "
+            f"unknown stacks {m.unknown_prior:.1%}"
+        )
+
+
+def _differs(field: str, f, g) -> bool | None:
+    """Did the path change ``field`` (None: not comparable)?"""
+    if g is None:
+        return None
+    if field == "window":
+        return f.window != g.window
+    if field == "ttl":
+        return not (f.ttl <= g.ttl and g.ttl - f.ttl <= MAX_HOPS)
+    if field == "df":
+        return f.df != g.df
+    if field == "mss":
+        return f.mss != g.mss
+    if field == "options":
+        return f.options != g.options
+    if f.wscale is None or g.wscale is None:
+        return None
+    return f.wscale != g.wscale
+
+
+def calibrate(
+    targets: Sequence[Sequence],
+    db: Database,
+    *,
+    model: PathModel = DEFAULT_MODEL,
+    iterations: int = 10,
+    sample: int = 2000,
+    seed: int = 0,
+) -> Calibration:
+    """Estimate the path model from ``targets`` (each: one target's observations)."""
+    chosen = list(targets)
+    if len(chosen) > sample:
+        chosen = random.Random(seed).sample(chosen, sample)
+    if len(chosen) < MIN_TARGETS:
+        return Calibration(model, len(chosen), 0, ())
+    n_sig = len(db.signatures)
+    history = []
+    steps = 0
+    for _ in range(iterations):
+        steps += 1
+        lost = kept = 0.0
+        diff = dict.fromkeys(FIELDS, 0.0)
+        seen = dict.fromkeys(FIELDS, 0.0)
+        pop = np.zeros(n_sig)
+        unknown = 0.0
+        weight = 0.0
+        lls, lws = [], []  # per (target, signature): its theta log-likelihoods, its weight
+        for obs in chosen:
+            sc = score(obs, db, model)
+            if sc is None:
+                continue
+            known = 1.0 - sc.p_unknown
+            unknown += sc.p_unknown
+            pop += sc.post
+            top = np.argpartition(-sc.post, min(TOP, n_sig - 1))[:TOP]
+            w = sc.post[top]
+            if w.sum() <= 0:
+                continue
+            w = known * w / w.sum()
+            weight += known
+            for i, wi in zip(top, w, strict=True):
+                lls.append(sc.ll[i])
+                lws.append(wi)
+                sig = db.signatures[i]
+                for _o, tab, res, _g in sc.per_obs:
+                    r = tab.inv.get(int(i)) if res is not None else None
+                    if r is not None:
+                        lost += wi * res.lost[r]
+                        kept += wi * (res.pos[r] >= 0).sum() + wi
+                if sc.feats is not None:
+                    for f in FIELDS:
+                        d = _differs(f, sc.feats, sig.features)
+                        if d is not None:
+                            seen[f] += wi
+                            diff[f] += wi * d
+        if weight <= 0:
+            break
+        theta = _theta_weights(np.array(lls), np.array(lws), model)
+        loss = float(np.clip((lost + 0.5) / (lost + kept + 10.0), 0.002, 0.5))
+        change = {
+            f: float(np.clip((diff[f] + 0.5) / (seen[f] + 10.0), 0.003, 0.5))
+            if seen[f] > 0 else model.change[f]
+            for f in FIELDS
+        }  # fmt: skip
+        popularity = (pop + 0.5) / (pop.sum() + 0.5 * n_sig) * n_sig
+        unk = float(np.clip((unknown + 1.0) / (len(chosen) + 10.0), 0.01, 0.5))
+        new = replace(
+            model,
+            loss=loss,
+            theta_weights=tuple(float(x) for x in theta),
+            change=MappingProxyType(change),
+            popularity=tuple(float(x) for x in popularity),
+            unknown_prior=unk,
+            origin=f"estimated from {len(chosen)} targets",
+        )
+        history.append((loss, new.mean_delay_us(), unk))
+        moved = _moved(model, new)
+        model = new
+        if moved < 0.02:
+            break
+    return Calibration(model, len(chosen), steps, tuple(history))
+
+
+def _theta_weights(lls: np.ndarray, w: np.ndarray, model: PathModel, steps: int = 200):
+    """Mixture weights of the queueing scales, given each target's likelihood
+    of every scale (its signatures fixed): EM on the weights alone, to
+    convergence, with two pseudo-targets of the prior."""
+    prior = np.asarray(model.theta_weights, dtype=float)
+    prior = prior / prior.sum()
+    cur = prior.copy()
+    lik = np.exp(lls - lls.max(axis=1, keepdims=True))
+    for _ in range(steps):
+        r = lik * cur[None, :]
+        r /= r.sum(axis=1, keepdims=True)
+        new = ((w[:, None] * r).sum(axis=0) + 2.0 * prior) / (w.sum() + 2.0)
+        if np.abs(new - cur).max() < 1e-6:
+            return new
+        cur = new
+    return cur
+
+
+def _moved(a: PathModel, b: PathModel) -> float:
+    """Largest relative change of the scalar parameters between two models."""
+    pairs = [(a.loss, b.loss), (a.mean_delay_us(), b.mean_delay_us()),
+             (a.unknown_prior, b.unknown_prior)]  # fmt: skip
+    pairs += [(a.change[f], b.change[f]) for f in FIELDS]
+    return max(abs(y - x) / max(abs(x), 1e-9) for x, y in pairs)
+
+
+def describe_default() -> str:
+    m = DEFAULT_MODEL
+    return (f"default path model: loss {m.loss:.0%}, mean queueing delay "
+            f"{m.mean_delay_us() / 1000:.0f} ms")  # fmt: skip
