@@ -36,7 +36,7 @@ typedef struct {
 typedef struct {
     const double *t, *s;
     const int64_t *start;
-    const double *rst_t, *rst_s, *time_us, *off_sd, *scale;
+    const double *rst_t, *rst_s, *time_us, *off_sd, *scale, *optional;
     const double *x, *gen;
     const double *p;
     Py_ssize_t n;  /* observed packets after the first */
@@ -210,7 +210,11 @@ static void one(const Ctx *c, const Scratch *w, Py_ssize_t r, int k0, Res *out, 
     double big_s = sum_r - (double)n_ok * rmin + (rst_in ? r_rst - rmin : 0.0) - rmin;
     double s_bar = sqrt((s2 + s_anchor * s_anchor) / n_in);
     /* lost: expected within what we listened to, not matched */
-    Py_ssize_t expected_in = upper(t, sc, 0, m - 1, anchor + p[P_HORIZON]);
+    /* packets after the row's `optional` time (Linux's orphan budget) are not lost */
+    double due = anchor + p[P_HORIZON];
+    if (c->optional[r] < due) due = c->optional[r];
+    Py_ssize_t expected_in = upper(t, sc, 0, m - 1, due);
+    if (expected_in < k0 + 1) expected_in = k0 + 1;
     Py_ssize_t matched = n_ok + 1;
     Py_ssize_t lost = expected_in - matched;
     if (lost < 0) lost = 0;
@@ -250,37 +254,40 @@ static int get(PyObject *o, Py_buffer *v, int writable, Py_ssize_t itemsize, con
     return 0;
 }
 
-#define NARGS 15
+#define NARGS 16
 
 static PyObject *timing(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *o[NARGS];
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOOOO", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5],
-                          &o[6], &o[7], &o[8], &o[9], &o[10], &o[11], &o[12], &o[13], &o[14]))
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOOOOO", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5],
+                          &o[6], &o[7], &o[8], &o[9], &o[10], &o[11], &o[12], &o[13], &o[14],
+                          &o[15]))
         return NULL;
-    /* in: t s start rst_t rst_s time_us off_sd scale x gen params; out: base info pos off */
-    static const int sizes[NARGS] = {8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 4, 8};
+    /* in: t s start rst_t rst_s time_us off_sd scale optional x gen params;
+       out: base info pos off */
+    static const int sizes[NARGS] = {8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 4, 8};
     Py_buffer v[NARGS];
     int got = 0;
     for (; got < NARGS; got++)
-        if (get(o[got], &v[got], got >= 11, sizes[got], "array") < 0) break;
+        if (get(o[got], &v[got], got >= 12, sizes[got], "array") < 0) break;
     if (got < NARGS) {
         for (int i = 0; i < got; i++) PyBuffer_Release(&v[i]);
         return NULL;
     }
     Ctx c;
     c.t = v[0].buf; c.s = v[1].buf; c.start = v[2].buf; c.rst_t = v[3].buf; c.rst_s = v[4].buf;
-    c.time_us = v[5].buf; c.off_sd = v[6].buf; c.scale = v[7].buf; c.x = v[8].buf;
-    c.gen = v[9].buf; c.p = v[10].buf;
+    c.time_us = v[5].buf; c.off_sd = v[6].buf; c.scale = v[7].buf; c.optional = v[8].buf;
+    c.x = v[9].buf; c.gen = v[10].buf; c.p = v[11].buf;
     Py_ssize_t rows = v[3].len / 8;
-    c.n = v[8].len / 8 - 1;
-    double *obase = v[11].buf, *oinfo = v[12].buf, *ooff = v[14].buf;
-    int32_t *opos = v[13].buf;
+    c.n = v[9].len / 8 - 1;
+    double *obase = v[12].buf, *oinfo = v[13].buf, *ooff = v[15].buf;
+    int32_t *opos = v[14].buf;
     PyObject *ret = NULL;
     Py_ssize_t n = c.n;
-    if (n < 0 || v[10].len / 8 < P_NPARAMS || v[12].len / 8 < rows * I_NFIELDS
-        || v[13].len / 4 < rows * n || v[15 - 1].len / 8 < rows * n || v[2].len / 8 < rows + 1
-        || v[9].len / 8 < n) {
+    if (n < 0 || v[11].len / 8 < P_NPARAMS || v[13].len / 8 < rows * I_NFIELDS
+        || v[14].len / 4 < rows * n || v[15].len / 8 < rows * n || v[2].len / 8 < rows + 1
+        || v[10].len / 8 < n || v[8].len / 8 < rows || v[7].len / 8 < rows
+        || v[4].len / 8 < rows || v[5].len / 8 < rows || v[6].len / 8 < rows) {
         PyErr_SetString(PyExc_ValueError, "kernel: array sizes do not agree");
         goto done;
     }

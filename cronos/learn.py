@@ -3,8 +3,8 @@
 Per state, the tries that reached the state (status ok) and saw the most
 common number of retransmissions are combined: the median of each gap, the
 median RTT (``Connect=``) and final RST delay, and, as ``Spread``, the spread
-of each arrival across tries (twice the standard deviation, floored at 1 ms
-and at 3 % of the arrival time: timer quantisation).
+of each arrival across tries (its standard deviation, floored at 1 ms and at
+1 % of the arrival time: timer quantisation), as the matcher reads it.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from .model import Method, Observation, StateFingerprint, Status
 
 SPREAD_FLOOR_US = 1000
 #: Retransmission timers are quantised: Linux's timer wheel rounds a timeout up
-#: by up to 12.5 % (HZ=250: 32 ms at 1 s, 256 ms at 4-16 s), BSD-derived stacks
-#: tick every 500 ms. A few tries under-sample that, so each arrival's spread
-#: is at least this fraction of its time.
-SPREAD_FLOOR_FRACTION = 0.03
+#: by 0 to 1/8 of a level's grain (HZ=250: 0-32 ms at 1-2 s, 0-256 ms at 4-16 s:
+#: a standard deviation of 9 to 74 ms, 0.5 to 1.8 %). A few tries under-sample
+#: that, so each arrival's spread is at least this fraction of its time.
+SPREAD_FLOOR_FRACTION = 0.01
 
 
 def _combine(
@@ -36,16 +36,16 @@ def _combine(
     spread = []
     for i in range(nb):  # spread of the arrival time of retransmission i+1
         arrivals = [sum(fp.gaps_us[: i + 1]) for fp in same]
-        sd = statistics.pstdev(arrivals) if len(arrivals) > 1 else 0.0
+        sd = statistics.stdev(arrivals) if len(arrivals) > 1 else 0.0
         floor = max(SPREAD_FLOOR_US, floor_fraction * statistics.median(arrivals))
-        spread.append(round(max(floor, 2 * sd)))
+        spread.append(round(max(floor, sd)))
     conns = [fp.connect_us for fp in same if fp.connect_us is not None]
     rsts = [fp.rst_us for fp in same if fp.rst_us is not None]
     rst = round(statistics.median(rsts)) if len(rsts) * 2 > len(same) else None
     rst_spread = None
     if rst is not None:
-        sd = statistics.pstdev(rsts) if len(rsts) > 1 else 0.0
-        rst_spread = round(max(SPREAD_FLOOR_US, floor_fraction * rst, 2 * sd))
+        sd = statistics.stdev(rsts) if len(rsts) > 1 else 0.0
+        rst_spread = round(max(SPREAD_FLOOR_US, floor_fraction * rst, sd))
     fp = StateFingerprint(
         method=same[0].method,
         time_s=max(f.time_s for f in same),

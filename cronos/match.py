@@ -123,6 +123,12 @@ class _Table:
         self.time_us = np.zeros(m)
         self.off_sd = np.zeros(m)
         self.rule_connect = np.full(m, np.nan)  # Linux-rule closing schedules: their Connect
+        # Linux gives up on an orphaned FIN a fixed time after its first
+        # retransmission (tcp_orphan_retries): retransmissions later than what
+        # the signature saw after its first one may be missing when a longer
+        # RTT stretches the schedule
+        self.budget = np.full(m, np.inf)
+        self.rto_min = np.full(m, LINUX_RTO_MIN_US)
         rows_t, rows_s = [], []
         for r, i in enumerate(idx):
             s = sigs[i]
@@ -145,9 +151,13 @@ class _Table:
                 rs = s.rst_spread_us.get(method, 30_000 + 0.01 * fp.rst_us)
                 self.rst_s[r] = max(rs * math.sqrt(1 + 1 / n_ev), 1_000.0)
             if method is not Method.SYN_RCVD and fp.connect_us is not None and fp.gaps_us:
-                rule = fp.connect_us + max(2 * fp.connect_us, LINUX_RTO_MIN_US)
-                if abs(fp.gaps_us[0] - rule) <= 0.15 * rule:
-                    self.rule_connect[r] = fp.connect_us
+                # the first FIN retransmission waits one RTO, Linux's being
+                # RTT + max(2 RTT, rto_min) after one RTT sample: the
+                # signature's rto_min is what its first gap says beyond that
+                c = float(fp.connect_us)
+                self.rule_connect[r] = c
+                self.rto_min[r] = max(fp.gaps_us[0] - c, 2 * c)
+                self.budget[r] = cum[-1] - cum[1] if len(cum) > 2 else 0.0
         self.start = np.zeros(m + 1, dtype=np.int64)
         self.start[1:] = np.cumsum(self.nexp)
         self.t = np.concatenate(rows_t) if rows_t else np.zeros(0)
@@ -255,6 +265,36 @@ class _Compiled:
                 self.tables[m] = _Table(sigs, idx, m, self.evidence)
         self.header = _Header(sigs)
         self.families = [s.family for s in sigs]
+        fams = sorted({f for f in self.families if f})
+        self.fam_index = np.array([fams.index(f) if f else -1 for f in self.families])
+        self.n_fam = len(fams)
+        self.fam_members = [np.flatnonzero(self.fam_index == f) for f in range(self.n_fam)]
+
+    def stand_ins(self, timed):
+        """For the signatures lacking some observed states, per family and per
+        set of missing observations: (signatures, the family member standing
+        in, log of the family's size, the observations concerned)."""
+        out = []
+        missing = np.zeros((self.n, len(timed)), dtype=bool)
+        for k, (_o, tab, *_rest) in enumerate(timed):
+            if tab is not None:
+                missing[:, k] = True
+                missing[tab.idx, k] = False
+        if not missing.any():
+            return out
+        patterns: dict[tuple, list[int]] = {}
+        for i in np.flatnonzero(missing.any(axis=1) & (self.fam_index >= 0)):
+            patterns.setdefault((int(self.fam_index[i]), missing[i].tobytes()), []).append(i)
+        for (fam, _key), sigs in patterns.items():
+            which = np.flatnonzero(missing[sigs[0]])
+            members = self.fam_members[fam]
+            able = members[~missing[members][:, which].any(axis=1)]
+            if not len(able):
+                continue  # no member was seen in those states: generic, as it is
+            cost = sum(timed[k][7][able] for k in which)
+            member = int(able[int(np.argmin(cost))])
+            out.append((np.asarray(sigs), member, math.log(len(able)) + STAND_IN, which))
+        return out
 
 
 _CACHE: dict[int, _Compiled] = {}
@@ -422,24 +462,63 @@ def _timing(tab: _Table, o: _Obs, model: PathModel) -> _TimingResult:
     fp = o.fp
     m = len(tab.idx)
     x = np.concatenate([[0.0], np.cumsum(np.asarray(fp.gaps_us, dtype=float))])
-    n = len(x) - 1
     horizon = max(_listened(fp), x[-1])
-    # closing states: Linux-rule schedules follow the observed RTT
+    # closing states: schedules follow the observed RTT (Linux's rule, with the
+    # signature's own rto_min)
     scale = np.ones(m)
     if fp.method is not Method.SYN_RCVD and fp.connect_us is not None:
         rc = tab.rule_connect
         has = ~np.isnan(rc)
         c = float(fp.connect_us)
-        scale[has] = (c + max(2 * c, LINUX_RTO_MIN_US)) / (
-            rc[has] + np.maximum(2 * rc[has], LINUX_RTO_MIN_US)
-        )
+        rto = tab.rto_min[has]
+        scale[has] = (c + np.maximum(2 * c, rto)) / (rc[has] + np.maximum(2 * rc[has], rto))
     gen = _gen_packet_cost(np.diff(x))
+    params = _params(o, model, horizon)
+    if fp.method is Method.SYN_RCVD:
+        return _run(tab, scale, x, gen, params, model, 0.0)
+    # the server's RTO rests on its own RTT samples, not on our Connect: the
+    # rule's scale is a prior, the schedule's own scale is fitted around it
+    best = None
+    for f in SCALE_FACTORS:
+        res = _run(tab, scale * f, x, gen, params, model, 0.5 * (math.log(f) / SCALE_SIGMA) ** 2)
+        best = res if best is None else _better(best, res)
+    # RFC 6298 5.7 (Linux tcp_init_transfer): when the handshake had to be
+    # retransmitted there is no RTT sample and the RTO starts at 3 s
+    first = tab.t[np.minimum(tab.start[:-1] + 1, tab.start[1:] - 1)]
+    rule = ~np.isnan(tab.rule_connect) & (first > 0)
+    if rule.any():
+        fallback = np.where(rule, (FALLBACK_RTO_US + (fp.connect_us or 0)) / np.maximum(first, 1.0),
+                            scale)  # fmt: skip
+        for f in FALLBACK_FACTORS:
+            res = _run(tab, fallback * f, x, gen, params, model,
+                       FALLBACK_COST + 0.5 * (math.log(f) / SCALE_SIGMA) ** 2)  # fmt: skip
+            best = _better(best, res)
+    return best
+
+
+#: Closing states: factors tried around the RTT rule's scale, and their prior.
+SCALE_FACTORS = tuple(math.exp(v) for v in np.linspace(-0.45, 0.45, 11))
+SCALE_SIGMA = 0.2
+FALLBACK_RTO_US = 3_000_000.0  # TCP_TIMEOUT_FALLBACK
+FALLBACK_FACTORS = tuple(math.exp(v) for v in np.linspace(-0.2, 0.2, 5))
+FALLBACK_COST = 3.0  # -log P(the handshake was retransmitted), about 5 %
+#: A signature never seen in a state is assumed to behave there like one of
+#: its family: a guess, which costs this (nats) beyond not knowing which one.
+STAND_IN = 6.0
+
+
+def _run(tab, scale, x, gen, params, model, prior_cost) -> _TimingResult:
+    m, n = len(tab.idx), len(x) - 1
+    t1 = tab.t[np.minimum(tab.start[:-1] + 1, tab.start[1:] - 1)] * scale
+    # what the signature saw within its budget is due; beyond 10 % more, maybe not
+    optional = np.where(np.isfinite(tab.budget), t1 + 1.1 * tab.budget + 1_000.0, np.inf)
     base = np.empty(m)
     info = np.empty((m, len(_INFO)))
     pos = np.empty((m, n), dtype=np.int32)
     off = np.empty((m, n))
     _kernel.timing(tab.t, tab.s, tab.start, tab.rst_t, tab.rst_s, tab.time_us, tab.off_sd, scale,
-                   x, gen, _params(o, model, horizon), base, info, pos, off)  # fmt: skip
+                   optional, x, gen, params, base, info, pos, off)  # fmt: skip
+    base += prior_cost
     n_in, big_s, s_bar = info[:, 6], info[:, 7], info[:, 8]
     lam = 1.0 / (THETA_GRID_US[None, :] + s_bar[:, None])
     ll = (n_in - 1)[:, None] * np.log(lam) - lam * big_s[:, None] - np.log(n_in)[:, None]
@@ -450,6 +529,17 @@ def _timing(tab: _Table, o: _Obs, model: PathModel) -> _TimingResult:
         scale=scale, pos=pos, off=off, standalone=alone, n_in=n_in, big_s=big_s, s_bar=s_bar,
         tail=info[:, 9].astype(np.int64),
     )  # fmt: skip
+
+
+def _better(a: _TimingResult, b: _TimingResult) -> _TimingResult:
+    """Row by row, the result with the lower cost of this observation alone."""
+    take = b.standalone < a.standalone
+    out = {}
+    for f in _TimingResult.__dataclass_fields__:
+        va, vb = getattr(a, f), getattr(b, f)
+        mask = take.reshape((-1,) + (1,) * (np.ndim(va) - 1))
+        out[f] = np.where(mask, vb, va)
+    return _TimingResult(**out)
 
 
 class _Lazy:
@@ -653,43 +743,53 @@ def score(observations: Sequence, db: Database, model: PathModel | None = None) 
     n_sig = comp.n
     if not obs or n_sig == 0:
         return None
-    base = np.zeros(n_sig)
-    ll = np.zeros((n_sig, len(THETA_GRID_US)))
     covered = np.zeros(n_sig, dtype=np.int64)
     success = np.zeros(n_sig, dtype=np.int64)
     gen_total = 0.0
     per_obs = []
-    variant_base = np.zeros(n_sig)  # observations without this state: generic (added below)
     feats = next((o.features for o in obs if o.features is not None), None)
     hdr = header_costs(db, feats, model) if feats is not None else np.zeros(n_sig)
     gen_hdr = generic_header_cost(comp.header, feats) if feats is not None else 0.0
+    timed = []
     for o in obs:
+        tab = comp.tables.get(o.method)
+        res = _timing(tab, o, model) if tab is not None else None
         g = generic_cost(o, model)
         gen_total += g
-        tab = comp.tables.get(o.method)
-        res = None
+        # per signature: this observation's cost, its variant's (which may
+        # stop earlier: another retries setting; half of the variants do,
+        # where is anyone's guess), its theta likelihoods (0: not timed)
         own = np.full(n_sig, g)
-        if tab is not None:
-            res = _timing(tab, o, model)
-            own[tab.idx] = res.base
-            # a variant of the stack may stop earlier (another retries
-            # setting): its expected packets after the last seen are not lost
+        own_variant = np.full(n_sig, g)
+        own_ll = np.zeros((n_sig, len(THETA_GRID_US)))
+        alone = np.full(n_sig, g)
+        if res is not None:
             lp = -math.log(model.loss) * res.tail
-            variant_base[tab.idx] += res.base - np.logaddexp(0.0, lp) + math.log(2.0)
-            ll[tab.idx] += res.ll
+            stop = np.log1p(res.tail) + math.log(2.0)
+            own[tab.idx] = res.base
+            own_variant[tab.idx] = res.base - np.logaddexp(0.0, lp - stop) + math.log(2.0)
+            own_ll[tab.idx] = res.ll
+            alone[tab.idx] = res.standalone
             covered[tab.idx] += 1
-            alone = res.standalone
-            if o.features is not None:
-                alone = alone + hdr[tab.idx] - gen_hdr
-            success[tab.idx] += alone < g
-        base += own
-        if tab is not None:
-            missing = np.ones(n_sig, dtype=bool)
-            missing[tab.idx] = False
-            variant_base[missing] += g
-        else:
-            variant_base += g
+            a = res.standalone + (hdr[tab.idx] - gen_hdr if o.features is not None else 0.0)
+            success[tab.idx] += a < g
+        timed.append((o, tab, res, g, own, own_variant, own_ll, alone))
         per_obs.append((o, tab, res, g))
+    base = np.sum([t[4] for t in timed], axis=0)
+    variant_base = np.sum([t[5] for t in timed], axis=0)
+    ll = np.sum([t[6] for t in timed], axis=0)
+    # a signature without an observed state behaves like one of its family's
+    # signatures (a Hershel "CentOS" in LAST_ACK like one of the lab's Linux
+    # stacks): the one that explains those observations best, the same for
+    # all of them, at the cost of not knowing which (log of the family's size)
+    for sigs, member, extra, which in comp.stand_ins(timed):
+        for k in which:
+            _o, _tab, _res, _g, own, own_variant, own_ll, _alone = timed[k]
+            base[sigs] += own[member] - own[sigs]
+            variant_base[sigs] += own_variant[member] - own_variant[sigs]
+            ll[sigs] += own_ll[member]
+        base[sigs] += extra
+        variant_base[sigs] += extra
     if not covered.any():
         return None
     mix = _logsumexp(ll + model.theta_logw()[None, :], axis=1)

@@ -141,6 +141,8 @@ BAD = [
     (["lab", "up", "--delay", "fast"], "bad delay 'fast'"),
     (["lab", "up", "--jitter", "ten"], "bad jitter 'ten'"),
     (["lab", "up", "--loss", "200%"], "impairment loss_pct 200.0 is over 100"),
+    (["lab", "up", "--jitter-dist", "pareto"], "--jitter-dist goes with --jitter"),
+    (["lab", "up", "--jitter", "5ms", "--jitter-dist", "cauchy"], "invalid choice: 'cauchy'"),
     ([*C, "--top", "0"], "--top must be at least 1"),
     ([*C, "--unknown-prior", "0"], "--unknown-prior must be between 0 and 1"),
     (["classify", "--pcap", "{d}/none.pcap", "--timeout", "0"], "--timeout must be > 0 seconds"),

@@ -20,7 +20,11 @@ def register(subparsers) -> None:
         help="profile to build (repeatable; default: the Linux kernel ones)",
     )  # fmt: skip
     up.add_argument("--delay", help="added one-way delay, e.g. 50ms")
-    up.add_argument("--jitter", help="delay variation, e.g. 10ms")
+    up.add_argument("--jitter", help="delay variation, e.g. 10ms (with --jitter-dist exp or "
+                    "pareto: the mean queueing delay added)")
+    up.add_argument("--jitter-dist", choices=("uniform", "exp", "pareto"), default=None,
+                    help="uniform: delay +- jitter (default); exp, pareto: delay + a one-sided "
+                    "queueing delay of mean jitter (pareto: heavy-tailed)")
     up.add_argument("--loss", help="packet loss, e.g. 5%%")
     up.set_defaults(func=cmd_up)
 
@@ -43,7 +47,11 @@ def _impair_spec(args: argparse.Namespace):
     """``--delay/--jitter/--loss`` as ``cronos.lab.impair.parse_impairment`` reads them."""
     given = {k: getattr(args, k) for k in ("delay", "jitter", "loss") if getattr(args, k)}
     if not given:
+        if args.jitter_dist:
+            raise UsageError("--jitter-dist goes with --jitter")
         return None
+    if args.jitter_dist:
+        given["dist"] = args.jitter_dist
     try:
         mod = importlib.import_module("cronos.lab.impair")
     except ImportError as exc:

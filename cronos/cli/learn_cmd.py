@@ -35,10 +35,11 @@ def register(sub) -> None:
     p.add_argument(
         "--spread-floor",
         type=float,
-        default=0.03,
+        default=0.01,
         metavar="F",
-        help="least spread of an arrival, as a fraction of its time (default 0.03; more for "
-        "stacks whose timers drift with load, e.g. user-space stacks)",
+        help="least spread (standard deviation) of an arrival, as a fraction of its time "
+        "(default 0.01: timer quantisation; more for stacks whose timers drift with load, "
+        "e.g. user-space stacks)",
     )
     p.add_argument("--timeout", type=float, default=60.0, metavar="S")
     p.add_argument("--window", type=float, default=180.0, metavar="S")

@@ -22,8 +22,10 @@ Worker, per packet (one ``random.Random(seed)``, so a seeded run draws the
 same losses and delays in the same order):
 
 * lost with probability ``loss_pct/100`` → ``drop()`` at once;
-* otherwise held ``delay ± jitter`` ms, jitter **uniform** in
-  ``[-jitter, +jitter]``, clipped at 0, then ``accept()``-ed from the worker's
+* otherwise held ``delay`` ms plus a jitter drawn from ``dist``: ``uniform``
+  in ``[-jitter, +jitter]`` (clipped at 0; the default), or one-sided queueing
+  delay with mean ``jitter``: ``exp`` (exponential) or ``pareto`` (Lomax,
+  alpha 2.5: heavy-tailed, as busy paths are), then ``accept()``-ed from the worker's
   own timer loop (``select`` on the queue fd + ``run(block=False)``; the verdict
   is given after the callback returned, which libnetfilter_queue allows);
 * order is kept within each flow (one direction of one TCP connection): a
@@ -67,6 +69,8 @@ from pathlib import Path
 from ..errors import DependencyError, LabError
 
 DEFAULT_QUEUE = 4711
+DISTRIBUTIONS = ("uniform", "exp", "pareto")
+PARETO_ALPHA = 2.5
 _READY_TIMEOUT_S = 10.0
 _STATS_EVERY_S = 0.5
 _QUEUE_TRIES = 16
@@ -81,8 +85,12 @@ class Impairment:
     jitter_ms: float = 0.0
     loss_pct: float = 0.0
     seed: int | None = None
+    dist: str = "uniform"  # of the jitter: uniform (symmetric), exp or pareto (one-sided)
 
     def __post_init__(self) -> None:
+        if self.dist not in DISTRIBUTIONS:
+            raise LabError(f"unknown jitter distribution {self.dist!r}; valid: "
+                           f"{', '.join(DISTRIBUTIONS)}")  # fmt: skip
         for name in ("delay_ms", "jitter_ms", "loss_pct"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
@@ -153,10 +161,13 @@ def parse_impairment(
     jitter: str | float | None = None,
     loss: str | float | None = None,
     seed: int | None = None,
+    dist: str | None = None,
 ) -> Impairment:
-    """``parse_impairment(delay="50ms", jitter="10ms", loss="5%")``; ``LabError`` if bad."""
+    """``parse_impairment(delay="50ms", jitter="10ms", loss="5%", dist="pareto")``;
+    ``LabError`` if bad."""
     return Impairment(
-        _parse_time_ms(delay, "delay"), _parse_time_ms(jitter, "jitter"), _parse_pct(loss), seed
+        _parse_time_ms(delay, "delay"), _parse_time_ms(jitter, "jitter"), _parse_pct(loss), seed,
+        dist or "uniform",
     )
 
 
@@ -176,7 +187,8 @@ def _start_worker(ctx, ns: str, spec: Impairment, path: str, queue: int):
     for q in range(queue, queue + _QUEUE_TRIES):
         argv = [sys.executable, "-m", "cronos.lab.impair", "--queue", str(q), "--ns", ns,
                 "--delay-ms", repr(spec.delay_ms), "--jitter-ms", repr(spec.jitter_ms),
-                "--loss-pct", repr(spec.loss_pct), "--stats", path]  # fmt: skip
+                "--loss-pct", repr(spec.loss_pct), "--dist", spec.dist,
+                "--stats", path]  # fmt: skip
         if spec.seed is not None:
             argv += ["--seed", str(spec.seed)]
         proc = ctx.spawn(ns, argv, env=env)
@@ -342,8 +354,7 @@ class _Worker:
             self.dropped += 1
             pkt.drop()
             return
-        j = self.spec.jitter_ms
-        hold_ms = max(0.0, self.spec.delay_ms + (self.rng.uniform(-j, j) if j else 0.0))
+        hold_ms = max(0.0, self.spec.delay_ms + self._jitter())
         try:
             flow = flow_key(pkt.get_payload())
         except Exception:  # no header copied: one shared FIFO
@@ -353,6 +364,17 @@ class _Worker:
         heapq.heappush(self.held, (release, self.count, now, pkt))
         if len(self.flow_last) > 4096:  # forget flows with nothing held
             self.flow_last = {k: v for k, v in self.flow_last.items() if v > now}
+
+    def _jitter(self) -> float:
+        j, dist = self.spec.jitter_ms, self.spec.dist
+        if not j:
+            return 0.0
+        if dist == "exp":
+            return self.rng.expovariate(1.0 / j)
+        if dist == "pareto":  # Lomax with mean j
+            a = PARETO_ALPHA
+            return (a - 1) * j * ((1.0 - self.rng.random()) ** (-1.0 / a) - 1.0)
+        return self.rng.uniform(-j, j)
 
     def _release(self) -> None:
         _, _, arrived, pkt = heapq.heappop(self.held)
@@ -380,7 +402,7 @@ class _Worker:
             "delay_p50_ms": _percentile(d, 50), "delay_p99_ms": _percentile(d, 99),
             "delay_mean_ms": sum(d) / len(d) if d else 0.0,
             "delay_min_ms": d[0] if d else 0.0, "delay_max_ms": d[-1] if d else 0.0,
-            "delay_distribution": "uniform", "order": "fifo-per-flow",
+            "delay_distribution": self.spec.dist, "order": "fifo-per-flow",
         }  # fmt: skip
         tmp = self.path + ".tmp"
         with open(tmp, "w") as fh:
@@ -396,11 +418,12 @@ def _worker_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jitter-ms", type=float, default=0.0)
     ap.add_argument("--loss-pct", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--dist", choices=DISTRIBUTIONS, default="uniform")
     ap.add_argument("--stats", required=True)
     args = ap.parse_args(argv)
     from netfilterqueue import COPY_PACKET, NetfilterQueue
 
-    spec = Impairment(args.delay_ms, args.jitter_ms, args.loss_pct, args.seed)
+    spec = Impairment(args.delay_ms, args.jitter_ms, args.loss_pct, args.seed, args.dist)
     w = _Worker(spec, args.ns, args.stats)
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
