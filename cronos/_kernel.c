@@ -29,7 +29,7 @@ enum { I_K0, I_LOST, I_UNEXPL, I_RST, I_SHIFT, I_ALONE, I_NIN, I_S, I_SBAR, I_TA
 
 typedef struct {
     Py_ssize_t *cand, *lastj;
-    double *dp;
+    double *dp, *rr, *ss;
     int *from, *beyond;
 } Scratch;
 
@@ -207,8 +207,50 @@ static void one(const Ctx *c, const Scratch *w, Py_ssize_t r, int k0, Res *out, 
         rst_cost = p[P_RST_LOST];
     }
     double n_in = (double)n_ok + 1.0 + rst_in;
-    double big_s = sum_r - (double)n_ok * rmin + (rst_in ? r_rst - rmin : 0.0) - rmin;
     double s_bar = sqrt((s2 + s_anchor * s_anchor) / n_in);
+    /* the series' own delay (the shift u): at most the least residual when
+       every arrival is the schedule plus a queueing delay; above it when one
+       arrival is early within the stack's own spread (a timer that fired at
+       the low end of its rounding, a signature learned at the high end). Each
+       arrival below u costs (u - r)^2 / 2 s^2, each above it lam (r - u):
+       convex in u, minimised over the sorted residuals. */
+    double early = 0.0, u = rmin;
+    {
+        Py_ssize_t k = 0;
+        double *rr = w->rr, *ss = w->ss;
+        rr[k] = 0.0; ss[k] = s_anchor; k++;
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (pos[i] >= 0) { rr[k] = off[i]; ss[k] = s[pos[i]]; k++; }
+        if (rst_in) { rr[k] = r_rst; ss[k] = c->rst_s[r]; k++; }
+        /* insertion sort by residual (k is small) */
+        for (Py_ssize_t a = 1; a < k; a++) {
+            double vr = rr[a], vs = ss[a];
+            Py_ssize_t z = a - 1;
+            while (z >= 0 && rr[z] > vr) { rr[z + 1] = rr[z]; ss[z + 1] = ss[z]; z--; }
+            rr[z + 1] = vr; ss[z + 1] = vs;
+        }
+        double lam_c = 1.0 / (p[P_CHOICE] + s_bar);
+        double sw = 0.0, swr = 0.0;
+        u = rr[0];
+        for (Py_ssize_t a = 0; a < k; a++) {
+            if (ss[a] <= 0.0) { u = rr[a]; break; }  /* exact: never early */
+            sw += 1.0 / (ss[a] * ss[a]);
+            swr += rr[a] / (ss[a] * ss[a]);
+            double cand = (lam_c * (double)(k - a - 1) + swr) / sw;
+            double next = (a + 1 < k) ? rr[a + 1] : INFINITY;
+            if (cand < rr[a]) cand = rr[a];
+            if (cand <= next) { u = cand; break; }
+            u = next;
+        }
+        double big = 0.0;
+        for (Py_ssize_t a = 0; a < k; a++) {
+            if (rr[a] < u) early += 0.5 * (u - rr[a]) * (u - rr[a]) / (ss[a] * ss[a]);
+            else big += rr[a] - u;
+        }
+        rmin = u;
+        out->big_s = big;
+    }
+    double big_s = out->big_s;
     /* lost: expected within what we listened to, not matched */
     /* packets after the row's `optional` time (Linux's orphan budget) are not lost */
     double due = anchor + p[P_HORIZON];
@@ -221,7 +263,7 @@ static void one(const Ctx *c, const Scratch *w, Py_ssize_t r, int k0, Res *out, 
     Py_ssize_t tail = expected_in - (last_j + 1);  /* expected after the last one seen */
     if (tail < 0) tail = 0;
     if (tail > lost) tail = lost;
-    double base = (double)lost * p[P_LOST] + (double)matched * p[P_KEEP] + pen + rst_cost;
+    double base = (double)lost * p[P_LOST] + (double)matched * p[P_KEEP] + pen + rst_cost + early;
     if (c->off_sd[r] > 0) base += 0.5 * (delta / c->off_sd[r]) * (delta / c->off_sd[r]);
     if (!isnan(p[P_A0])) {
         double rtt = p[P_A0] - anchor;
@@ -299,9 +341,12 @@ static PyObject *timing(PyObject *self, PyObject *args) {
         w.dp = malloc(sizeof(double) * 3 * k);
         w.from = malloc(sizeof(int) * 3 * k);
         w.beyond = malloc(sizeof(int) * k);
+        w.rr = malloc(sizeof(double) * (k + 2));
+        w.ss = malloc(sizeof(double) * (k + 2));
         int32_t *pos2 = malloc(sizeof(int32_t) * 2 * k);
         double *off2 = malloc(sizeof(double) * 2 * k);
-        if (!w.cand || !w.lastj || !w.dp || !w.from || !w.beyond || !pos2 || !off2) {
+        if (!w.cand || !w.lastj || !w.dp || !w.from || !w.beyond || !w.rr || !w.ss || !pos2
+            || !off2) {
             PyErr_NoMemory();
         } else {
             Py_BEGIN_ALLOW_THREADS
@@ -324,7 +369,8 @@ static PyObject *timing(PyObject *self, PyObject *args) {
             ret = Py_None;
             Py_INCREF(ret);
         }
-        free(w.cand); free(w.lastj); free(w.dp); free(w.from); free(w.beyond);
+        free(w.cand); free(w.lastj); free(w.dp); free(w.from); free(w.beyond); free(w.rr);
+        free(w.ss);
         free(pos2); free(off2);
     }
 done:

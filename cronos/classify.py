@@ -16,10 +16,12 @@ Input formats (detected from the first meaningful line):
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from .db import Database
@@ -39,6 +41,11 @@ from .model import (
 _STATE_RE = re.compile(r"^(CronOS_(?:Syn|LastAck|FinWait|Hdr|Rst))\(")
 _HERSHEL_RE = re.compile(r"^\d+\s*,")
 LISTEN_HERSHEL_S = 120.0
+LAYOUT_LINES = 10_000  # Hershel lines read to settle the file's layout
+#: Streaming: targets whose observations may still come; beyond this many, the
+#: oldest one is matched as it is (a target whose lines lie further apart in
+#: the input gets one verdict per part).
+OPEN_TARGETS = 10_000
 
 
 @dataclass(frozen=True)
@@ -50,19 +57,44 @@ class TargetVerdict:
 
 def read_observations(text: str, source: str = "<input>") -> list[Observation]:
     """Parse any supported input format; errors read ``source:line: reason``."""
-    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return [o for o in iter_observations(text.splitlines(), source) if isinstance(o, Observation)]
+
+
+@dataclass(frozen=True)
+class TargetEnd:
+    """In a stream of observations: this target has no more (a scan's verdict
+    record for it was read)."""
+
+    target: str
+
+
+def iter_observations(lines: Iterable[str], source: str = "<input>") -> Iterator:
+    """Observations (and ``TargetEnd`` marks) from an iterable of lines, as
+    they are read: the format is detected from the first meaningful line."""
+    it = iter(lines)
+    head = []
+    for line in it:
+        head.append(line)
+        if line.strip():
+            break
+    first = head[-1].strip() if head else ""
     if not first:
         raise FingerprintSyntaxError(f"{source}:1: no observation in input")
+    lines = itertools.chain(head, it)
     if first.startswith("{"):
-        return read_jsonl(text, source)
+        return _iter_jsonl(lines, source)
     if _HERSHEL_RE.match(first):
-        return read_hershel(text, source)
-    return read_fingerprint_lines(text, source)
+        return _iter_hershel(lines, source)
+    return _iter_fingerprint_lines(lines, source)
 
 
 def read_jsonl(text: str, source: str = "<input>") -> list[Observation]:
-    out = []
-    for n, line in enumerate(text.splitlines(), 1):
+    return [o for o in _iter_jsonl(text.splitlines(), source) if isinstance(o, Observation)]
+
+
+def _iter_jsonl(lines: Iterable[str], source: str) -> Iterator:
+    seen = False
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
@@ -72,20 +104,27 @@ def read_jsonl(text: str, source: str = "<input>") -> list[Observation]:
         if not isinstance(d, dict):
             raise FingerprintSyntaxError(f"{source}:{n}: expected a JSON object")
         if "method" not in d and "type" in d:  # other record kinds (summaries...)
+            if d.get("type") == "verdict" and isinstance(d.get("target"), str):
+                yield TargetEnd(d["target"])
             continue
         try:
             obs = Observation.from_dict(d)
         except FingerprintSyntaxError as exc:
             raise FingerprintSyntaxError(f"{source}:{n}: {exc}") from exc
         obs.extra["input_id"] = str(d["id"]) if "id" in d else f"{source}:{n}"
-        out.append(obs)
-    if not out:
+        seen = True
+        yield obs
+    if not seen:
         raise FingerprintSyntaxError(f"{source}:1: no observation record")
-    return out
 
 
 def read_fingerprint_lines(text: str, source: str = "<input>") -> list[Observation]:
+    return list(_iter_fingerprint_lines(text.splitlines(), source))
+
+
+def _iter_fingerprint_lines(lines: Iterable[str], source: str) -> Iterator[Observation]:
     out: list[Observation] = []
+    seen = False
     block = 0
     target = None
     feats: SynAckFeatures | None = None
@@ -117,14 +156,20 @@ def read_fingerprint_lines(text: str, source: str = "<input>") -> list[Observati
             )
         pending, rsts, feats, target = [], {}, None, None
 
-    for n, line in _logical_lines(text, source):
+    for n, line in _logical_lines(lines, source):
         if not line:
             if pending:
                 flush()
+                yield from out
+                out.clear()
+                seen = True
             continue
         if line.startswith("Target "):
             if pending:
                 flush()
+                yield from out
+                out.clear()
+                seen = True
             target = line[7:].strip()
             continue
         m = _STATE_RE.match(line)
@@ -142,15 +187,18 @@ def read_fingerprint_lines(text: str, source: str = "<input>") -> list[Observati
             raise FingerprintSyntaxError(f"{source}:{n}: {exc}") from exc
     if pending:
         flush()
-    if not out:
+    if out:
+        yield from out
+        seen = True
+    if not seen:
         raise FingerprintSyntaxError(f"{source}:1: no CronOS_Syn/LastAck/FinWait line")
     return out
 
 
-def _logical_lines(text: str, source: str) -> Iterable[tuple[int, str]]:
+def _logical_lines(lines: Iterable[str], source: str) -> Iterable[tuple[int, str]]:
     """Strip comments; join lines wrapped inside parentheses; blank -> ''."""
     buf, start = "", 0
-    for n, raw in enumerate(text.splitlines(), 1):
+    for n, raw in enumerate(lines, 1):
         line = raw.split("#", 1)[0].strip()
         if buf:
             buf += line
@@ -167,6 +215,10 @@ def _logical_lines(text: str, source: str) -> Iterable[tuple[int, str]]:
 
 
 def read_hershel(text: str, source: str = "<input>") -> list[Observation]:
+    return list(_iter_hershel(text.splitlines(), source))
+
+
+def _iter_hershel(lines: Iterable[str], source: str) -> Iterator[Observation]:
     """Hershel / Hershel+ CSV lines, database or observation files alike.
 
     After the header and RST fields (11 of them in the Hershel+ format, 12 in
@@ -176,15 +228,16 @@ def read_hershel(text: str, source: str = "<input>") -> list[Observation]:
     retransmission, then the RST when ``rst_present=1`` (see
     docs/database.md). Every time is re-based on the first SYN-ACK; the RTT is
     kept as the first arrival. Lines with the same first column are tries at
-    one target (the live fingerprinter numbers its targets)."""
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            rows.append((n, [x.strip() for x in line.split(",")]))
-    default = _file_layout(rows)
-    out = []
+    one target (the live fingerprinter numbers its targets). A line that could
+    be either layout follows the file's first LAYOUT_LINES lines."""
+    numbered = ((n, line) for n, line in enumerate(lines, 1) if line.strip())
+    head = list(itertools.islice(numbered, LAYOUT_LINES))
+    default = _file_layout((n, _fields(line)) for n, line in head)
+    seen = False
     tries: dict[str, int] = {}
-    for n, f in rows:
+    last_target = None
+    for n, line in itertools.chain(head, numbered):
+        f = _fields(line)
         skip = _hershel_layout(f, default)
         try:
             if len(f) < skip:
@@ -219,17 +272,23 @@ def read_hershel(text: str, source: str = "<input>") -> list[Observation]:
         listened = max(LISTEN_HERSHEL_S - rtt, rel[-1] if rel else 0.0)
         time_s = math.ceil(listened + rtt)
         target = f"hershel-{f[0]}"
+        if target != last_target:  # tries at one target are consecutive lines
+            tries.pop(last_target, None)
+            last_target = target
         tries[target] = tries.get(target, 0) + 1
         fp = StateFingerprint(Method.SYN_RCVD, time_s, gaps, None, rst_us,
                               listened_us=round(listened * 1e6) + 50_000)  # fmt: skip
         a0 = round(rtt * 1e6)
         arrivals = (a0, *(a0 + c for c in cum)) if rtt > 0 else ()
-        out.append(Observation(target, 0, Method.SYN_RCVD, tries[target], Status.OK, fp, feats,
-                               arrivals_us=arrivals,
-                               extra={"input_id": f"{source}:{n}"}))  # fmt: skip
-    if not out:
+        seen = True
+        yield Observation(target, 0, Method.SYN_RCVD, tries[target], Status.OK, fp, feats,
+                          arrivals_us=arrivals, extra={"input_id": f"{source}:{n}"})  # fmt: skip
+    if not seen:
         raise FingerprintSyntaxError(f"{source}:1: no Hershel line")
-    return out
+
+
+def _fields(line: str) -> list[str]:
+    return [x.strip() for x in line.split(",")]
 
 
 def _hershel_layout(f: list[str], file_default: int) -> int:
@@ -280,6 +339,36 @@ def group_targets(observations: Iterable[Observation]) -> dict[str, list[Observa
     for o in observations:
         groups.setdefault(o.target, []).append(o)
     return groups
+
+
+def iter_groups(items: Iterable, open_targets: int = OPEN_TARGETS) -> Iterator[tuple]:
+    """(target, observations) in first-seen order, each as soon as it is
+    complete: at its ``TargetEnd``, when ``open_targets`` later targets have
+    started, or at the end of the input. Memory: the open targets only."""
+    groups: OrderedDict[str, list[Observation]] = OrderedDict()
+    done: set[str] = set()
+    for it in items:
+        if isinstance(it, TargetEnd):
+            if it.target in groups:
+                done.add(it.target)
+        else:
+            groups.setdefault(it.target, []).append(it)
+        while groups:
+            head = next(iter(groups))
+            if head not in done and len(groups) <= open_targets:
+                break
+            done.discard(head)
+            yield head, groups.pop(head)
+    while groups:
+        yield groups.popitem(last=False)
+
+
+def classify_stream(
+    items: Iterable, db: Database, *, top: int = 5, model: PathModel | None = None
+) -> Iterator[TargetVerdict]:
+    """``classify`` for a stream of observations (``iter_observations``)."""
+    for t, obs in iter_groups(items):
+        yield TargetVerdict(t, tuple(obs), match(obs, db, top=top, model=model))
 
 
 def classify(

@@ -31,7 +31,7 @@ MIN_GAPS = 3  # evidence before stopping while some signature still expects pack
 QUANTUM_US = 2_000  # prefix key resolution
 Z = 3.0  # an event is overdue Z tolerances after its expected time
 MIN_TOL_US = 20_000
-MIN_POSTERIOR = 0.005  # a candidate less likely than this cannot change the verdict
+MIN_POSTERIOR = 0.001  # a candidate less likely than this cannot change the verdict
 REL_TOL = 0.05
 
 

@@ -1,10 +1,17 @@
 """Build a database signature from repeated measurements (pure).
 
 Per state, the tries that reached the state (status ok) and saw the most
-common number of retransmissions are combined: the median of each gap, the
-median RTT (``Connect=``) and final RST delay, and, as ``Spread``, the spread
-of each arrival across tries (its standard deviation, floored at 1 ms and at
-1 % of the arrival time: timer quantisation), as the matcher reads it.
+common number of retransmissions are combined: each arrival (from the first
+packet of the series) at its earliest across tries, the least RTT
+(``Connect=``), the median final RST delay, and, as ``Spread``, the spread of
+each arrival across tries (its standard deviation, floored at 1 ms and at 1 %
+of the arrival time: timer quantisation), as the matcher reads it.
+
+The earliest, not the median: a timer only ever fires late (Linux's timer
+wheel rounds a 4 s timeout up by 0 to 256 ms; a busy machine delays it more),
+and the matcher models an arrival as the schedule plus a delay that is never
+negative. A median at the top of the rounding range would make an on-time
+packet of the same stack look early, which no path explains.
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ def _combine(
     counts = Counter(o.fingerprint.nb_pkt for o in obs)
     nb = max(counts, key=lambda n: (counts[n], n))
     same = [o.fingerprint for o in obs if o.fingerprint.nb_pkt == nb]
-    gaps = tuple(round(statistics.median(fp.gaps_us[i] for fp in same)) for i in range(nb))
+    first = [min(sum(fp.gaps_us[: i + 1]) for fp in same) for i in range(nb)]
+    gaps = tuple(b - a for a, b in zip([0, *first], first, strict=False))
     spread = []
     for i in range(nb):  # spread of the arrival time of retransmission i+1
         arrivals = [sum(fp.gaps_us[: i + 1]) for fp in same]
@@ -50,7 +58,7 @@ def _combine(
         method=same[0].method,
         time_s=max(f.time_s for f in same),
         gaps_us=gaps,
-        connect_us=round(statistics.median(conns)) if conns else None,
+        connect_us=min(conns) if conns else None,
         rst_us=rst,
     )
     return fp, tuple(spread), rst_spread

@@ -39,6 +39,7 @@ stacks' popularity from a batch of observations (EM) and returns a
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 import weakref
@@ -176,6 +177,31 @@ class _Table:
         self.lo = self.anchor_pos + 1
         self.hi = self.start[row2 + 1] - 1
         self.rowbase = row2 * self.big
+        self._fallback = None
+
+    def fallback(self) -> _Table | None:
+        """The same rows, each RTT-rule schedule replaced by Linux's after a
+        retransmitted handshake: 3 s, then doubling (up to 120 s), as many
+        retransmissions, a spread of 1 % + 5 ms; None if no row follows the rule."""
+        if np.isnan(self.rule_connect).all():
+            return None
+        if self._fallback is None:
+            fb = copy.copy(self)
+            t, sp = self.t.copy(), self.s.copy()
+            for r in np.flatnonzero(~np.isnan(self.rule_connect)):
+                b, e = self.start[r], self.start[r + 1]
+                rto = np.minimum(FALLBACK_RTO_US * 2.0 ** np.arange(e - b - 1), 120e6)
+                cum = np.concatenate([[0.0], np.cumsum(rto)])
+                t[b:e] = cum
+                sp[b:e] = np.concatenate([[0.0], 5_000.0 + 0.01 * cum[1:]])
+            fb.t, fb.s = t, sp
+            fb.key = fb.row * fb.big + t
+            fb.budget = np.full(len(self.idx), np.inf)  # its own count, whatever the budget
+            fb.rule_connect = np.full(len(self.idx), np.nan)
+            fb.rst_t = np.full(len(self.idx), np.nan)
+            fb._fallback = None
+            self._fallback = fb
+        return self._fallback
 
 
 def _evidence(sig: Signature) -> float:
@@ -478,26 +504,38 @@ def _timing(tab: _Table, o: _Obs, model: PathModel) -> _TimingResult:
         return _run(tab, scale, x, gen, params, model, 0.0)
     # the server's RTO rests on its own RTT samples, not on our Connect: the
     # rule's scale is a prior, the schedule's own scale is fitted around it
-    best = None
-    for f in SCALE_FACTORS:
-        res = _run(tab, scale * f, x, gen, params, model, 0.5 * (math.log(f) / SCALE_SIGMA) ** 2)
-        best = res if best is None else _better(best, res)
+    # a coarse grid of factors, then per signature a finer look around its best
+    best, lf = None, np.zeros(m)
+    for v in SCALE_GRID:
+        res = _run(tab, scale * math.exp(v), x, gen, params, model, 0.5 * (v / SCALE_SIGMA) ** 2)
+        best, lf = (res, np.full(m, v)) if best is None else _better(best, res, lf, v)
+    step = SCALE_GRID[1] - SCALE_GRID[0]
+    for _ in range(SCALE_REFINE):
+        step /= 2
+        centre = lf.copy()
+        for v in (centre - step, centre + step):
+            res = _run(tab, scale * np.exp(v), x, gen, params, model, 0.5 * (v / SCALE_SIGMA) ** 2)
+            best, lf = _better(best, res, lf, v)
     # RFC 6298 5.7 (Linux tcp_init_transfer): when the handshake had to be
-    # retransmitted there is no RTT sample and the RTO starts at 3 s
-    first = tab.t[np.minimum(tab.start[:-1] + 1, tab.start[1:] - 1)]
-    rule = ~np.isnan(tab.rule_connect) & (first > 0)
-    if rule.any():
-        fallback = np.where(rule, (FALLBACK_RTO_US + (fp.connect_us or 0)) / np.maximum(first, 1.0),
-                            scale)  # fmt: skip
+    # retransmitted there is no RTT sample and the RTO starts at 3 s, then
+    # doubles: a schedule of its own (the same count), not a stretched one
+    fb = tab.fallback()
+    if fb is not None:
         for f in FALLBACK_FACTORS:
-            res = _run(tab, fallback * f, x, gen, params, model,
+            res = _run(fb, np.full(m, f), x, gen, params, model,
                        FALLBACK_COST + 0.5 * (math.log(f) / SCALE_SIGMA) ** 2)  # fmt: skip
+            res.standalone[np.isnan(tab.rule_connect)] = np.inf
+            # for plots and early stop: the signature's schedule stretched alike
+            first = tab.t[np.minimum(tab.start[:-1] + 1, tab.start[1:] - 1)]
+            res.scale = f * FALLBACK_RTO_US / np.maximum(first, 1.0)
             best = _better(best, res)
     return best
 
 
-#: Closing states: factors tried around the RTT rule's scale, and their prior.
-SCALE_FACTORS = tuple(math.exp(v) for v in np.linspace(-0.45, 0.45, 11))
+#: Closing states: log factors tried around the RTT rule's scale (then
+#: SCALE_REFINE halvings of the step around each signature's best), their prior.
+SCALE_GRID = tuple(np.linspace(-0.45, 0.45, 7))
+SCALE_REFINE = 3
 SCALE_SIGMA = 0.2
 FALLBACK_RTO_US = 3_000_000.0  # TCP_TIMEOUT_FALLBACK
 FALLBACK_FACTORS = tuple(math.exp(v) for v in np.linspace(-0.2, 0.2, 5))
@@ -531,15 +569,18 @@ def _run(tab, scale, x, gen, params, model, prior_cost) -> _TimingResult:
     )  # fmt: skip
 
 
-def _better(a: _TimingResult, b: _TimingResult) -> _TimingResult:
-    """Row by row, the result with the lower cost of this observation alone."""
+def _better(a: _TimingResult, b: _TimingResult, la=None, lb=None):
+    """Row by row, the result with the lower cost of this observation alone
+    (and, given ``la``/``lb``, the labels of the rows taken)."""
     take = b.standalone < a.standalone
     out = {}
     for f in _TimingResult.__dataclass_fields__:
         va, vb = getattr(a, f), getattr(b, f)
         mask = take.reshape((-1,) + (1,) * (np.ndim(va) - 1))
         out[f] = np.where(mask, vb, va)
-    return _TimingResult(**out)
+    if la is None:
+        return _TimingResult(**out)
+    return _TimingResult(**out), np.where(take, lb, la)
 
 
 class _Lazy:

@@ -107,7 +107,7 @@ BAD = [
     ([*S, "--exclude-file", "{d}/exclude.txt"], "malformed --exclude-file entry '10.0.0.0/33'"),
     ([*S, "--exclude-file", "{d}/none.txt"], "--exclude-file {d}/none.txt: No such file"),
     (["classify", "{d}/obs.jsonl"], "{d}/obs.jsonl:1: not JSON"),
-    (["classify", "{d}/binary.txt"], "{d}/binary.txt: binary file"),
+    (["classify", "{d}/binary.txt"], "{d}/binary.txt:1: binary file"),
     (["classify", "{d}/none.jsonl"], "{d}/none.jsonl: cannot read"),
     # namespaces, labs, learn
     ([*S, "--netns", "cronos-does-not-exist"], "no such network namespace: cronos-does-not-exist"),

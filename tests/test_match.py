@@ -61,15 +61,17 @@ def test_talk_windows_nt_ranks_first(db):
 
 
 def test_talk_freebsd_gaps_put_the_four_guesses_on_top(db):
+    # the talk's guesses, and Hershel's FreeBSD 5.x-8.0 (50 samples each,
+    # within 4 ms of the talk's line): all of them fit, none stands out
     r = match(fps(FREEBSD_SYN, FREEBSD_SYN), db)  # two tries, as in the talk
-    top = " or ".join(c.name for c in r.candidates[:2])
+    top = " or ".join(c.name for c in r.candidates[:5])
     guesses = ["FreeBSD 4.5", "FreeBSD 4.7-RELEASE - 4.8-RELEASE", "Windows 98 Second Edition"]
     guesses.append("Windows NT 4 Workstation SP2/SP3/SP4/SP5")
     for guess in guesses:
         assert guess in top
-        assert guess in r.verdict  # reported together: they tie
-    assert all(c.tally == "2success/2tests" for c in r.candidates[:2])
-    assert r.ties >= 2 and r.confidence < 0.9  # ambiguity shows in the confidence
+    assert all(c.tally == "2success/2tests" for c in r.candidates[:5])
+    assert all("FreeBSD" in c.name or "Windows" in c.name for c in r.candidates[:5])
+    assert r.confidence < 0.5  # ambiguity shows in the confidence
 
 
 def test_talk_lf_run_gives_the_windows_family(db):

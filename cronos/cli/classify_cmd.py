@@ -6,13 +6,16 @@ import json
 import sys
 from pathlib import Path
 
-from ..classify import classify, read_observations
+from ..classify import classify_stream, iter_observations
 from ..db import load_db
-from ..errors import UsageError
+from ..errors import FingerprintSyntaxError, UsageError
 from ..match import DEFAULT_MODEL
-from ..textfile import NotText, read_text
+from ..model import Observation
 from ..verdict_text import render, verdict_dict
 from .checks import output_dir, positive_seconds
+
+#: Targets the path model is estimated from (the input's first ones).
+CALIBRATION_SAMPLE = 1000
 
 
 def register(subparsers) -> None:
@@ -33,8 +36,8 @@ def register(subparsers) -> None:
     cal = p.add_mutually_exclusive_group()
     cal.add_argument("--calibrate", dest="calibrate", action="store_true", default=None,
                      help="estimate the path model (loss, delay, header changes, stack "
-                     "popularity) from the input by EM; the default from 200 targets "
-                     "on")  # fmt: skip
+                     "popularity) by EM from the input's first 1000 targets; the default "
+                     "for a file of 200 targets or more")  # fmt: skip
     cal.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                      help="use the default path model whatever the input's size")  # fmt: skip
     p.add_argument("--pcap", metavar="FILE",
@@ -53,16 +56,27 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _read_input(name: str) -> str:
-    if name == "-":
-        return sys.stdin.read()
+def _input_lines(name: str):
+    """The input's lines as they are read (a file or stdin); a binary or
+    non-UTF-8 line is a one-line error naming the line."""
     try:
-        return read_text(name)
+        fh = sys.stdin.buffer if name == "-" else open(name, "rb")  # noqa: SIM115
     except OSError as exc:
         raise UsageError(f"{name}: cannot read: {exc.strerror or exc}") from exc
-    except NotText as exc:
-        what = "binary file, expected text observations" if exc.binary else "not UTF-8 text"
-        raise UsageError(f"{name}: {what}") from exc
+    shown = "<stdin>" if name == "-" else name
+    try:
+        for n, raw in enumerate(fh, 1):
+            if b"\0" in raw:
+                raise UsageError(f"{shown}:{n}: binary file, expected text observations")
+            try:
+                yield raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                raise UsageError(f"{shown}:{n}: not UTF-8 text") from None
+    except OSError as exc:
+        raise UsageError(f"{shown}: cannot read: {exc.strerror or exc}") from exc
+    finally:
+        if fh is not sys.stdin.buffer:
+            fh.close()
 
 
 def run(args) -> int:
@@ -92,58 +106,98 @@ def run(args) -> int:
         if not obs:
             raise UsageError(f"{args.pcap}: no SYN-ACK or FIN retransmission series found")
         print(f"{args.pcap}: {len(obs)} observation(s) ({kind})", file=sys.stderr)
+        items = iter(obs)
     else:
         source = "<stdin>" if args.input == "-" else args.input
-        obs = read_observations(_read_input(args.input), source)
-    model = _model(args, obs, db)
-    verdicts = classify(obs, db, top=args.top, model=model)
+        items = iter_observations(_input_lines(args.input), source)
+    failed: list[Exception] = []
+    model, items = _model(args, _until_error(items, failed), db)
+    keep = bool(args.xml_out or args.html_out or args.plot_out)
+    kept = []
+    json_fh = None
+    if args.json_out and args.json_out != "-":
+        try:
+            json_fh = open(args.json_out, "w")  # noqa: SIM115
+        except OSError as exc:
+            raise UsageError(f"{args.json_out}: cannot write: {exc.strerror or exc}") from exc
+    text_out = args.json_out != "-"  # -oJ -: stdout carries the JSON Lines only
+    try:
+        for v in classify_stream(items, db, top=args.top, model=model):
+            if text_out:
+                if args.pcap:  # the measurements and fingerprint lines, as the scan printed them
+                    from ..report import host_block
+
+                    sys.stdout.write(host_block(v.target, v.observations) + "\n")
+                sys.stdout.write(render(v, args.top) + "\n")
+            if args.json_out:
+                line = json.dumps(verdict_dict(v)) + "\n"
+                (json_fh or sys.stdout).write(line)
+            if args.input == "-":  # a pipe's reader sees each verdict when it is made
+                sys.stdout.flush()
+            if keep:
+                kept.append(v)
+    except OSError as exc:
+        raise UsageError(f"{args.json_out}: cannot write: {exc.strerror or exc}") from exc
+    finally:
+        if json_fh is not None:
+            json_fh.close()
+    if failed:  # what was read before the fault has its verdicts; then the error
+        raise failed[0]
     if args.xml_out:
         import time
 
         from ..nmapxml import HostReport, osmatches_from, write_nmap_xml
 
         hosts = [HostReport(v.target, v.observations, osmatches_from(v.result, top=args.top))
-                 for v in verdicts]  # fmt: skip
+                 for v in kept]  # fmt: skip
         now = time.time()
         write_nmap_xml(args.xml_out, hosts, args=" ".join(sys.argv), start=now, end=now)
     write_evidence(
-        obs, html_path=args.html_out, plot_path=args.plot_out, db=db,
-        results={v.target: v.result for v in verdicts}, top=args.top,
+        [o for v in kept for o in v.observations], html_path=args.html_out,
+        plot_path=args.plot_out, db=db, results={v.target: v.result for v in kept}, top=args.top,
     )  # fmt: skip
-    for v in verdicts:
-        if args.pcap:  # the measurements and fingerprint lines, as the live scan printed them
-            from ..report import host_block
-
-            sys.stdout.write(host_block(v.target, v.observations) + "\n")
-        sys.stdout.write(render(v, args.top) + "\n")
-    if args.json_out:
-        text = "".join(json.dumps(verdict_dict(v)) + "\n" for v in verdicts)
-        if args.json_out == "-":
-            sys.stdout.write(text)
-        else:
-            try:
-                Path(args.json_out).write_text(text)
-            except OSError as exc:
-                raise UsageError(f"{args.json_out}: cannot write: {exc.strerror or exc}") from exc
     return 0
 
 
-def _model(args, obs, db):
-    """The path model: the default, or estimated from the input (EM)."""
+def _until_error(items, failed: list):
+    """``items`` until a bad line: the error is kept in ``failed``, and the
+    input ends there (its open targets are still classified)."""
+    try:
+        yield from items
+    except (FingerprintSyntaxError, UsageError) as exc:
+        failed.append(exc)
+
+
+def _model(args, items, db):
+    """The path model: the default, or estimated by EM from the input's first
+    ``CALIBRATION_SAMPLE`` targets; and the items, none consumed."""
+    import itertools
     from dataclasses import replace
 
     from ..calibrate import MIN_TARGETS, calibrate
     from ..classify import group_targets
 
     model = replace(DEFAULT_MODEL, unknown_prior=args.unknown_prior)
-    groups = group_targets(obs)
-    want = args.calibrate if args.calibrate is not None else len(groups) >= MIN_TARGETS
-    if not want:
-        return model
-    cal = calibrate(list(groups.values()), db, model=model)
+    # from a pipe, verdicts stream as targets end: no read-ahead unless asked
+    if args.calibrate is False or (args.calibrate is None and args.input == "-"
+                                   and not args.pcap):  # fmt: skip
+        return model, items
+    head, targets = [], set()
+    for it in items:
+        head.append(it)
+        if isinstance(it, Observation):
+            targets.add(it.target)
+            if len(targets) > CALIBRATION_SAMPLE:
+                break
+    items = itertools.chain(head, items)
+    groups = group_targets(o for o in head if isinstance(o, Observation))
+    if args.calibrate is None and len(groups) < MIN_TARGETS:
+        return model, items
+    cal = calibrate(list(groups.values())[:CALIBRATION_SAMPLE], db, model=model,
+                    sample=CALIBRATION_SAMPLE)  # fmt: skip
     if cal.iterations == 0:
         print(f"cron-os: {len(groups)} targets: too few to calibrate (at least {MIN_TARGETS}); "
               "default path model", file=sys.stderr)  # fmt: skip
-        return model
+        return model, items
     print(f"cron-os: {cal.summary()}", file=sys.stderr)
-    return cal.model
+    return cal.model, items

@@ -20,11 +20,18 @@ def register(subparsers) -> None:
         help="profile to build (repeatable; default: the Linux kernel ones)",
     )  # fmt: skip
     up.add_argument("--delay", help="added one-way delay, e.g. 50ms")
-    up.add_argument("--jitter", help="delay variation, e.g. 10ms (with --jitter-dist exp or "
-                    "pareto: the mean queueing delay added)")
-    up.add_argument("--jitter-dist", choices=("uniform", "exp", "pareto"), default=None,
-                    help="uniform: delay +- jitter (default); exp, pareto: delay + a one-sided "
-                    "queueing delay of mean jitter (pareto: heavy-tailed)")
+    up.add_argument(
+        "--jitter",
+        help="delay variation, e.g. 10ms (with --jitter-dist exp or "
+        "pareto: the mean queueing delay added)",
+    )
+    up.add_argument(
+        "--jitter-dist",
+        choices=("uniform", "exp", "pareto"),
+        default=None,
+        help="uniform: delay +- jitter (default); exp, pareto: delay + a one-sided "
+        "queueing delay of mean jitter (pareto: heavy-tailed)",
+    )
     up.add_argument("--loss", help="packet loss, e.g. 5%%")
     up.set_defaults(func=cmd_up)
 

@@ -166,7 +166,10 @@ def parse_impairment(
     """``parse_impairment(delay="50ms", jitter="10ms", loss="5%", dist="pareto")``;
     ``LabError`` if bad."""
     return Impairment(
-        _parse_time_ms(delay, "delay"), _parse_time_ms(jitter, "jitter"), _parse_pct(loss), seed,
+        _parse_time_ms(delay, "delay"),
+        _parse_time_ms(jitter, "jitter"),
+        _parse_pct(loss),
+        seed,
         dist or "uniform",
     )
 
