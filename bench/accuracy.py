@@ -343,6 +343,43 @@ class Bench:
         print(f"  {len(lines):,} observations in {wall:.1f} s wall, {cpu:.1f} s CPU: "
               f"{len(lines) / wall:,.0f} obs/s; {n_out:,} verdict records; peak RSS "
               f"{ru.ru_maxrss / 1024:.0f} MiB")  # fmt: skip
+        # the slowest single input, in process (one match per target)
+        groups = [read_hershel(line, "bench") for line in lines[:3000]]
+        times = []
+        for g in groups:
+            t0 = time.perf_counter()
+            match(g, self.full)
+            times.append(time.perf_counter() - t0)
+        times.sort()
+        print(f"  one input: median {times[len(times) // 2] * 1e3:.2f} ms, 99th percentile "
+              f"{times[int(len(times) * 0.99)] * 1e3:.2f} ms, slowest {times[-1] * 1e3:.1f} ms "
+              f"({len(times):,} inputs)")  # fmt: skip
+        self._lines = lines
+
+    def million(self):
+        n = 1_000_000
+        print(f"\nMemory: cron-os classify FILE -oJ OUT on {n:,} observations (streamed)")
+        if not getattr(self, "_lines", None):
+            self.speed()
+        base = [x.split(",", 1)[1] for x in self._lines]
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "obs.txt"
+            with path.open("w") as fh:
+                for i in range(n):
+                    fh.write(f"{i + 1},{base[i % len(base)]}\n")
+            out = Path(tmp) / "v.jsonl"
+            cmd = [sys.executable, "-m", "cronos", "classify", str(path), "-oJ", str(out)]
+            t0 = time.perf_counter()
+            p = subprocess.Popen(["taskset", "-c", "0", *cmd], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE)  # fmt: skip
+            _, status, ru = os.wait4(p.pid, 0)
+            wall = time.perf_counter() - t0
+            if status != 0:
+                print("  classify failed:", p.stderr.read().decode().strip()[-300:])
+                return
+            n_out = sum(1 for _ in out.open())
+        print(f"  {n:,} observations in {wall:.0f} s ({n / wall:,.0f} obs/s), {n_out:,} verdict "
+              f"records, peak RSS {ru.ru_maxrss / 1024:.0f} MiB")  # fmt: skip
 
 
 def main(argv=None) -> int:

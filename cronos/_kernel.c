@@ -378,8 +378,93 @@ done:
     return ret;
 }
 
+/* theta(n_in, big_s, s_bar, grid, logw, ll_out, lse_out): per row r and scale
+ * g, the log-likelihood of the queueing delays, lam = 1 / (grid[g] + s_bar[r]):
+ * ll[r, g] = (n_in - 1) log lam - lam big_s - log n_in; and per row the log of
+ * sum_g exp(ll[r, g] + logw[g]). */
+static PyObject *theta(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *o[7];
+    if (!PyArg_ParseTuple(args, "OOOOOOO", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6]))
+        return NULL;
+    Py_buffer v[7];
+    int got = 0;
+    for (; got < 7; got++)
+        if (get(o[got], &v[got], got >= 5, 8, "array") < 0) break;
+    if (got < 7) {
+        for (int i = 0; i < got; i++) PyBuffer_Release(&v[i]);
+        return NULL;
+    }
+    Py_ssize_t m = v[0].len / 8, g = v[3].len / 8;
+    PyObject *ret = NULL;
+    if (v[1].len / 8 < m || v[2].len / 8 < m || v[4].len / 8 < g || v[5].len / 8 < m * g
+        || v[6].len / 8 < m || g < 1) {
+        PyErr_SetString(PyExc_ValueError, "kernel: array sizes do not agree");
+    } else {
+        const double *n_in = v[0].buf, *big_s = v[1].buf, *s_bar = v[2].buf;
+        const double *grid = v[3].buf, *logw = v[4].buf;
+        double *ll = v[5].buf, *lse = v[6].buf;
+        for (Py_ssize_t r = 0; r < m; r++) {
+            double mx = -INFINITY, *row = ll + r * g;
+            for (Py_ssize_t k = 0; k < g; k++) {
+                double lam = 1.0 / (grid[k] + s_bar[r]);
+                row[k] = (n_in[r] - 1.0) * log(lam) - lam * big_s[r] - log(n_in[r]);
+                double a = row[k] + logw[k];
+                if (a > mx) mx = a;
+            }
+            if (!isfinite(mx)) { lse[r] = mx; continue; }
+            double acc = 0.0;
+            for (Py_ssize_t k = 0; k < g; k++) acc += exp(row[k] + logw[k] - mx);
+            lse[r] = mx + log(acc);
+        }
+        ret = Py_None;
+        Py_INCREF(ret);
+    }
+    for (int i = 0; i < 7; i++) PyBuffer_Release(&v[i]);
+    return ret;
+}
+
+/* lse(a, logw, out): per row r of a (rows x g), log sum_g exp(a[r, g] + logw[g]). */
+static PyObject *lse(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *o[3];
+    if (!PyArg_ParseTuple(args, "OOO", &o[0], &o[1], &o[2])) return NULL;
+    Py_buffer v[3];
+    int got = 0;
+    for (; got < 3; got++)
+        if (get(o[got], &v[got], got >= 2, 8, "array") < 0) break;
+    if (got < 3) {
+        for (int i = 0; i < got; i++) PyBuffer_Release(&v[i]);
+        return NULL;
+    }
+    Py_ssize_t g = v[1].len / 8, m = v[2].len / 8;
+    PyObject *ret = NULL;
+    if (g < 1 || v[0].len / 8 < m * g) {
+        PyErr_SetString(PyExc_ValueError, "kernel: array sizes do not agree");
+    } else {
+        const double *a = v[0].buf, *logw = v[1].buf;
+        double *out = v[2].buf;
+        for (Py_ssize_t r = 0; r < m; r++) {
+            const double *row = a + r * g;
+            double mx = -INFINITY;
+            for (Py_ssize_t k = 0; k < g; k++)
+                if (row[k] + logw[k] > mx) mx = row[k] + logw[k];
+            if (!isfinite(mx)) { out[r] = mx; continue; }
+            double acc = 0.0;
+            for (Py_ssize_t k = 0; k < g; k++) acc += exp(row[k] + logw[k] - mx);
+            out[r] = mx + log(acc);
+        }
+        ret = Py_None;
+        Py_INCREF(ret);
+    }
+    for (int i = 0; i < 3; i++) PyBuffer_Release(&v[i]);
+    return ret;
+}
+
 static PyMethodDef methods[] = {
     {"timing", timing, METH_VARARGS, "Timing of one observed series against every signature row."},
+    {"theta", theta, METH_VARARGS, "Queueing log-likelihoods per row and scale, and their mixture."},
+    {"lse", lse, METH_VARARGS, "Row-wise log-sum-exp with weights."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -557,10 +557,11 @@ def _run(tab, scale, x, gen, params, model, prior_cost) -> _TimingResult:
     _kernel.timing(tab.t, tab.s, tab.start, tab.rst_t, tab.rst_s, tab.time_us, tab.off_sd, scale,
                    optional, x, gen, params, base, info, pos, off)  # fmt: skip
     base += prior_cost
-    n_in, big_s, s_bar = info[:, 6], info[:, 7], info[:, 8]
-    lam = 1.0 / (THETA_GRID_US[None, :] + s_bar[:, None])
-    ll = (n_in - 1)[:, None] * np.log(lam) - lam * big_s[:, None] - np.log(n_in)[:, None]
-    alone = base - _logsumexp(ll + model.theta_logw()[None, :], axis=1)
+    n_in, big_s, s_bar = info[:, 6].copy(), info[:, 7].copy(), info[:, 8].copy()
+    ll = np.empty((m, len(THETA_GRID_US)))
+    mix = np.empty(m)
+    _kernel.theta(n_in, big_s, s_bar, THETA_GRID_US, model.theta_logw(), ll, mix)
+    alone = base - mix
     return _TimingResult(
         base=base, ll=ll, k0=info[:, 0].astype(np.int64), lost=info[:, 1].astype(np.int64),
         unexpl=info[:, 2].astype(np.int64), rst=info[:, 3].astype(np.int64), shift=info[:, 4],
@@ -619,6 +620,10 @@ def header_costs(db: Database, f: SynAckFeatures, model: PathModel = DEFAULT_MOD
     memoised by its value: a fleet shares a few values per field."""
     h = _compiled(db).header
     ch = model.change
+    key = ("total", f, tuple(ch.values()))
+    hit = h.memo.get(key)
+    if hit is not None:
+        return hit
     parts = [
         _field(h, "window", f.window, ch["window"]),
         _field(h, "ttl", f.ttl, ch["ttl"]),
@@ -628,7 +633,12 @@ def header_costs(db: Database, f: SynAckFeatures, model: PathModel = DEFAULT_MOD
     ]
     if f.wscale is not None:
         parts.append(_field(h, "wscale", f.wscale, ch["wscale"]))
-    return np.where(h.has, sum(parts), generic_header_cost(h, f))
+    out = np.where(h.has, sum(parts), generic_header_cost(h, f))
+    out.flags.writeable = False
+    if len(h.memo) >= 20_000:
+        h.memo.clear()
+    h.memo[key] = out
+    return out
 
 
 def _field(h: _Header, name: str, value, c: float) -> np.ndarray:
@@ -682,6 +692,16 @@ _FIELD_COST = {
 def generic_header_cost(h: _Header, f: SynAckFeatures) -> float:
     """-log P(header) under the generic stack: each field from the database's
     distribution of it."""
+    key = ("generic", f)
+    hit = h.memo.get(key)
+    if hit is None:
+        if len(h.memo) >= 20_000:
+            h.memo.clear()
+        hit = h.memo[key] = _generic_header_cost(h, f)
+    return hit
+
+
+def _generic_header_cost(h: _Header, f: SynAckFeatures) -> float:
     cost = -math.log(h.q_win(f.window))
     cost += -math.log(h.q_init(_initial_ttl(f.ttl))) + math.log(MAX_HOPS + 1)
     cost += math.log(2)
@@ -833,7 +853,8 @@ def score(observations: Sequence, db: Database, model: PathModel | None = None) 
         variant_base[sigs] += extra
     if not covered.any():
         return None
-    mix = _logsumexp(ll + model.theta_logw()[None, :], axis=1)
+    mix = np.empty(n_sig)
+    _kernel.lse(np.ascontiguousarray(ll), model.theta_logw(), mix)
     timing = base - mix
     variant_timing = variant_base - mix
     total = np.where(covered > 0, timing + hdr, np.inf)
