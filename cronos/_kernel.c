@@ -378,6 +378,17 @@ done:
     return ret;
 }
 
+/* n float64 buffers from o (those from index `writable` on, writable); on
+ * failure every buffer taken is released and -1 returned. */
+static int get_all(PyObject **o, Py_buffer *v, int n, int writable) {
+    for (int got = 0; got < n; got++)
+        if (get(o[got], &v[got], got >= writable, 8, "array") < 0) {
+            for (int i = 0; i < got; i++) PyBuffer_Release(&v[i]);
+            return -1;
+        }
+    return 0;
+}
+
 /* theta(n_in, big_s, s_bar, grid, logw, ll_out, lse_out): per row r and scale
  * g, the log-likelihood of the queueing delays, lam = 1 / (grid[g] + s_bar[r]):
  * ll[r, g] = (n_in - 1) log lam - lam big_s - log n_in; and per row the log of
@@ -388,13 +399,7 @@ static PyObject *theta(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOOOOO", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6]))
         return NULL;
     Py_buffer v[7];
-    int got = 0;
-    for (; got < 7; got++)
-        if (get(o[got], &v[got], got >= 5, 8, "array") < 0) break;
-    if (got < 7) {
-        for (int i = 0; i < got; i++) PyBuffer_Release(&v[i]);
-        return NULL;
-    }
+    if (get_all(o, v, 7, 5) < 0) return NULL;
     Py_ssize_t m = v[0].len / 8, g = v[3].len / 8;
     PyObject *ret = NULL;
     if (v[1].len / 8 < m || v[2].len / 8 < m || v[4].len / 8 < g || v[5].len / 8 < m * g
@@ -430,13 +435,7 @@ static PyObject *lse(PyObject *self, PyObject *args) {
     PyObject *o[3];
     if (!PyArg_ParseTuple(args, "OOO", &o[0], &o[1], &o[2])) return NULL;
     Py_buffer v[3];
-    int got = 0;
-    for (; got < 3; got++)
-        if (get(o[got], &v[got], got >= 2, 8, "array") < 0) break;
-    if (got < 3) {
-        for (int i = 0; i < got; i++) PyBuffer_Release(&v[i]);
-        return NULL;
-    }
+    if (get_all(o, v, 3, 2) < 0) return NULL;
     Py_ssize_t g = v[1].len / 8, m = v[2].len / 8;
     PyObject *ret = NULL;
     if (g < 1 || v[0].len / 8 < m * g) {
