@@ -2,13 +2,16 @@
 """Early verdicts against listening to the end, on the lab's real stacks.
 
     sudo .venv/bin/python bench/early.py [--profiles linux-default,...] [--tries 3] [--timeout 20]
+    sudo .venv/bin/python bench/early.py --delay 60ms --jitter 40ms --loss 3%
 
 Builds a lab, then scans it twice at the same time (distinct source ports):
 once with the default early stop, once with ``--full``. For each profile it
 prints the median time to verdict (early) against the median listening time
 (full), their ratio, and whether the verdicts are the same. The issue's
 target: on linux-default, median time to verdict <= 40 % of the full
-listening time, with the same verdicts.
+listening time, with the same verdicts. With ``--delay/--jitter/--loss``
+(and ``--jitter-dist``) the lab is impaired as ``lab up`` does it: the early
+verdict must still equal the full one.
 """
 
 from __future__ import annotations
@@ -47,9 +50,19 @@ def main() -> int:
     ap.add_argument("--tries", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=20)
     ap.add_argument("--method", default="slf")
+    ap.add_argument("--delay")
+    ap.add_argument("--jitter")
+    ap.add_argument("--jitter-dist")
+    ap.add_argument("--loss")
     args = ap.parse_args()
     profiles = args.profiles.split(",")
-    with tempfile.TemporaryDirectory() as tmp, Lab.create(profiles) as lab:
+    impair = None
+    if args.delay or args.jitter or args.loss:
+        from cronos.lab.impair import parse_impairment
+
+        impair = parse_impairment(delay=args.delay, jitter=args.jitter, loss=args.loss, seed=1,
+                                  dist=args.jitter_dist)  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp, Lab.create(profiles, impair=impair) as lab:
         ips = [t.ip for t in lab.targets]
         early_p = _scan(lab.scanner_ns, ips, Path(tmp) / "early.jsonl", [], args)
         full_p = _scan(lab.scanner_ns, ips, Path(tmp) / "full.jsonl", ["--full"], args)
@@ -61,7 +74,8 @@ def main() -> int:
         early, early_v = _load(Path(tmp) / "early.jsonl")
         full, full_v = _load(Path(tmp) / "full.jsonl")
         by_ip = {t.ip: t.profile for t in lab.targets}
-    print(f"states {args.method}, {args.tries} tries, --timeout {args.timeout:g} s")
+    path = f", path {impair}" if impair else ""
+    print(f"states {args.method}, {args.tries} tries, --timeout {args.timeout:g} s{path}")
     print(f"{'profile':<16} {'verdict (s) p50':>15} {'full (s) p50':>13} {'ratio':>6}  "
           f"{'same verdict':<12} verdict")  # fmt: skip
     ok = True
@@ -72,6 +86,7 @@ def main() -> int:
         ratio = statistics.median(e) / statistics.median(f)
         print(f"{profile:<16} {statistics.median(e):>15.1f} {statistics.median(f):>13.1f} "
               f"{ratio:>6.0%}  {'yes' if same else 'NO':<12} {early_v.get(ip)}")  # fmt: skip
+        ok &= same
         if profile == "linux-default":
             passed = ratio <= 0.40 and same
             ok &= passed

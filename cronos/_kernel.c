@@ -36,7 +36,7 @@ typedef struct {
 typedef struct {
     const double *t, *s;
     const int64_t *start;
-    const double *rst_t, *rst_s, *time_us, *off_sd, *scale, *optional;
+    const double *rst_t, *rst_s, *time_us, *off_sd, *scale, *optional, *limit;
     const double *x, *gen;
     const double *p;
     Py_ssize_t n;  /* observed packets after the first */
@@ -106,7 +106,8 @@ static void one(const Ctx *c, const Scratch *w, Py_ssize_t r, int k0, Res *out, 
             from[3 * i + k] = -1;
             lastj[3 * i + k] = k0;
             if (k < 2) {
-                if (j < 0 || beyond[i]) continue;
+                /* after the row's limit (Linux's orphan budget) the stack sends nothing */
+                if (j < 0 || beyond[i] || y > c->limit[r]) continue;
                 /* tolerance: queueing, the stack's spread, its common offset */
                 own = fabs(y - t[j] * sc) / (1.0 / lam_ref + s[j] + off_tol);
             } else {
@@ -296,22 +297,22 @@ static int get(PyObject *o, Py_buffer *v, int writable, Py_ssize_t itemsize, con
     return 0;
 }
 
-#define NARGS 16
+#define NARGS 17
 
 static PyObject *timing(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *o[NARGS];
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOOOOO", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5],
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOOOOOO", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5],
                           &o[6], &o[7], &o[8], &o[9], &o[10], &o[11], &o[12], &o[13], &o[14],
-                          &o[15]))
+                          &o[15], &o[16]))
         return NULL;
-    /* in: t s start rst_t rst_s time_us off_sd scale optional x gen params;
+    /* in: t s start rst_t rst_s time_us off_sd scale optional limit x gen params;
        out: base info pos off */
-    static const int sizes[NARGS] = {8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 4, 8};
+    static const int sizes[NARGS] = {8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 4, 8};
     Py_buffer v[NARGS];
     int got = 0;
     for (; got < NARGS; got++)
-        if (get(o[got], &v[got], got >= 12, sizes[got], "array") < 0) break;
+        if (get(o[got], &v[got], got >= 13, sizes[got], "array") < 0) break;
     if (got < NARGS) {
         for (int i = 0; i < got; i++) PyBuffer_Release(&v[i]);
         return NULL;
@@ -319,17 +320,18 @@ static PyObject *timing(PyObject *self, PyObject *args) {
     Ctx c;
     c.t = v[0].buf; c.s = v[1].buf; c.start = v[2].buf; c.rst_t = v[3].buf; c.rst_s = v[4].buf;
     c.time_us = v[5].buf; c.off_sd = v[6].buf; c.scale = v[7].buf; c.optional = v[8].buf;
-    c.x = v[9].buf; c.gen = v[10].buf; c.p = v[11].buf;
+    c.limit = v[9].buf; c.x = v[10].buf; c.gen = v[11].buf; c.p = v[12].buf;
     Py_ssize_t rows = v[3].len / 8;
-    c.n = v[9].len / 8 - 1;
-    double *obase = v[12].buf, *oinfo = v[13].buf, *ooff = v[15].buf;
-    int32_t *opos = v[14].buf;
+    c.n = v[10].len / 8 - 1;
+    double *obase = v[13].buf, *oinfo = v[14].buf, *ooff = v[16].buf;
+    int32_t *opos = v[15].buf;
     PyObject *ret = NULL;
     Py_ssize_t n = c.n;
-    if (n < 0 || v[11].len / 8 < P_NPARAMS || v[13].len / 8 < rows * I_NFIELDS
-        || v[14].len / 4 < rows * n || v[15].len / 8 < rows * n || v[2].len / 8 < rows + 1
-        || v[10].len / 8 < n || v[8].len / 8 < rows || v[7].len / 8 < rows
-        || v[4].len / 8 < rows || v[5].len / 8 < rows || v[6].len / 8 < rows) {
+    if (n < 0 || v[12].len / 8 < P_NPARAMS || v[14].len / 8 < rows * I_NFIELDS
+        || v[15].len / 4 < rows * n || v[16].len / 8 < rows * n || v[2].len / 8 < rows + 1
+        || v[11].len / 8 < n || v[8].len / 8 < rows || v[9].len / 8 < rows
+        || v[7].len / 8 < rows || v[4].len / 8 < rows || v[5].len / 8 < rows
+        || v[6].len / 8 < rows) {
         PyErr_SetString(PyExc_ValueError, "kernel: array sizes do not agree");
         goto done;
     }

@@ -129,6 +129,10 @@ class _Table:
         # the signature saw after its first one may be missing when a longer
         # RTT stretches the schedule
         self.budget = np.full(m, np.inf)
+        # a Linux stack's orphan budget is a fixed time: the signature saw
+        # `budget` of it, and not the next retransmission (its last gap
+        # doubled): beyond that, nothing comes
+        self.limit_extra = np.full(m, np.inf)
         self.rto_min = np.full(m, LINUX_RTO_MIN_US)
         rows_t, rows_s = [], []
         for r, i in enumerate(idx):
@@ -159,6 +163,8 @@ class _Table:
                 self.rule_connect[r] = c
                 self.rto_min[r] = max(fp.gaps_us[0] - c, 2 * c)
                 self.budget[r] = cum[-1] - cum[1] if len(cum) > 2 else 0.0
+                if s.family == "Linux":
+                    self.limit_extra[r] = 1.1 * (self.budget[r] + 2 * fp.gaps_us[-1])
         self.start = np.zeros(m + 1, dtype=np.int64)
         self.start[1:] = np.cumsum(self.nexp)
         self.t = np.concatenate(rows_t) if rows_t else np.zeros(0)
@@ -197,6 +203,7 @@ class _Table:
             fb.t, fb.s = t, sp
             fb.key = fb.row * fb.big + t
             fb.budget = np.full(len(self.idx), np.inf)  # its own count, whatever the budget
+            fb.limit_extra = np.full(len(self.idx), np.inf)
             fb.rule_connect = np.full(len(self.idx), np.nan)
             fb.rst_t = np.full(len(self.idx), np.nan)
             fb._fallback = None
@@ -550,12 +557,13 @@ def _run(tab, scale, x, gen, params, model, prior_cost) -> _TimingResult:
     t1 = tab.t[np.minimum(tab.start[:-1] + 1, tab.start[1:] - 1)] * scale
     # what the signature saw within its budget is due; beyond 10 % more, maybe not
     optional = np.where(np.isfinite(tab.budget), t1 + 1.1 * tab.budget + 1_000.0, np.inf)
+    limit = t1 + tab.limit_extra + 1_000.0
     base = np.empty(m)
     info = np.empty((m, len(_INFO)))
     pos = np.empty((m, n), dtype=np.int32)
     off = np.empty((m, n))
     _kernel.timing(tab.t, tab.s, tab.start, tab.rst_t, tab.rst_s, tab.time_us, tab.off_sd, scale,
-                   optional, x, gen, params, base, info, pos, off)  # fmt: skip
+                   optional, limit, x, gen, params, base, info, pos, off)  # fmt: skip
     base += prior_cost
     n_in, big_s, s_bar = info[:, 6].copy(), info[:, 7].copy(), info[:, 8].copy()
     ll = np.empty((m, len(THETA_GRID_US)))

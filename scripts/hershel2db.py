@@ -133,7 +133,9 @@ def _robust_schedule(t: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     In many stacks the whole series moves with the first SYN-ACK (its own
     lateness), the later gaps staying precise: each sample's shift is the
     median of its deviations from the median schedule; the rest is residual.
-    Spreads are 1.4826 x MAD (a robust standard deviation).
+    Spreads are 1.4826 x MAD (a robust standard deviation), or the standard
+    deviation of the samples without the most extreme one on each side when
+    larger (occasional timer slips, which the MAD does not see).
     """
     n = t.shape[1]
     if n == 0:
@@ -143,6 +145,12 @@ def _robust_schedule(t: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     shift = np.median(dev, axis=1) if n > 1 else np.zeros(len(t))
     resid = dev - shift[:, None]
     r_spread = 1.4826 * np.median(np.abs(resid - np.median(resid, axis=0)), axis=0)
+    # a timer that slips now and then (old Linux: one gap in five 200 ms
+    # longer, the later arrivals moved with it) leaves the MAD at zero; the
+    # standard deviation, the most extreme sample on each side left out, keeps it
+    if len(t) >= 10:
+        lo, hi = np.sort(resid, axis=0)[[1, -2]]
+        r_spread = np.maximum(r_spread, np.std(np.clip(resid, lo, hi), axis=0))
     o_spread = 1.4826 * float(np.median(np.abs(shift - np.median(shift))))
     return med, r_spread, o_spread
 

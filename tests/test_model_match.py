@@ -177,10 +177,10 @@ def test_kernel_exact_series_loss_and_shift():
 def test_kernel_refuses_arrays_that_do_not_agree():
     f = np.zeros(3)
     with pytest.raises(ValueError):
-        _kernel.timing(f, f, np.zeros(1, dtype=np.int64), f, f, f, f, f, f, f, f, f, f,
+        _kernel.timing(f, f, np.zeros(1, dtype=np.int64), f, f, f, f, f, f, f, f, f, f, f,
                        np.zeros(3), np.zeros(3, dtype=np.int32), f)  # fmt: skip
     with pytest.raises(TypeError):  # a position array of the wrong item size
-        _kernel.timing(f, f, f, f, f, f, f, f, f, f, f, f, f, np.zeros(3), np.zeros(3), f)
+        _kernel.timing(f, f, f, f, f, f, f, f, f, f, f, f, f, f, np.zeros(3), np.zeros(3), f)
 
 
 @settings(max_examples=200, deadline=None)
@@ -222,3 +222,17 @@ def test_em_recovers_loss_and_delay_from_a_batch(db):
     # the mean is under-estimated: a delay within a stack's own spread may be
     # that stack's timer firing late, which the model cannot tell apart
     assert 50_000 <= cal.model.mean_delay_us() <= 140_000, cal.summary()
+
+
+def test_linux_orphan_budget_is_a_fixed_time_whatever_the_rtt(db):
+    # Behind a 435 ms RTT, FINs keep coming for 26 s: Linux's orphan budget is
+    # a fixed time (tcp_orphan_retries=2: 1.4 s after the first retransmission),
+    # not stretched with the RTT. linux-rto20 (rto_min 20 ms, orphan_retries=2)
+    # rescaled for this RTT would match the first gaps; it cannot send the rest.
+    gaps = (641_879, 1_543_301, 3_324_737, 6_526_155, 12_478_644)
+    r = match([_closing([g / 1000 for g in gaps], 435.3)], db, top=60)
+    names = [c.name for c in r.candidates[:3]]
+    assert not any(f"[lab {p}]" in names[0] for p in ("linux-rto20", "linux-orphan2",
+                                                      "linux-synack3")), names  # fmt: skip
+    (rto20,) = [c for c in r.candidates if "[lab linux-rto20]" in c.name]
+    assert rto20.how[0].unexplained >= 1
