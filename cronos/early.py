@@ -72,14 +72,12 @@ def futures(partial: Observation, db: Database) -> tuple[Future, ...] | None:
         sig_fp = c.signature.states.get(fp.method)
         if sig_fp is None:
             continue
-        cum = [0.0]
-        for g in sig_fp.gaps_us:
-            cum.append(cum[-1] + g * how.scale)
+        times, rst = how.expected_us(sig_fp)
         seen = [p for p in how.positions if p >= 0]
-        last = max(seen) if seen else 0
-        events = [cum[k] + how.shift_us for k in range(last + 1, len(cum))]
-        if sig_fp.rst_us is not None and fp.rst_us is None:
-            events.append(cum[-1] + sig_fp.rst_us * how.scale + how.shift_us)
+        last = max(seen) if seen else (1 if how.first_lost else 0)
+        events = times[last + 1 :]
+        if rst is not None and fp.rst_us is None:
+            events.append(rst)
         out.append(Future(c.name, tuple(round(e) for e in events), tuple(_tol(e) for e in events)))
     return tuple(out)
 

@@ -350,6 +350,7 @@ class _Obs:
     features: SynAckFeatures | None
     try_index: int
     a0_us: float | None  # first packet from the stimulus (SYN_RCVD), when known
+    retried: bool = False  # closing states: our SYN was sent again (the handshake was lossy)
 
     @property
     def method(self) -> Method:
@@ -365,7 +366,9 @@ def _normalise(items) -> list[_Obs]:
             a0 = None
             if it.method is Method.SYN_RCVD and it.arrivals_us:
                 a0 = float(it.arrivals_us[0])
-            out.append(_Obs(it.fingerprint, it.features, it.try_index, a0))
+            # the probe notes a handshake it had to repeat (SYN sent N times)
+            retried = it.method is not Method.SYN_RCVD and "SYN sent" in (it.note or "")
+            out.append(_Obs(it.fingerprint, it.features, it.try_index, a0, retried))
         elif isinstance(it, StateFingerprint):
             out.append(_Obs(it, None, i, None))
         elif isinstance(it, tuple) and len(it) == 2 and isinstance(it[0], StateFingerprint):
@@ -529,8 +532,9 @@ def _timing(tab: _Table, o: _Obs, model: PathModel) -> _TimingResult:
     fb = tab.fallback()
     if fb is not None:
         for f in FALLBACK_FACTORS:
+            cost = FALLBACK_COST_RETRIED if o.retried else FALLBACK_COST
             res = _run(fb, np.full(m, f), x, gen, params, model,
-                       FALLBACK_COST + 0.5 * (math.log(f) / SCALE_SIGMA) ** 2)  # fmt: skip
+                       cost + 0.5 * (math.log(f) / SCALE_SIGMA) ** 2)  # fmt: skip
             res.standalone[np.isnan(tab.rule_connect)] = np.inf
             # for plots and early stop: the signature's schedule stretched alike
             first = tab.t[np.minimum(tab.start[:-1] + 1, tab.start[1:] - 1)]
@@ -547,6 +551,8 @@ SCALE_SIGMA = 0.2
 FALLBACK_RTO_US = 3_000_000.0  # TCP_TIMEOUT_FALLBACK
 FALLBACK_FACTORS = tuple(math.exp(v) for v in np.linspace(-0.2, 0.2, 5))
 FALLBACK_COST = 3.0  # -log P(the handshake was retransmitted), about 5 %
+#: ... when our SYN was sent again: the SYN or the SYN-ACK was lost, about even
+FALLBACK_COST_RETRIED = math.log(2.0)
 #: A signature never seen in a state is assumed to behave there like one of
 #: its family: a guess, which costs this (nats) beyond not knowing which one.
 STAND_IN = 6.0
@@ -738,6 +744,22 @@ class StateHow:
     header: str  # header differences ("" if none or not compared)
     cost: float  # nats, this observation alone
     success: bool  # explains this observation better than an unknown stack
+
+    def expected_us(self, fp: StateFingerprint) -> tuple[list[float], float | None]:
+        """The signature's schedule (``fp``, its state) as this alignment
+        places it: each expected packet's arrival time from the first packet
+        observed (which is expected packet 1 when the first one was lost), and
+        the final RST's (None: the signature has none). ``early`` and ``plot``
+        both read the alignment through this."""
+        cum = [0.0]
+        for g in fp.gaps_us:
+            cum.append(cum[-1] + g * self.scale)
+        k0 = 1 if self.first_lost and len(cum) > 1 else 0
+        times = [c - cum[k0] + self.shift_us for c in cum]
+        rst = None
+        if fp.rst_us is not None:
+            rst = cum[-1] + fp.rst_us * self.scale - cum[k0] + self.shift_us
+        return times, rst
 
 
 @dataclass(frozen=True)

@@ -77,13 +77,16 @@ def expected_for(cand, o: Observation, index: int | None = None, rank: int = 1) 
     if fp is None:
         return Expected(label + " - no such state", (), (), (), None)
     h = _how_for(cand, o, index)
-    scale = h.scale if h is not None else 1.0
-    cum = [0.0]
-    for g in fp.gaps_us:
-        cum.append(cum[-1] + g * scale)
-    k0 = 1 if h is not None and h.first_lost and len(cum) > 1 else 0
-    shift = float(getattr(h, "shift_us", 0) or 0) if h is not None else 0.0
-    times = [(c - cum[k0] + shift) / 1e6 for c in cum]
+    if h is not None:
+        times_us, rst_us = h.expected_us(fp)
+        k0 = 1 if h.first_lost and len(times_us) > 1 else 0
+    else:
+        times_us = [0.0]
+        for g in fp.gaps_us:
+            times_us.append(times_us[-1] + g)
+        rst_us = times_us[-1] + fp.rst_us if fp.rst_us is not None else None
+        k0 = 0
+    times = [t / 1e6 for t in times_us]
     matched_idx = {k0} | {p for p in (h.positions if h else ()) if p >= 0}
     last = max(matched_idx)
     lost_idx = set()
@@ -93,9 +96,7 @@ def expected_for(cand, o: Observation, index: int | None = None, rank: int = 1) 
         lost_idx |= set(range(last + 1, min(len(times), last + 1 + tail)))
     matched = tuple(i in matched_idx for i in range(len(times)))
     lost = tuple(i in lost_idx for i in range(len(times)))
-    rst = None
-    if fp.rst_us is not None:
-        rst = (cum[-1] + fp.rst_us * scale - cum[k0] + shift) / 1e6
+    rst = rst_us / 1e6 if rst_us is not None else None
     observed, _ = observed_times(o)
     unexplained = tuple(
         observed[j + 1] for j, p in enumerate(h.positions if h else ()) if p < 0

@@ -56,3 +56,32 @@ def test_unknown_series_never_stops_early():
     stop = EarlyStopper(load_db())
     weird = _obs([700_000, 300_000, 1_900_000, 450_000], feats=None)
     assert not stop.decide(weird, 5_000_000).stop
+
+
+def test_early_and_plot_read_one_alignment_when_the_first_packet_was_lost():
+    from dataclasses import replace
+
+    from cronos.db import Database, parse_db_text
+    from cronos.early import futures
+    from cronos.match import match
+    from cronos.plot import expected_for
+
+    db = Database(
+        tuple(
+            parse_db_text(
+                "Fingerprint Doubling\nClass unknown\nSource test (50 samples)\n"
+                "CronOS_Syn(nbPkt=4%Time=60%p=1000000%p=2000000%p=4000000%p=8000000)\n",
+                "d.db",
+            )
+        )
+    )
+    # the first SYN-ACK lost: we see the expected packets 1, 2, 3 (at 1, 3, 7 s
+    # of the schedule), 2 and 4 s apart; the next one is 8 s after the last seen
+    partial = _obs([2_000_000, 4_000_000], feats=None)
+    # 50 ms RTT: the first arrival, 1.05 s after our SYN, is the first retransmission
+    partial = replace(partial, arrivals_us=(1_050_000, 3_050_000, 7_050_000))
+    (fut,) = futures(partial, db)
+    assert abs(fut.events_us[0] - 14_000_000) < 50_000, fut
+    cand = match([partial], db).candidates[0]
+    exp = expected_for(cand, partial)
+    assert exp.lost[0] and abs(exp.times_s[4] - fut.events_us[0] / 1e6) < 1e-6

@@ -32,6 +32,8 @@ def test_every_profile_named_behind_a_wan_path(lab, tmp_path):
         first = v["candidates"][0]["name"] if v["candidates"] else "no match"
         named[profile] = first
     wrong = {p: n for p, n in named.items() if f"[lab {p}]" not in n}
-    lines = [f"{r['target']} try {r.get('try')}: {r.get('fingerprint') or r.get('status')}"
+    lines = [f"{r['target']} {r['state']} try {r.get('try')} {r.get('status')}: "
+             f"{r.get('fingerprint')} {r.get('note', '')}"
              for r in recs if "state" in r and ips.get(r["target"]) in wrong]  # fmt: skip
-    assert not wrong, (wrong, lines)
+    print("\n".join(lines))  # shown with the failure, in full
+    assert not wrong, wrong
