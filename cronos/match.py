@@ -531,15 +531,30 @@ def _timing(tab: _Table, o: _Obs, model: PathModel) -> _TimingResult:
     # doubles: a schedule of its own (the same count), not a stretched one
     fb = tab.fallback()
     if fb is not None:
-        for f in FALLBACK_FACTORS:
-            cost = FALLBACK_COST_RETRIED if o.retried else FALLBACK_COST
-            res = _run(fb, np.full(m, f), x, gen, params, model,
-                       cost + 0.5 * (math.log(f) / SCALE_SIGMA) ** 2)  # fmt: skip
+        cost = FALLBACK_COST_RETRIED if o.retried else FALLBACK_COST
+        # the stack's own timer is not exactly 3 s, 6 s, ... (a late RTT
+        # sample, the timer wheel): its factor refined per row as above
+        first = tab.t[np.minimum(tab.start[:-1] + 1, tab.start[1:] - 1)]
+
+        def run_fb(v):
+            res = _run(fb, np.exp(v) * np.ones(m), x, gen, params, model,
+                       cost + 0.5 * (v / SCALE_SIGMA) ** 2)  # fmt: skip
             res.standalone[np.isnan(tab.rule_connect)] = np.inf
             # for plots and early stop: the signature's schedule stretched alike
-            first = tab.t[np.minimum(tab.start[:-1] + 1, tab.start[1:] - 1)]
-            res.scale = f * FALLBACK_RTO_US / np.maximum(first, 1.0)
-            best = _better(best, res)
+            res.scale = np.exp(v) * FALLBACK_RTO_US / np.maximum(first, 1.0)
+            return res
+
+        fbest, lv = None, np.zeros(m)
+        for v in FALLBACK_GRID:
+            res = run_fb(v)
+            fbest, lv = (res, np.full(m, v)) if fbest is None else _better(fbest, res, lv, v)
+        step = FALLBACK_GRID[1] - FALLBACK_GRID[0]
+        for _ in range(SCALE_REFINE):
+            step /= 2
+            centre = lv.copy()
+            for v in (centre - step, centre + step):
+                fbest, lv = _better(fbest, run_fb(v), lv, v)
+        best = _better(best, fbest)
     return best
 
 
@@ -549,7 +564,8 @@ SCALE_GRID = tuple(np.linspace(-0.45, 0.45, 7))
 SCALE_REFINE = 3
 SCALE_SIGMA = 0.2
 FALLBACK_RTO_US = 3_000_000.0  # TCP_TIMEOUT_FALLBACK
-FALLBACK_FACTORS = tuple(math.exp(v) for v in np.linspace(-0.2, 0.2, 5))
+#: log factors of the fallback schedule (then SCALE_REFINE halvings per row)
+FALLBACK_GRID = tuple(np.linspace(-0.2, 0.2, 5))
 FALLBACK_COST = 3.0  # -log P(the handshake was retransmitted), about 5 %
 #: ... when our SYN was sent again: the SYN or the SYN-ACK was lost, about even
 FALLBACK_COST_RETRIED = math.log(2.0)
