@@ -158,7 +158,7 @@ def make_lines(held, noise: Noise, tries: int, rng) -> list[tuple[int, str]]:
 def evaluate(db, cases, eq, *, known=True, model=None) -> dict:
     model = model or DEFAULT_MODEL
     r = dict(n=0, obs=0, top1=0, top3=0, right=0, answered=0, wrong=0, confident_wrong=0,
-             equivalent=0, low=0, t=0.0, slowest=0.0)  # fmt: skip
+             equivalent=0, low=0, t=0.0, slowest=0.0, conf=[])  # fmt: skip
     for sid, text in cases:
         obs = read_hershel(text, "bench")
         t0 = time.perf_counter()
@@ -178,6 +178,8 @@ def evaluate(db, cases, eq, *, known=True, model=None) -> dict:
             r["top3"] += bool(ids & set(ranked[:3]))
         if res.verdict is None:
             continue
+        # (named right, its confidence) of each answered target
+        r["conf"].append((in_group, res.confidence))
         r["answered"] += 1
         if res.confidence < CONFIDENT:
             r["low"] += 1
@@ -283,6 +285,15 @@ class Bench:
         ok = (nu - tot["answered"]) + (tot["wrong"] - tot["confident_wrong"])
         print(f"  leave-stacks-out: no match or confidence < {CONFIDENT}: {pct(ok, ne)} "
               f"(equivalents excluded; {honest} honest of {ne})")  # fmt: skip
+        print(
+            "  confidence threshold: known stacks named right at or above it (DB without the"
+            " held-out samples) / absent stacks named wrong at or above it"
+        )
+        wrong_lo = [c for ok, c in tot["conf"] if not ok]
+        right_kn = [c for ok, c in known["conf"] if ok]
+        print("   " + "  ".join(f"{t:.2f}: {pct(sum(c >= t for c in right_kn), known['n'])} / "
+                                f"{pct(sum(c >= t for c in wrong_lo), ne)}"
+                                for t in (0.5, 0.8, 0.9, 0.95)))  # fmt: skip
         n = known["n"]
         print("\n  Annex 1 (SSTIC 2003), target level, DB without the held-out samples")
         print("                      | tool answers                    | no answer")

@@ -515,17 +515,10 @@ def _timing(tab: _Table, o: _Obs, model: PathModel) -> _TimingResult:
     # the server's RTO rests on its own RTT samples, not on our Connect: the
     # rule's scale is a prior, the schedule's own scale is fitted around it
     # a coarse grid of factors, then per signature a finer look around its best
-    best, lf = None, np.zeros(m)
-    for v in SCALE_GRID:
-        res = _run(tab, scale * math.exp(v), x, gen, params, model, 0.5 * (v / SCALE_SIGMA) ** 2)
-        best, lf = (res, np.full(m, v)) if best is None else _better(best, res, lf, v)
-    step = SCALE_GRID[1] - SCALE_GRID[0]
-    for _ in range(SCALE_REFINE):
-        step /= 2
-        centre = lf.copy()
-        for v in (centre - step, centre + step):
-            res = _run(tab, scale * np.exp(v), x, gen, params, model, 0.5 * (v / SCALE_SIGMA) ** 2)
-            best, lf = _better(best, res, lf, v)
+    best = _fit_factor(
+        SCALE_GRID, m,
+        lambda v: _run(tab, scale * np.exp(v), x, gen, params, model,
+                       0.5 * (v / SCALE_SIGMA) ** 2))  # fmt: skip
     # RFC 6298 5.7 (Linux tcp_init_transfer): when the handshake had to be
     # retransmitted there is no RTT sample and the RTO starts at 3 s, then
     # doubles: a schedule of its own (the same count), not a stretched one
@@ -533,7 +526,7 @@ def _timing(tab: _Table, o: _Obs, model: PathModel) -> _TimingResult:
     if fb is not None:
         cost = FALLBACK_COST_RETRIED if o.retried else FALLBACK_COST
         # the stack's own timer is not exactly 3 s, 6 s, ... (a late RTT
-        # sample, the timer wheel): its factor refined per row as above
+        # sample, the timer wheel): its factor is fitted per row as well
         first = tab.t[np.minimum(tab.start[:-1] + 1, tab.start[1:] - 1)]
 
         def run_fb(v):
@@ -544,17 +537,23 @@ def _timing(tab: _Table, o: _Obs, model: PathModel) -> _TimingResult:
             res.scale = np.exp(v) * FALLBACK_RTO_US / np.maximum(first, 1.0)
             return res
 
-        fbest, lv = None, np.zeros(m)
-        for v in FALLBACK_GRID:
-            res = run_fb(v)
-            fbest, lv = (res, np.full(m, v)) if fbest is None else _better(fbest, res, lv, v)
-        step = FALLBACK_GRID[1] - FALLBACK_GRID[0]
-        for _ in range(SCALE_REFINE):
-            step /= 2
-            centre = lv.copy()
-            for v in (centre - step, centre + step):
-                fbest, lv = _better(fbest, run_fb(v), lv, v)
-        best = _better(best, fbest)
+        best = _better(best, _fit_factor(FALLBACK_GRID, m, run_fb))
+    return best
+
+
+def _fit_factor(grid, m: int, run) -> _TimingResult:
+    """Per row, the best of ``run(v)`` over the log factors ``grid`` (scalars),
+    then SCALE_REFINE halvings of the step around each row's best (arrays)."""
+    best, lv = None, np.zeros(m)
+    for v in grid:
+        res = run(np.full(m, v))
+        best, lv = (res, np.full(m, v)) if best is None else _better(best, res, lv, v)
+    step = grid[1] - grid[0]
+    for _ in range(SCALE_REFINE):
+        step /= 2
+        centre = lv.copy()
+        for v in (centre - step, centre + step):
+            best, lv = _better(best, run(v), lv, v)
     return best
 
 
