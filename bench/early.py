@@ -85,7 +85,8 @@ def main() -> int:
         same = early_v.get(ip) == full_v.get(ip)
         ratio = statistics.median(e) / statistics.median(f)
         print(f"{profile:<16} {statistics.median(e):>15.1f} {statistics.median(f):>13.1f} "
-              f"{ratio:>6.0%}  {'yes' if same else 'NO':<12} {early_v.get(ip)}")  # fmt: skip
+              f"{ratio:>6.0%}  {'yes' if same else 'NO':<12} {early_v.get(ip)}"
+              + ("" if same else f" (full: {full_v.get(ip)})"))  # fmt: skip
         ok &= same
         if profile == "linux-default":
             passed = ratio <= 0.40 and same
