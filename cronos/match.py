@@ -51,7 +51,7 @@ import numpy as np
 
 from . import _kernel
 from .db import Database, Signature
-from .model import Method, Observation, StateFingerprint, Status, SynAckFeatures
+from .model import Method, Observation, StateFingerprint, Status, SynAckFeatures, schedule_us
 
 # --- the path model ---------------------------------------------------------------------
 
@@ -762,19 +762,9 @@ class StateHow:
 
     def expected_us(self, fp: StateFingerprint) -> tuple[list[float], float | None]:
         """The signature's schedule (``fp``, its state) as this alignment
-        places it: each expected packet's arrival time from the first packet
-        observed (which is expected packet 1 when the first one was lost), and
-        the final RST's (None: the signature has none). ``early`` and ``plot``
-        both read the alignment through this."""
-        cum = [0.0]
-        for g in fp.gaps_us:
-            cum.append(cum[-1] + g * self.scale)
-        k0 = 1 if self.first_lost and len(cum) > 1 else 0
-        times = [c - cum[k0] + self.shift_us for c in cum]
-        rst = None
-        if fp.rst_us is not None:
-            rst = cum[-1] + fp.rst_us * self.scale - cum[k0] + self.shift_us
-        return times, rst
+        places it (see ``schedule_us``). ``early`` and ``plot`` both read the
+        alignment through this."""
+        return schedule_us(fp, self.scale, self.shift_us, self.first_lost)
 
 
 @dataclass(frozen=True)

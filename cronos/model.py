@@ -289,3 +289,19 @@ def parse_hdr_line(line: str) -> SynAckFeatures:
         options=d["O"],
         wscale=_int(name, "WS", d["WS"], 0, 255) if d["WS"] else None,
     )
+
+
+def schedule_us(fp: StateFingerprint, scale: float = 1.0, shift_us: float = 0.0,
+                first_lost: bool = False) -> tuple[list[float], float | None]:  # fmt: skip
+    """A schedule's expected arrival times, stretched by ``scale``, from the
+    first packet observed (expected packet 1 when the first one was lost)
+    plus ``shift_us``, and the final RST's (None: the schedule has none)."""
+    cum = [0.0]
+    for g in fp.gaps_us:
+        cum.append(cum[-1] + g * scale)
+    k0 = 1 if first_lost and len(cum) > 1 else 0
+    times = [c - cum[k0] + shift_us for c in cum]
+    rst = None
+    if fp.rst_us is not None:
+        rst = cum[-1] + fp.rst_us * scale - cum[k0] + shift_us
+    return times, rst

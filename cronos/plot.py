@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .errors import UsageError
-from .model import Observation, Status
+from .model import Observation, Status, schedule_us
 
 FORMATS = (".png", ".svg", ".pdf")
 MAX_ROWS = 200  # measurements per figure; more would be unreadable
@@ -77,15 +77,8 @@ def expected_for(cand, o: Observation, index: int | None = None, rank: int = 1) 
     if fp is None:
         return Expected(label + " - no such state", (), (), (), None)
     h = _how_for(cand, o, index)
-    if h is not None:
-        times_us, rst_us = h.expected_us(fp)
-        k0 = 1 if h.first_lost and len(times_us) > 1 else 0
-    else:
-        times_us = [0.0]
-        for g in fp.gaps_us:
-            times_us.append(times_us[-1] + g)
-        rst_us = times_us[-1] + fp.rst_us if fp.rst_us is not None else None
-        k0 = 0
+    times_us, rst_us = h.expected_us(fp) if h is not None else schedule_us(fp)
+    k0 = 1 if h is not None and h.first_lost and len(times_us) > 1 else 0
     times = [t / 1e6 for t in times_us]
     matched_idx = {k0} | {p for p in (h.positions if h else ()) if p >= 0}
     last = max(matched_idx)
