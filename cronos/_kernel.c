@@ -1,6 +1,6 @@
 /* The matcher's inner loop: one observed series against every signature of a
- * state (cronos/match.py documents the model; cronos/_kernel_ref.py is the same
- * computation in numpy, and tests/test_kernel.py checks that both agree).
+ * state (cronos/match.py documents the model and calls it; the matcher's tests
+ * in tests/test_match.py and tests/test_model_match.py exercise it).
  *
  * For each signature row and each anchor (the first packet seen is the first
  * one sent, k0 = 0, or the second, k0 = 1), the observed packets are aligned to
@@ -40,6 +40,8 @@ typedef struct {
     const double *x, *gen;
     const double *p;
     Py_ssize_t n;  /* observed packets after the first */
+    double rtt0;  /* the first packet's RTT cost when it is the first one sent (anchor 0) */
+    const double *log_n;  /* log(k) for k = 0 .. n + 2 */
 } Ctx;
 
 typedef struct {
@@ -268,12 +270,13 @@ static void one(const Ctx *c, const Scratch *w, Py_ssize_t r, int k0, Res *out, 
     if (c->off_sd[r] > 0) base += 0.5 * (delta / c->off_sd[r]) * (delta / c->off_sd[r]);
     if (!isnan(p[P_A0])) {
         double rtt = p[P_A0] - anchor;
-        base += (rtt < -p[P_GATE]) ? INFINITY : rtt_cost(rtt, p[P_RTT_MU], p[P_RTT_SIGMA]);
+        base += (rtt < -p[P_GATE]) ? INFINITY
+                : (anchor == 0.0 ? c->rtt0 : rtt_cost(rtt, p[P_RTT_MU], p[P_RTT_SIGMA]));
     }
     /* the anchor is chosen at one queueing scale; match.py integrates over all */
     double lam = 1.0 / (p[P_CHOICE] + s_bar);
     out->base = base;
-    out->alone = base - (n_in - 1.0) * log(lam) + lam * big_s + log(n_in);
+    out->alone = base - (n_in - 1.0) * log(lam) + lam * big_s + c->log_n[(Py_ssize_t)n_in];
     out->shift = rmin + delta;
     out->big_s = big_s;
     out->s_bar = s_bar;
@@ -347,10 +350,14 @@ static PyObject *timing(PyObject *self, PyObject *args) {
         w.ss = malloc(sizeof(double) * (k + 2));
         int32_t *pos2 = malloc(sizeof(int32_t) * 2 * k);
         double *off2 = malloc(sizeof(double) * 2 * k);
+        double *log_n = malloc(sizeof(double) * (k + 3));
         if (!w.cand || !w.lastj || !w.dp || !w.from || !w.beyond || !w.rr || !w.ss || !pos2
-            || !off2) {
+            || !off2 || !log_n) {
             PyErr_NoMemory();
         } else {
+            for (Py_ssize_t i = 0; i < k + 3; i++) log_n[i] = log((double)i);
+            c.log_n = log_n;
+            c.rtt0 = isnan(c.p[P_A0]) ? 0.0 : rtt_cost(c.p[P_A0], c.p[P_RTT_MU], c.p[P_RTT_SIGMA]);
             Py_BEGIN_ALLOW_THREADS
             for (Py_ssize_t r = 0; r < rows; r++) {
                 Res a, b;
@@ -373,7 +380,7 @@ static PyObject *timing(PyObject *self, PyObject *args) {
         }
         free(w.cand); free(w.lastj); free(w.dp); free(w.from); free(w.beyond); free(w.rr);
         free(w.ss);
-        free(pos2); free(off2);
+        free(pos2); free(off2); free(log_n);
     }
 done:
     for (int i = 0; i < NARGS; i++) PyBuffer_Release(&v[i]);
@@ -391,43 +398,109 @@ static int get_all(PyObject **o, Py_buffer *v, int n, int writable) {
     return 0;
 }
 
-/* theta(n_in, big_s, s_bar, grid, logw, ll_out, lse_out): per row r and scale
- * g, the log-likelihood of the queueing delays, lam = 1 / (grid[g] + s_bar[r]):
- * ll[r, g] = (n_in - 1) log lam - lam big_s - log n_in; and per row the log of
- * sum_g exp(ll[r, g] + logw[g]). */
+/* theta(n_in, big_s, s_bar, grid, logw, ll_out, lse_out[, cost, margin]): per
+ * row r and scale g, the log-likelihood of the queueing delays, lam = 1 /
+ * (grid[g] + s_bar[r]): ll[r, g] = (n_in - 1) log lam - lam big_s - log n_in;
+ * and per row the log of sum_g exp(ll[r, g] + logw[g]) (logw: normalised).
+ *
+ * Given cost (rows x K: each row's cost beside the queueing, K ways of
+ * counting it, e.g. with the header as a signature or as a variant sees it)
+ * and a finite margin, rows that cannot come within ``margin`` nats of the
+ * best in any of the K ways are not computed: ll <= ub = (n_in - 1) log lam_0
+ * - log n_in for every g (lam is largest at the smallest scale, grid[0]), so
+ * cost - ub bounds a row's total from below; a row whose bound exceeds, in
+ * every way, the exact total of the row of least bound in that way by more
+ * than margin gets ll = lse = ub (its total is then reported as that bound:
+ * lower than its true total, still margin nats worse than the best). The
+ * grid must be increasing. Returns the number of rows given their bound. */
+static void theta_row(double n_in, double big_s, double s_bar, const double *grid,
+                      const double *logw, Py_ssize_t g, double *row, double *lse) {
+    double mx = -INFINITY;
+    for (Py_ssize_t k = 0; k < g; k++) {
+        double lam = 1.0 / (grid[k] + s_bar);
+        row[k] = (n_in - 1.0) * log(lam) - lam * big_s - log(n_in);
+        double a = row[k] + logw[k];
+        if (a > mx) mx = a;
+    }
+    if (!isfinite(mx)) { *lse = mx; return; }
+    double acc = 0.0;
+    for (Py_ssize_t k = 0; k < g; k++) acc += exp(row[k] + logw[k] - mx);
+    *lse = mx + log(acc);
+}
+
 static PyObject *theta(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *o[7];
-    if (!PyArg_ParseTuple(args, "OOOOOOO", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6]))
+    PyObject *o[8] = {NULL};
+    double margin = INFINITY;
+    if (!PyArg_ParseTuple(args, "OOOOOOO|Od", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6],
+                          &o[7], &margin))
         return NULL;
-    Py_buffer v[7];
-    if (get_all(o, v, 7, 5) < 0) return NULL;
+    int nb = (o[7] != NULL && isfinite(margin)) ? 8 : 7;
+    Py_buffer v[8];
+    /* v: 0 n_in, 1 big_s, 2 s_bar, 3 grid, 4 logw, [5 cost], then ll, lse */
+    PyObject *order[8] = {o[0], o[1], o[2], o[3], o[4], o[7], o[5], o[6]};
+    if (nb == 7) { order[5] = o[5]; order[6] = o[6]; }
+    if (get_all(order, v, nb, nb - 2) < 0) return NULL;
+    Py_buffer *v_ll = &v[nb - 2], *v_lse = &v[nb - 1];
     Py_ssize_t m = v[0].len / 8, g = v[3].len / 8;
+    Py_ssize_t kk = (nb == 8 && m > 0) ? v[5].len / 8 / m : 0;
     PyObject *ret = NULL;
-    if (v[1].len / 8 < m || v[2].len / 8 < m || v[4].len / 8 < g || v[5].len / 8 < m * g
-        || v[6].len / 8 < m || g < 1) {
+    Py_ssize_t bounded = 0;  /* rows given their bound */
+    if (v[1].len / 8 < m || v[2].len / 8 < m || v[4].len / 8 < g || v_ll->len / 8 < m * g
+        || v_lse->len / 8 < m || g < 1 || (nb == 8 && (kk < 1 || kk > 8 || v[5].len / 8 != m * kk))) {
         PyErr_SetString(PyExc_ValueError, "kernel: array sizes do not agree");
     } else {
         const double *n_in = v[0].buf, *big_s = v[1].buf, *s_bar = v[2].buf;
         const double *grid = v[3].buf, *logw = v[4].buf;
-        double *ll = v[5].buf, *lse = v[6].buf;
-        for (Py_ssize_t r = 0; r < m; r++) {
-            double mx = -INFINITY, *row = ll + r * g;
-            for (Py_ssize_t k = 0; k < g; k++) {
-                double lam = 1.0 / (grid[k] + s_bar[r]);
-                row[k] = (n_in[r] - 1.0) * log(lam) - lam * big_s[r] - log(n_in[r]);
-                double a = row[k] + logw[k];
-                if (a > mx) mx = a;
+        double *ll = v_ll->buf, *lse = v_lse->buf;
+        if (nb == 7) {
+            for (Py_ssize_t r = 0; r < m; r++)
+                theta_row(n_in[r], big_s[r], s_bar[r], grid, logw, g, ll + r * g, &lse[r]);
+        } else {
+            const double *cost = v[5].buf;
+            Py_ssize_t best[8];
+            double best_lb[8], bar[8];
+            char *done = calloc((size_t)m + 1, 1);
+            if (!done) { PyErr_NoMemory(); goto out; }
+            for (Py_ssize_t j = 0; j < kk; j++) { best[j] = -1; best_lb[j] = INFINITY; }
+            for (Py_ssize_t r = 0; r < m; r++) {
+                double ub = (n_in[r] - 1.0) * log(1.0 / (grid[0] + s_bar[r])) - log(n_in[r]);
+                lse[r] = ub;  /* kept for the second pass */
+                for (Py_ssize_t j = 0; j < kk; j++) {
+                    double lb = cost[r * kk + j] - ub;
+                    if (lb < best_lb[j]) { best_lb[j] = lb; best[j] = r; }
+                }
             }
-            if (!isfinite(mx)) { lse[r] = mx; continue; }
-            double acc = 0.0;
-            for (Py_ssize_t k = 0; k < g; k++) acc += exp(row[k] + logw[k] - mx);
-            lse[r] = mx + log(acc);
+            /* the row of least bound in each way, computed exactly, sets its bar */
+            for (Py_ssize_t j = 0; j < kk; j++) {
+                bar[j] = INFINITY;
+                Py_ssize_t r = best[j];
+                if (r < 0) continue;
+                if (!done[r]) {
+                    theta_row(n_in[r], big_s[r], s_bar[r], grid, logw, g, ll + r * g, &lse[r]);
+                    done[r] = 1;
+                }
+                bar[j] = cost[r * kk + j] - lse[r] + margin;
+            }
+            for (Py_ssize_t r = 0; r < m; r++) {
+                if (done[r]) continue;
+                double ub = lse[r];
+                int hopeless = 1;
+                for (Py_ssize_t j = 0; j < kk; j++)
+                    if (cost[r * kk + j] - ub <= bar[j]) { hopeless = 0; break; }
+                if (hopeless) {
+                    for (Py_ssize_t k = 0; k < g; k++) ll[r * g + k] = ub;
+                    bounded++;
+                    continue;
+                }
+                theta_row(n_in[r], big_s[r], s_bar[r], grid, logw, g, ll + r * g, &lse[r]);
+            }
+            free(done);
         }
-        ret = Py_None;
-        Py_INCREF(ret);
+        ret = PyLong_FromSsize_t(bounded);
     }
-    for (int i = 0; i < 7; i++) PyBuffer_Release(&v[i]);
+out:
+    for (int i = 0; i < nb; i++) PyBuffer_Release(&v[i]);
     return ret;
 }
 

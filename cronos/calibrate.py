@@ -116,7 +116,7 @@ def calibrate(
             w = known * w / w.sum()
             weight += known
             for i, wi in zip(top, w, strict=True):
-                lls.append(sc.ll[i])
+                lls.append(sc.ll_of(i))
                 lws.append(wi)
                 sig = db.signatures[i]
                 for _o, tab, res, _g in sc.per_obs:

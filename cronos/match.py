@@ -40,6 +40,8 @@ stacks' popularity from a batch of observations (EM) and returns a
 from __future__ import annotations
 
 import copy
+import functools
+import itertools
 import math
 import re
 import weakref
@@ -87,12 +89,24 @@ class PathModel:
     origin: str = "default"
 
     def theta_logw(self) -> np.ndarray:
-        w = np.asarray(self.theta_weights, dtype=float)
-        return np.log(np.maximum(w, 1e-12) / w.sum())
+        return _theta_logw(self.theta_weights)
 
     def mean_delay_us(self) -> float:
-        w = np.asarray(self.theta_weights, dtype=float)
-        return float((w * THETA_GRID_US).sum() / w.sum())
+        return _mean_delay(self.theta_weights)
+
+
+@functools.lru_cache(maxsize=64)
+def _theta_logw(weights: tuple[float, ...]) -> np.ndarray:
+    w = np.asarray(weights, dtype=float)
+    out = np.log(np.maximum(w, 1e-12) / w.sum())
+    out.flags.writeable = False
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _mean_delay(weights: tuple[float, ...]) -> float:
+    w = np.asarray(weights, dtype=float)
+    return float((w * THETA_GRID_US).sum() / w.sum())
 
 
 DEFAULT_MODEL = PathModel()
@@ -184,6 +198,9 @@ class _Table:
         self.hi = self.start[row2 + 1] - 1
         self.rowbase = row2 * self.big
         self._fallback = None
+        self.ones = np.ones(m)
+        self.ones.flags.writeable = False
+        self.unit_limits = None
 
     def fallback(self) -> _Table | None:
         """The same rows, each RTT-rule schedule replaced by Linux's after a
@@ -207,6 +224,7 @@ class _Table:
             fb.rule_connect = np.full(len(self.idx), np.nan)
             fb.rst_t = np.full(len(self.idx), np.nan)
             fb._fallback = None
+            fb.unit_limits = None
             self._fallback = fb
         return self._fallback
 
@@ -223,8 +241,22 @@ def _evidence(sig: Signature) -> float:
     return best
 
 
+_EVIDENCE_TEXT: dict[int, tuple[Signature, str]] = {}
+
+
 def evidence_text(sig: Signature) -> str:
-    """What a signature rests on, for the verdict."""
+    """What a signature rests on, for the verdict (memoised per signature)."""
+    hit = _EVIDENCE_TEXT.get(id(sig))
+    if hit is not None and hit[0] is sig:
+        return hit[1]
+    if len(_EVIDENCE_TEXT) > 100_000:
+        _EVIDENCE_TEXT.clear()
+    text = _evidence_text(sig)
+    _EVIDENCE_TEXT[id(sig)] = (sig, text)
+    return text
+
+
+def _evidence_text(sig: Signature) -> str:
     n = int(_evidence(sig))
     kinds = []
     for src in sig.sources:
@@ -302,6 +334,8 @@ class _Compiled:
         self.fam_index = np.array([fams.index(f) if f else -1 for f in self.families])
         self.n_fam = len(fams)
         self.fam_members = [np.flatnonzero(self.fam_index == f) for f in range(self.n_fam)]
+        self.prior_none = None  # (log prior, its log-sum-exp) without popularity
+        self.prior_memo: dict = {}
 
     def stand_ins(self, timed):
         """For the signatures lacking some observed states, per family and per
@@ -450,6 +484,7 @@ class _TimingResult:
 
     base: np.ndarray  # nats: loss, unexplained, RST, offset, RTT
     ll: np.ndarray  # rows x grid: log-likelihood of the arrival times per theta
+    # counts and codes, as floats (columns of the kernel's output)
     k0: np.ndarray
     lost: np.ndarray
     unexpl: np.ndarray
@@ -463,6 +498,7 @@ class _TimingResult:
     big_s: np.ndarray  # µs: sum of the queueing delays beyond the least delayed packet
     s_bar: np.ndarray  # µs: the stack's own spread (rms) over those packets
     tail: np.ndarray  # expected packets after the last one seen, within the window (lost)
+    mix: np.ndarray  # log of the theta mixture of ``ll`` (standalone = base - mix)
 
 
 RST_STATES = ("-", "match", "wrong", "unexpected", "missing")
@@ -493,25 +529,31 @@ def _params(o: _Obs, model: PathModel, horizon: float) -> np.ndarray:
     return np.asarray(head, dtype=float)
 
 
-def _timing(tab: _Table, o: _Obs, model: PathModel) -> _TimingResult:
-    """The observation against every row of ``tab`` (``cronos._kernel``)."""
+def _timing(tab: _Table, o: _Obs, model: PathModel, prune=None) -> _TimingResult:
+    """The observation against every row of ``tab`` (``cronos._kernel``).
+    ``prune``: a function of the rows' base costs and kernel info giving
+    the rows' costs beside the queueing (rows x K ways); rows that cannot come
+    within PRUNE_MARGIN nats of the best are bounded, not computed (``_run``).
+    Only for a target observed once (a row hopeless for one observation may
+    not be for a sum of several), and in SYN_RCVD only (the closing states
+    pick each row's best of many scales)."""
     fp = o.fp
     m = len(tab.idx)
-    x = np.concatenate([[0.0], np.cumsum(np.asarray(fp.gaps_us, dtype=float))])
+    x = np.array([0.0, *itertools.accumulate(float(g) for g in fp.gaps_us)])
     horizon = max(_listened(fp), x[-1])
+    gen = _gen_packet_cost(np.diff(x))
+    params = _params(o, model, horizon)
+    if fp.method is Method.SYN_RCVD:
+        return _run(tab, None, x, gen, params, model, 0.0, prune)
     # closing states: schedules follow the observed RTT (Linux's rule, with the
     # signature's own rto_min)
     scale = np.ones(m)
-    if fp.method is not Method.SYN_RCVD and fp.connect_us is not None:
+    if fp.connect_us is not None:
         rc = tab.rule_connect
         has = ~np.isnan(rc)
         c = float(fp.connect_us)
         rto = tab.rto_min[has]
         scale[has] = (c + np.maximum(2 * c, rto)) / (rc[has] + np.maximum(2 * rc[has], rto))
-    gen = _gen_packet_cost(np.diff(x))
-    params = _params(o, model, horizon)
-    if fp.method is Method.SYN_RCVD:
-        return _run(tab, scale, x, gen, params, model, 0.0)
     # the server's RTO rests on its own RTT samples, not on our Connect: the
     # rule's scale is a prior, the schedule's own scale is fitted around it
     # a coarse grid of factors, then per signature a finer look around its best
@@ -573,12 +615,44 @@ FALLBACK_COST_RETRIED = math.log(2.0)
 STAND_IN = 6.0
 
 
-def _run(tab, scale, x, gen, params, model, prior_cost) -> _TimingResult:
-    m, n = len(tab.idx), len(x) - 1
-    t1 = tab.t[np.minimum(tab.start[:-1] + 1, tab.start[1:] - 1)] * scale
+#: nats: a row this much worse than the best (timing and header) is only bounded
+PRUNE_MARGIN = 30.0
+PRUNE_KEEP = 64
+_PRUNE_STATS = [0, 0]  # rows, rows bounded (for bench/)
+
+
+def _limits(tab, scale):
+    """Per row: after when a missing packet is not counted lost (``optional``)
+    and after when nothing comes (``limit``), both of Linux's orphan budget
+    (memoised for the unit scale: SYN_RCVD)."""
+    unit = tab.unit_limits if scale is None else None
+    if unit is not None:
+        return unit
+    sc = 1.0 if scale is None else scale
+    t1 = tab.t[np.minimum(tab.start[:-1] + 1, tab.start[1:] - 1)] * sc
     # what the signature saw within its budget is due; beyond 10 % more, maybe not
     optional = np.where(np.isfinite(tab.budget), t1 + 1.1 * tab.budget + 1_000.0, np.inf)
     limit = t1 + tab.limit_extra + 1_000.0
+    if scale is None:
+        optional.flags.writeable = limit.flags.writeable = False
+        tab.unit_limits = (optional, limit)
+    return optional, limit
+
+
+def _run(tab, scale, x, gen, params, model, prior_cost, prune=None) -> _TimingResult:
+    """Every row of ``tab`` at the schedule scales ``scale``. With ``prune``
+    (``prune(base, info)``: rows x K costs beside the queueing, e.g. with the
+    header as the signature's and as a variant's), a row whose total cannot
+    come within PRUNE_MARGIN nats of the best row's, in any of the K ways,
+    gets a lower bound of its queueing likelihood instead of the likelihood
+    (``_kernel.theta``): its reported cost is below its true cost and still
+    PRUNE_MARGIN nats above the best, so no posterior, ranking above it or
+    estimate of the EM moves by more than e^-PRUNE_MARGIN per row. The
+    PRUNE_KEEP rows of least cost are always exact (the candidates shown)."""
+    m, n = len(tab.idx), len(x) - 1
+    optional, limit = _limits(tab, scale)
+    if scale is None:
+        scale = tab.ones
     base = np.empty(m)
     info = np.empty((m, len(_INFO)))
     pos = np.empty((m, n), dtype=np.int32)
@@ -589,13 +663,32 @@ def _run(tab, scale, x, gen, params, model, prior_cost) -> _TimingResult:
     n_in, big_s, s_bar = info[:, 6].copy(), info[:, 7].copy(), info[:, 8].copy()
     ll = np.empty((m, len(THETA_GRID_US)))
     mix = np.empty(m)
-    _kernel.theta(n_in, big_s, s_bar, THETA_GRID_US, model.theta_logw(), ll, mix)
+    if prune is None:
+        _kernel.theta(n_in, big_s, s_bar, THETA_GRID_US, model.theta_logw(), ll, mix)
+    else:
+        cost = np.ascontiguousarray(prune(base, info))
+        bounded = _kernel.theta(n_in, big_s, s_bar, THETA_GRID_US, model.theta_logw(), ll, mix,
+                                cost, PRUNE_MARGIN)  # fmt: skip
+        _PRUNE_STATS[0] += m
+        _PRUNE_STATS[1] += bounded
+        k = min(PRUNE_KEEP, m)
+        # the exact rows are the best ones: only when they are fewer than
+        # PRUNE_KEEP may a bounded row be among the PRUNE_KEEP shown
+        redo = ()
+        if bounded and m - bounded < k:
+            top = np.argpartition(cost.min(axis=1) - mix, k - 1)[:k]
+            redo = top[ll[top, 0] == ll[top, -1]]  # a bound is one value for every scale
+        if len(redo):
+            sub_ll, sub_mix = np.empty((len(redo), len(THETA_GRID_US))), np.empty(len(redo))
+            _kernel.theta(n_in[redo], big_s[redo], s_bar[redo], THETA_GRID_US,
+                          model.theta_logw(), sub_ll, sub_mix)  # fmt: skip
+            ll[redo], mix[redo] = sub_ll, sub_mix
     alone = base - mix
     return _TimingResult(
-        base=base, ll=ll, k0=info[:, 0].astype(np.int64), lost=info[:, 1].astype(np.int64),
-        unexpl=info[:, 2].astype(np.int64), rst=info[:, 3].astype(np.int64), shift=info[:, 4],
+        base=base, ll=ll, k0=info[:, 0], lost=info[:, 1], unexpl=info[:, 2], rst=info[:, 3],
+        shift=info[:, 4],
         scale=scale, pos=pos, off=off, standalone=alone, n_in=n_in, big_s=big_s, s_bar=s_bar,
-        tail=info[:, 9].astype(np.int64),
+        tail=info[:, 9], mix=mix,
     )  # fmt: skip
 
 
@@ -802,12 +895,17 @@ class MatchResult:
     ties: int  # how many candidates share the top score
     tests: int
     fit: float  # nats per observation: best signature against an unknown stack (< 0: better)
-    observation_block: str  # the observation as a pasteable database block
+    _block_of: tuple  # the observations (for ``observation_block``)
     p_unknown: float = 0.0  # posterior probability that the stack is in no signature
 
     @property
     def no_match(self) -> bool:
         return self.verdict is None
+
+    @functools.cached_property
+    def observation_block(self) -> str:
+        """The observation as a pasteable database block."""
+        return _observation_block(list(self._block_of))
 
 
 # --- the matcher ------------------------------------------------------------------------
@@ -821,7 +919,9 @@ class Scored:
     obs: list[_Obs]
     per_obs: list  # (obs, table, timing result, generic cost)
     total: np.ndarray  # -log L(observations | signature), inf where nothing in common
-    ll: np.ndarray  # signatures x theta grid: log-likelihood of the arrival times
+    #: signatures x theta grid: log-likelihood of the arrival times; for one
+    #: observation, the table's rows (``ll_of`` reads either)
+    ll: np.ndarray
     hdr: np.ndarray  # header part of total
     post: np.ndarray  # posterior of each signature
     p_unknown: float
@@ -829,6 +929,93 @@ class Scored:
     success: np.ndarray
     gen_hdr: float
     feats: SynAckFeatures | None
+    row_of: np.ndarray | None = None  # one observation: signature -> row of ``ll`` (-1: none)
+    #: log of the posterior before normalisation (orders candidates whose
+    #: posterior is too small for a float)
+    lpost: np.ndarray | None = None
+
+    def ll_of(self, i: int) -> np.ndarray:
+        """Signature ``i``'s log-likelihood of the arrival times per theta."""
+        if self.row_of is None:
+            return self.ll[i]
+        r = self.row_of[i]
+        return self.ll[r] if r >= 0 else np.zeros(self.ll.shape[1])
+
+
+def _lse1(a: np.ndarray) -> float:
+    """log sum exp of a 1-D array."""
+    mx = float(a.max()) if len(a) else -math.inf
+    if not math.isfinite(mx):
+        return mx
+    return mx + math.log(float(np.exp(a - mx).sum()))
+
+
+def _prior(comp: _Compiled, model: PathModel) -> tuple[np.ndarray, float]:
+    """Log prior weight of every signature, and their log-sum-exp (memoised
+    per popularity vector: the EM's model, or none)."""
+    pop = model.popularity
+    if pop is None or len(pop) != comp.n:
+        if comp.prior_none is None:
+            comp.prior_none = (comp.log_prior, _lse1(comp.log_prior))
+        return comp.prior_none
+    hit = comp.prior_memo.get(id(pop))
+    if hit is None or hit[0] is not pop:
+        prior = comp.log_prior + np.log(np.maximum(np.asarray(pop), 1e-12))
+        comp.prior_memo.clear()  # one model at a time, in practice
+        hit = comp.prior_memo[id(pop)] = (pop, prior, _lse1(prior))
+    return hit[1], hit[2]
+
+
+def _score_one(o: _Obs, db, comp: _Compiled, model: PathModel) -> Scored | None:
+    """``score`` of a target observed once: the same numbers, fewer steps (no
+    stand-ins: a signature lacking the one observed state has nothing to
+    compare)."""
+    tab = comp.tables.get(o.method)
+    if tab is None:
+        return None
+    n_sig = comp.n
+    feats = o.features
+    if feats is not None:
+        hdr = header_costs(db, feats, model)
+        gen_hdr = generic_header_cost(comp.header, feats)
+    else:
+        hdr, gen_hdr = np.zeros(n_sig), 0.0
+    idx = tab.idx
+    hdr_rows = hdr[idx]
+    var = header_costs(db, feats, _variant_model()) if feats is not None else 0.0
+    var_rows = var[idx] if feats is not None else 0.0
+    gains = _variant_gains(model.loss)
+
+    def variant_gain(tail):
+        return gains[np.minimum(tail, len(gains) - 1).astype(np.intp)]
+
+    def beside(base, info):  # as a signature, and as a variant of one (_unknown_cost)
+        return np.stack([base + hdr_rows, base - variant_gain(info[:, 9]) + var_rows], axis=1)
+
+    res = _timing(tab, o, model, beside if o.method is Method.SYN_RCVD else None)
+    g = generic_cost(o, model)
+    timing_rows = res.standalone  # base - mix
+    variant_rows = timing_rows - variant_gain(res.tail)
+    total = np.full(n_sig, np.inf)
+    total[idx] = timing_rows + hdr_rows
+    variant = np.full(n_sig, np.inf)
+    variant[idx] = variant_rows
+    success = np.zeros(n_sig, dtype=np.int64)
+    success[idx] = (timing_rows + (hdr_rows - gen_hdr if feats is not None else 0.0)) < g
+    covered = np.zeros(n_sig, dtype=np.int64)
+    covered[idx] = 1
+    prior, lse_prior = _prior(comp, model)
+    unknown = _unknown_cost(db, feats, g, gen_hdr, variant, hdr, prior, covered, lse_prior, var)
+    post_sig = prior - total
+    post_unk = math.log(model.unknown_prior) - unknown + lse_prior
+    fin = post_sig[idx]
+    norm = float(np.logaddexp(_lse1(fin[np.isfinite(fin)]), post_unk))
+    post = np.exp(post_sig - norm)
+    row_of = np.full(n_sig, -1, dtype=np.int64)
+    row_of[idx] = np.arange(len(idx))
+    return Scored([o], [(o, tab, res, g)], total, res.ll, hdr, post,
+                  float(math.exp(post_unk - norm)), unknown, success, gen_hdr, feats,
+                  row_of, post_sig)  # fmt: skip
 
 
 def score(observations: Sequence, db: Database, model: PathModel | None = None) -> Scored | None:
@@ -839,6 +1026,8 @@ def score(observations: Sequence, db: Database, model: PathModel | None = None) 
     n_sig = comp.n
     if not obs or n_sig == 0:
         return None
+    if len(obs) == 1:
+        return _score_one(obs[0], db, comp, model)
     covered = np.zeros(n_sig, dtype=np.int64)
     success = np.zeros(n_sig, dtype=np.int64)
     gen_total = 0.0
@@ -893,17 +1082,16 @@ def score(observations: Sequence, db: Database, model: PathModel | None = None) 
     timing = base - mix
     variant_timing = variant_base - mix
     total = np.where(covered > 0, timing + hdr, np.inf)
-    prior = comp.log_prior.copy()
-    if model.popularity is not None and len(model.popularity) == n_sig:
-        prior = prior + np.log(np.maximum(np.asarray(model.popularity), 1e-12))
-    unknown = _unknown_cost(db, feats, gen_total, gen_hdr, variant_timing, hdr, prior, covered)
+    prior, lse_prior = _prior(comp, model)
+    unknown = _unknown_cost(db, feats, gen_total, gen_hdr, variant_timing, hdr, prior, covered,
+                            lse_prior)  # fmt: skip
     post_sig = prior - total
     # the unknown stack's prior mass is relative to the signatures' total weight
-    post_unk = math.log(model.unknown_prior) - unknown + _logsumexp(prior, axis=0)
+    post_unk = math.log(model.unknown_prior) - unknown + lse_prior
     norm = _logsumexp(np.append(post_sig[np.isfinite(post_sig)], post_unk), axis=0)
     post = np.exp(post_sig - norm)
     return Scored(obs, per_obs, total, ll, hdr, post, float(math.exp(post_unk - norm)), unknown,
-                  success, gen_hdr, feats)  # fmt: skip
+                  success, gen_hdr, feats, None, post_sig)  # fmt: skip
 
 
 def match(
@@ -923,8 +1111,8 @@ def match(
     sc = score(observations, db, model)
     if sc is None:
         obs = _normalise(observations)
-        return MatchResult((), None, None, 0.0, 0, len(obs), float("inf"),
-                           _observation_block(obs), 1.0)  # fmt: skip
+        return MatchResult((), None, None, 0.0, 0, len(obs), float("inf"), tuple(obs),
+                           1.0)  # fmt: skip
     return result(sc, db, top=top)
 
 
@@ -933,7 +1121,8 @@ def result(sc: Scored, db: Database, *, top: int = 5) -> MatchResult:
     comp = _compiled(db)
     post, total = sc.post, sc.total
     finite = np.isfinite(total)
-    order = np.argsort(-post, kind="stable") if comp.n < 64 else _top_order(total, post, top)
+    key = sc.lpost if sc.lpost is not None else post
+    order = np.argsort(-key, kind="stable") if comp.n < 64 else _top_order(key, top)
     order = order[finite[order]]
     best = order[0]
     ties = int(np.count_nonzero(post[order] >= post[best] * math.exp(-TIE)))
@@ -951,17 +1140,17 @@ def result(sc: Scored, db: Database, *, top: int = 5) -> MatchResult:
     # but for a header field is named with the confidence it deserves
     novel = sc.p_unknown >= NO_MATCH or group < MIN_CONFIDENCE
     verdict = None if novel else " or ".join(db.signatures[i].name for i in order[:ties])
-    fam = None if novel else _family(comp, np.argsort(-post)[:200], post)
+    fam = None if novel else _family(comp, post)
     return MatchResult(tuple(cands), verdict, fam, 0.0 if novel else group, ties, n_obs, fit,
-                       _observation_block(sc.obs), sc.p_unknown)  # fmt: skip
+                       tuple(sc.obs), sc.p_unknown)  # fmt: skip
 
 
-def _top_order(total, post, top: int) -> np.ndarray:
-    """The best signatures first (by posterior, which includes the prior);
-    enough of them for ties and the shown candidates."""
-    k = min(len(post), max(top, 8) * 4)
-    part = np.argpartition(-post, k - 1)[:k]
-    return part[np.argsort(-post[part], kind="stable")]
+def _top_order(key, top: int) -> np.ndarray:
+    """The best signatures first (by posterior, which includes the prior, or
+    its logarithm); enough of them for ties and the shown candidates."""
+    k = min(len(key), max(top, 8) * 4)
+    part = np.argpartition(-key, k - 1)[:k]
+    return part[np.argsort(-key[part], kind="stable")]
 
 
 #: The unknown stack, a mixture: a new timing with a new header; a known
@@ -972,36 +1161,58 @@ def _top_order(total, post, top: int) -> np.ndarray:
 #: window, an initial TTL, tcp_synack_retries): a header field that disagrees
 #: with a signature may be the path's doing or another stack's nature.
 UNKNOWN_MIX = (0.2, 0.2, 0.6)
+_LOG_UNKNOWN_MIX = np.log(UNKNOWN_MIX)
 VARIANT = 0.3
 _VARIANT_MODEL = None
 
 
-def _unknown_cost(db, feats, gen_timing, gen_hdr, timing, hdr, prior, covered) -> float:
-    """-log likelihood of the observations under the unknown stack."""
+@functools.lru_cache(maxsize=16)
+def _variant_gains(loss: float) -> np.ndarray:
+    """By the number of expected packets missing after the last one seen
+    (0..63): what a variant of the signature that stops earlier (another
+    retries setting; half of the variants do, which of them is anyone's
+    guess) saves in nats (the same as ``score``'s own_variant)."""
+    tail = np.arange(64, dtype=float)
+    lp = -math.log(loss) * tail
+    out = np.logaddexp(0.0, lp - (np.log1p(tail) + math.log(2.0))) - math.log(2.0)
+    out.flags.writeable = False
+    return out
+
+
+def _variant_model() -> PathModel:
     global _VARIANT_MODEL
     if _VARIANT_MODEL is None:
         _VARIANT_MODEL = PathModel(change=MappingProxyType(dict.fromkeys(DEFAULT_MODEL.change,
                                                                           VARIANT)))  # fmt: skip
-    logp = prior - _logsumexp(prior, axis=0)
+    return _VARIANT_MODEL
+
+
+def _unknown_cost(db, feats, gen_timing, gen_hdr, timing, hdr, prior, covered, lse_prior,
+                  var=None) -> float:  # fmt: skip
+    """-log likelihood of the observations under the unknown stack (``var``:
+    the header's cost for a variant, if known)."""
+    logp = prior - lse_prior
     ok = covered > 0
-    known_hdr = -_logsumexp(logp - hdr, axis=0)
+    known_hdr = -_lse1(logp - hdr)
     if ok.any():
-        var = header_costs(db, feats, _VARIANT_MODEL) if feats is not None else 0.0
-        variant = -_logsumexp((logp - timing - var)[ok], axis=0)
+        if var is None:
+            var = header_costs(db, feats, _variant_model()) if feats is not None else 0.0
+        variant = -_lse1((logp - timing - var)[ok])
     else:
         variant = gen_timing + gen_hdr
-    parts = np.array([gen_timing + gen_hdr, gen_timing + known_hdr, variant])
-    return float(-_logsumexp(np.log(UNKNOWN_MIX) - parts, axis=0))
+    parts = (gen_timing + gen_hdr, gen_timing + known_hdr, variant)
+    return -_lse1(_LOG_UNKNOWN_MIX - np.array(parts))
 
 
-def _family(comp: _Compiled, order, post) -> str | None:
-    """The family holding >= 90 % of the signatures' posterior, if any."""
+def _family(comp: _Compiled, post) -> str | None:
+    """The family holding >= 90 % of the signatures' posterior (of the 200
+    most probable, down to 1e-6), if any."""
+    some = np.flatnonzero(post >= 1e-6)
+    order = some[np.argsort(-post[some], kind="stable")]
     mass: dict[str, float] = {}
     total = 0.0
     for i in order[:200]:
         p = float(post[i])
-        if p < 1e-6:
-            break
         fam = comp.families[i] or "?"
         mass[fam] = mass.get(fam, 0.0) + p
         total += p
@@ -1020,8 +1231,8 @@ def _how(sig, i, o: _Obs, tab, res, gen, hdr_i, gen_hdr) -> StateHow:
     return StateHow(
         method=m,
         try_index=o.try_index,
-        positions=tuple(int(p) for p in res.pos[r]),
-        offsets_us=tuple(int(v) for v in np.rint(res.off[r])),
+        positions=tuple(res.pos[r].tolist()),
+        offsets_us=tuple(np.rint(res.off[r]).astype(np.int64).tolist()),
         lost=int(res.lost[r]),
         first_lost=bool(res.k0[r]),
         shift_us=int(round(float(res.shift[r]))),

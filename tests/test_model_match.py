@@ -255,3 +255,75 @@ def test_linux_orphan_budget_is_a_fixed_time_whatever_the_rtt(db):
                                                       "linux-synack3")), names  # fmt: skip
     (rto20,) = [c for c in r.candidates if "[lab linux-rto20]" in c.name]
     assert rto20.how[0].unexplained >= 1
+
+
+def _noisy_syn_observations(db, n: int, seed: int) -> list:
+    """SYN_RCVD observations of the database's own signatures through a noisy
+    path: one-sided exponential delays of 1 ms to 300 ms, 8 % loss, a header
+    field changed for a third of them."""
+    rng = np.random.default_rng(seed)
+    sigs = [s for s in db.signatures if Method.SYN_RCVD in s.states and s.features is not None]
+    out = []
+    for k in rng.choice(len(sigs), size=n):
+        s = sigs[int(k)]
+        fp = s.states[Method.SYN_RCVD]
+        t = np.concatenate([[0.0], np.cumsum(fp.gaps_us)])
+        t = t + rng.exponential(rng.choice([1e3, 30e3, 300e3]), size=len(t))
+        t = np.sort(t[rng.random(len(t)) > 0.08])
+        if len(t) == 0:
+            continue
+        f = s.features
+        if rng.random() < 0.33:
+            f = SynAckFeatures(f.window, max(1, f.ttl - int(rng.integers(1, 20))), f.df, None,
+                               1360, f.options, f.wscale)  # fmt: skip
+        gaps = tuple(int(g) for g in np.diff(t - t[0]))
+        out.append([(StateFingerprint(Method.SYN_RCVD, fp.time_s, gaps), f)])
+    return out
+
+
+def test_bounded_rows_change_no_verdict_and_no_shown_candidate(db, monkeypatch):
+    """Rows more than PRUNE_MARGIN nats behind the best get a bound of their
+    queueing likelihood, not the likelihood: every verdict, confidence and
+    shown candidate (>= 0.001) is the one computed without bounds."""
+    import cronos.match as m
+
+    cases = _noisy_syn_observations(db, 150, seed=3)
+    before = m._PRUNE_STATS[1]
+    pruned = [match(c, db) for c in cases]
+    assert m._PRUNE_STATS[1] > before  # some rows were bounded
+    monkeypatch.setattr(m, "PRUNE_MARGIN", float("inf"))
+    exact = [match(c, db) for c in cases]
+    for a, b in zip(pruned, exact, strict=True):
+        assert a.verdict == b.verdict
+        assert a.confidence == pytest.approx(b.confidence, abs=1e-9)
+        assert a.p_unknown == pytest.approx(b.p_unknown, abs=1e-9)
+        shown_a = [
+            (c.name, round(c.score, 6), c.success) for c in a.candidates if c.confidence >= 1e-3
+        ]
+        shown_b = [
+            (c.name, round(c.score, 6), c.success) for c in b.candidates if c.confidence >= 1e-3
+        ]
+        assert shown_a == shown_b
+
+
+def test_kernel_theta_bounds_only_hopeless_rows():
+    rng = np.random.default_rng(7)
+    m, grid = 200, np.array([1e3, 1e4, 1e5, 1e6])
+    logw = np.log(np.full(4, 0.25))
+    n_in = rng.integers(1, 8, size=m).astype(float)
+    big_s = rng.exponential(2e5, size=m)
+    s_bar = rng.uniform(1e3, 5e4, size=m)
+    cost = np.stack([rng.uniform(0, 120, size=m), rng.uniform(0, 120, size=m)], axis=1)
+    ll, lse = np.empty((m, 4)), np.empty(m)
+    assert _kernel.theta(n_in, big_s, s_bar, grid, logw, ll, lse) == 0
+    ll_b, lse_b = np.empty((m, 4)), np.empty(m)
+    bounded = _kernel.theta(n_in, big_s, s_bar, grid, logw, ll_b, lse_b, cost, 30.0)
+    hit = ~np.isclose(lse_b, lse, rtol=0, atol=1e-12)
+    assert bounded == hit.sum() > 0
+    assert (lse_b[hit] >= lse[hit]).all()  # a bound: the cost reported is lower
+    assert (ll_b[hit] >= ll[hit]).all()
+    best = (cost - lse[:, None]).min(axis=0)
+    for j in range(2):  # in every way, 30 nats behind the best
+        assert ((cost[hit, j] - lse_b[hit]) > best[j] + 30.0).all()
+    with pytest.raises(ValueError):  # a cost array of the wrong size
+        _kernel.theta(n_in, big_s, s_bar, grid, logw, ll_b, lse_b, np.zeros(m + 1), 30.0)
