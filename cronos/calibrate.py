@@ -67,6 +67,8 @@ def _differs(field: str, f, g) -> bool | None:
     if field == "df":
         return f.df != g.df
     if field == "mss":
+        if f.mss is None and "M" not in f.options and g.mss is not None:
+            return None  # no MSS option seen: the options' change, not the MSS's
         return f.mss != g.mss
     if field == "options":
         return f.options != g.options

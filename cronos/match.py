@@ -746,11 +746,16 @@ def header_costs(db: Database, f: SynAckFeatures, model: PathModel = DEFAULT_MOD
     hit = h.memo.get(key)
     if hit is not None:
         return hit
+    mss = _field(h, "mss", f.mss, ch["mss"])
+    if f.mss is None and "M" not in f.options:
+        # the MSS is an option: where the signature has one, its absence is
+        # the options' change (stripped or rewritten), not a second change
+        mss = np.where(h.mss >= 0, 0.0, mss)
     parts = [
         _field(h, "window", f.window, ch["window"]),
         _field(h, "ttl", f.ttl, ch["ttl"]),
         _field(h, "df", f.df, ch["df"]),
-        _field(h, "mss", f.mss, ch["mss"]),
+        mss,
         _field(h, "options", f.options, ch["options"]),
     ]
     if f.wscale is not None:
@@ -1256,7 +1261,7 @@ def _header_notes(s: Signature, f: SynAckFeatures | None) -> str:
         why.append("DF")
     if f.window != g.window:
         why.append(f"W {f.window:X}!={g.window:X}")
-    if f.mss != g.mss:
+    if f.mss != g.mss and not (f.mss is None and "M" not in f.options):
         why.append(f"MSS {f.mss}!={g.mss}")
     if f.options != g.options:
         why.append(("stripped " if _strip_ok(f.options, g.options) else "O ") + g.options)

@@ -12,7 +12,7 @@ from cronos import _kernel
 from cronos.calibrate import calibrate
 from cronos.classify import read_hershel, read_observations
 from cronos.db import Database, load_db, parse_db_text
-from cronos.match import DEFAULT_MODEL, _compiled, _normalise, _timing, match
+from cronos.match import DEFAULT_MODEL, _compiled, _normalise, _timing, header_costs, match
 from cronos.model import Method, Observation, StateFingerprint, Status, SynAckFeatures
 
 WIN_DB = "167,8192,128,1,MNWST,7331,1460,1,0,0,1,0,2.999369,9.000088,21.000468"
@@ -327,3 +327,18 @@ def test_kernel_theta_bounds_only_hopeless_rows():
         assert ((cost[hit, j] - lse_b[hit]) > best[j] + 30.0).all()
     with pytest.raises(ValueError):  # a cost array of the wrong size
         _kernel.theta(n_in, big_s, s_bar, grid, logw, ll_b, lse_b, np.zeros(m + 1), 30.0)
+
+
+def test_options_stripped_of_the_mss_are_one_change_not_two(db):
+    """A scrubber that strips the MSS option takes its value too: the missing
+    MSS is the options' change, not a second one (which made this no match)."""
+    stripped = "167,8192,128,1,WST,7331,0,1,0,0,1,0,2.999369,9.000088,21.000468"
+    r = match(read_hershel(stripped, "t"), db)
+    assert r.verdict is not None and all("Windows" in n for n in r.verdict.split(" or "))
+    assert r.candidates[0].how[0].header == "stripped MNWST"  # no "MSS None!=1460"
+    full = read_hershel(WIN_DB, "t")[0].features
+    cut = read_hershel(stripped, "t")[0].features
+    kept_mss = SynAckFeatures(cut.window, cut.ttl, cut.df, None, 1460, "MST", None)
+    i = next(k for k, s in enumerate(db.signatures) if s.features == full)
+    # stripping W or stripping M (and the value with it) cost about the same
+    assert header_costs(db, cut)[i] < header_costs(db, kept_mss)[i] + 1.0
