@@ -219,15 +219,21 @@ def test_kernel_never_fails_on_any_series(obs, sig):
 
 
 def test_em_recovers_loss_and_delay_from_a_batch(db):
+    """1,000 targets of Hershel+ stacks (each with its own timer scatter, as
+    its 50 samples show) behind 10 % loss and exponential queueing of mean
+    100 ms: the EM finds both within 25 % (bench/accuracy.py: within 12 % at
+    the issue's levels)."""
     rng = np.random.default_rng(5)
-    sigs = [s for s in db.signatures if "[Hershel+ id" in s.name][:200]
+    sigs = [s for s in db.signatures if "[Hershel+ id" in s.name]
     targets = []
-    for s in sigs * 2:
+    for k in rng.choice(len(sigs), size=1000):
+        s = sigs[int(k)]
         fp = s.states[Method.SYN_RCVD]
+        spread = np.concatenate([[0.0], s.spread_us.get(Method.SYN_RCVD, (0,) * fp.nb_pkt)])
         emit = np.concatenate([[0.0], np.cumsum(fp.gaps_us)])
+        emit = emit + rng.normal(0.0, 1.0, len(emit)) * spread
         arr = emit + 50_000 + rng.exponential(100_000, len(emit))
-        keep = rng.random(len(arr)) >= 0.10
-        arr = np.sort(arr[keep])
+        arr = np.sort(arr[rng.random(len(arr)) >= 0.10])
         if len(arr) == 0:
             continue
         gaps = tuple(int(g) for g in np.diff(arr))
@@ -237,10 +243,12 @@ def test_em_recovers_loss_and_delay_from_a_batch(db):
         targets.append([o])
     cal = calibrate(targets, db)
     assert cal.iterations >= 1 and "estimated from" in cal.model.origin
-    assert 0.06 <= cal.model.loss <= 0.14, cal.summary()
-    # the mean is under-estimated: a delay within a stack's own spread may be
-    # that stack's timer firing late, which the model cannot tell apart
-    assert 50_000 <= cal.model.mean_delay_us() <= 140_000, cal.summary()
+    assert 0.075 <= cal.model.loss <= 0.125, cal.summary()
+    assert 75_000 <= cal.model.mean_delay_us() <= 125_000, cal.summary()
+    # a stack family's signatures share one popularity
+    pop = np.asarray(cal.model.popularity)
+    linux = [i for i, s in enumerate(db.signatures) if s.family == "Linux"]
+    assert np.ptp(pop[linux]) < 1e-9 and abs(pop.mean() - 1.0) < 1e-9
 
 
 def test_linux_orphan_budget_is_a_fixed_time_whatever_the_rtt(db):
