@@ -111,10 +111,7 @@ def _ok(observations, method) -> list[Observation]:
 
 def _timed_ttl(o: Observation) -> int | None:
     """TTL of the timed packets (FINs) of a closing observation, if recorded."""
-    ttl = getattr(o, "ttl_in", None)
-    if ttl is None:
-        ttl = o.extra.get("ttl_in")
-    return int(ttl) if ttl is not None else None
+    return o.ttl_in
 
 
 # --- signals -------------------------------------------------------------------

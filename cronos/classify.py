@@ -22,7 +22,7 @@ import math
 import re
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .db import Database
 from .errors import FingerprintSyntaxError
@@ -111,9 +111,8 @@ def _iter_jsonl(lines: Iterable[str], source: str) -> Iterator:
             obs = Observation.from_dict(d)
         except FingerprintSyntaxError as exc:
             raise FingerprintSyntaxError(f"{source}:{n}: {exc}") from exc
-        obs.extra["input_id"] = str(d["id"]) if "id" in d else f"{source}:{n}"
         seen = True
-        yield obs
+        yield replace(obs, input_id=str(d["id"]) if "id" in d else f"{source}:{n}")
     if not seen:
         raise FingerprintSyntaxError(f"{source}:1: no observation record")
 
@@ -151,7 +150,7 @@ def _iter_fingerprint_lines(lines: Iterable[str], source: str) -> Iterator[Obser
                     status=Status.OK,
                     fingerprint=fp,
                     features=feats if fp.method is Method.SYN_RCVD else None,
-                    extra={"input_id": f"{source}:{n_line}"},
+                    input_id=f"{source}:{n_line}",
                 )
             )
         pending, rsts, feats, target = [], {}, None, None
@@ -282,7 +281,7 @@ def _iter_hershel(lines: Iterable[str], source: str) -> Iterator[Observation]:
         arrivals = (a0, *(a0 + c for c in cum)) if rtt > 0 else ()
         seen = True
         yield Observation(target, 0, Method.SYN_RCVD, tries[target], Status.OK, fp, feats,
-                          arrivals_us=arrivals, extra={"input_id": f"{source}:{n}"})  # fmt: skip
+                          arrivals_us=arrivals, input_id=f"{source}:{n}")  # fmt: skip
     if not seen:
         raise FingerprintSyntaxError(f"{source}:1: no Hershel line")
 

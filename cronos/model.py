@@ -132,7 +132,11 @@ class Observation:
     packets_in: int = 0
     ttl_in: int | None = None  # IP TTL of the first timed packet (SYN-ACK or FIN)
     note: str = ""
-    extra: dict = field(default_factory=dict, compare=False)
+    # where the record came from and how it ended; set when it is made (with
+    # dataclasses.replace), written by to_dict and read back by from_dict
+    input_id: str | None = field(default=None, compare=False)  # the input line or record id
+    verdict_s: float | None = field(default=None, compare=False)  # early stop: time to verdict
+    source: str | None = field(default=None, compare=False)  # "passive": not our own probe
 
     def to_dict(self) -> dict:
         fp = self.fingerprint
@@ -158,7 +162,10 @@ class Observation:
             "features": asdict(self.features) if self.features else None,
             "note": self.note,
         }
-        d.update(self.extra)
+        for key in ("input_id", "verdict_s", "source"):
+            value = getattr(self, key)
+            if value is not None:
+                d[key] = value
         return d
 
     @classmethod
@@ -188,6 +195,9 @@ class Observation:
                 packets_in=int(d.get("packets_in", 0)),
                 ttl_in=None if d.get("ttl_in") is None else int(d["ttl_in"]),
                 note=str(d.get("note", "")),
+                input_id=None if d.get("input_id") is None else str(d["input_id"]),
+                verdict_s=None if d.get("verdict_s") is None else float(d["verdict_s"]),
+                source=None if d.get("source") is None else str(d["source"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise FingerprintSyntaxError(f"not a Cron-OS observation record: {exc}") from exc

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from struct import error as struct_error
 
 logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
@@ -51,10 +51,6 @@ class Segment:
     df: bool = True
     ip_id: int = 0
     checksum_ok: bool = True
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
-
-    def has(self, flag: int) -> bool:
-        return bool(self.flags & flag)
 
     @property
     def seg_len(self) -> int:

@@ -500,7 +500,7 @@ def _series_obs(s: _Series, conns, end_of_capture: float, tries) -> Observation 
         arrivals_us=tuple(round((t - t0) * 1e6) for t in times),
         packets_in=len(times),
         note="passive: " + "; ".join(notes),
-        extra={"source": "passive"},
+        source="passive",
     )
 
 

@@ -43,7 +43,7 @@ def verdict_dict(v: TargetVerdict) -> dict:
         "type": "verdict",
         "target": v.target,
         "observations": len(v.observations),
-        "inputs": [o.extra["input_id"] for o in v.observations if "input_id" in o.extra],
+        "inputs": [o.input_id for o in v.observations if o.input_id is not None],
         "verdict": r.verdict if r.verdict is not None else "no match",
         "class": r.verdict_class,
         "confidence": round(r.confidence, 3),
@@ -59,7 +59,7 @@ def verdict_dict(v: TargetVerdict) -> dict:
 
 def render(v: TargetVerdict, top: int = 5) -> str:
     r: MatchResult = v.result
-    ids = [o.extra["input_id"] for o in v.observations if "input_id" in o.extra]
+    ids = [o.input_id for o in v.observations if o.input_id is not None]
     shown = ", ".join(ids[:4]) + (f", ... (+{len(ids) - 4})" if len(ids) > 4 else "")
     lines = [f"Target {v.target} ({len(v.observations)} observations{'; ' + shown if ids else ''})"]
     if r.verdict is None:

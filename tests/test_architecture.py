@@ -50,12 +50,12 @@ WIN_CLOSE = (2_918_695, 5_909_092, 12_014_080)
 
 
 def obs(method, gaps=(), status=Status.OK, *, time_s=40, connect=None, feats=None, port=80,
-        try_index=1, note="", extra=None) -> Observation:  # fmt: skip
+        try_index=1, note="", ttl_in=None) -> Observation:  # fmt: skip
     if connect is None and method is not S:
         connect = 1000
     fp = StateFingerprint(method, time_s, tuple(gaps), connect)
     return Observation("10.77.1.2", port, method, try_index, status, fp, feats,
-                       note=note, extra=extra or {})  # fmt: skip
+                       note=note, ttl_in=ttl_in)  # fmt: skip
 
 
 def nmap_file(name: str) -> NmapHost:
@@ -79,7 +79,7 @@ CASES = {
     "synproxy with nmap": (SYNPROXY, "synproxy_lab.xml", "syn-proxy", "nmap: Linux 2.6.18"),
     "synproxy, SYN only retransmitted by the relay": (
         [obs(S, LINUX_SYN, feats=LINUX_HDR),
-         obs(L, LINUX_CLOSE, extra={"ttl_in": 63}), obs(F, LINUX_CLOSE, extra={"ttl_in": 63})],
+         obs(L, LINUX_CLOSE, ttl_in=63), obs(F, LINUX_CLOSE, ttl_in=63)],
         None, "syn-proxy", "SYN-ACK TTL 64 but closing-state packets arrive with TTL 63",
     ),
     "talk: Nokia relay in front of Windows": (

@@ -71,6 +71,27 @@ def test_observation_json_round_trip():
     d = o.to_dict()
     assert d["fingerprint"] == "CronOS_LastAck(nbPkt=2%Time=30%Connect=100%p=200000%p=400000)"
     assert Observation.from_dict(d) == o
+    assert "input_id" not in d and "verdict_s" not in d and "source" not in d
+
+
+def test_observation_provenance_is_set_when_made_and_read_back():
+    """Where a record came from and how it ended are fields set when it is
+    made (no dict changed afterwards), written and read back faithfully."""
+    import dataclasses
+
+    o = Observation("10.0.0.2", 80, Method.SYN_RCVD, 1, Status.OK,
+                    StateFingerprint(Method.SYN_RCVD, 30, (1_000_000,)), ttl_in=57)  # fmt: skip
+    o2 = dataclasses.replace(o, input_id="scan.jsonl:7", verdict_s=2.5, source="passive")
+    d = o2.to_dict()
+    assert (d["input_id"], d["verdict_s"], d["source"], d["ttl_in"]) == ("scan.jsonl:7", 2.5,
+                                                                       "passive", 57)  # fmt: skip
+    back = Observation.from_dict(d)
+    assert (back.input_id, back.verdict_s, back.source, back.ttl_in) == ("scan.jsonl:7", 2.5,
+                                                                         "passive", 57)  # fmt: skip
+    assert back == o  # provenance does not change what was measured
+    assert not any(isinstance(getattr(o2, f.name), dict) for f in dataclasses.fields(o2))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        o2.input_id = "x"
 
 
 @pytest.mark.parametrize(

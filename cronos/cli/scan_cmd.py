@@ -542,8 +542,8 @@ def run(args) -> int:
     verdict_times: list[float] = []
 
     def on_result(obs: Observation) -> None:
-        if "verdict_s" in obs.extra:
-            verdict_times.append(obs.extra["verdict_s"])
+        if obs.verdict_s is not None:
+            verdict_times.append(obs.verdict_s)
         if writer:
             writer.write(obs.to_dict())
         progress.done += 1

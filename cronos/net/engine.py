@@ -22,7 +22,7 @@ import selectors
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..early import step as early_step
 from ..model import Method, Observation
@@ -383,7 +383,7 @@ class Engine:
         self._to_discard.append(run.fw_flow)
         obs = run.probe.result()
         if run.verdict_s is not None:
-            obs.extra["verdict_s"] = round(run.verdict_s, 3)
+            obs = replace(obs, verdict_s=round(run.verdict_s, 3))
         self.on_result(obs)
 
     def _flush_discards(self) -> None:
