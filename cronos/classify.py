@@ -128,7 +128,7 @@ def _iter_fingerprint_lines(lines: Iterable[str], source: str) -> Iterator[Obser
     target = None
     feats: SynAckFeatures | None = None
     pending: list[tuple[int, StateFingerprint]] = []
-    rsts: dict[Method, int] = {}
+    rsts: dict[Method, tuple[int | None, ...]] = {}
 
     def flush():
         nonlocal pending, rsts, feats, target, block
@@ -136,11 +136,14 @@ def _iter_fingerprint_lines(lines: Iterable[str], source: str) -> Iterator[Obser
         name = target or (source if block == 1 else f"{source}#{block}")
         tries: dict[Method, int] = {}
         for n_line, fp in pending:
-            if fp.method in rsts and fp.rst_us is None:
-                fp = StateFingerprint(
-                    fp.method, fp.time_s, fp.gaps_us, fp.connect_us, rsts[fp.method]
-                )
-            tries[fp.method] = tries.get(fp.method, 0) + 1
+            k = tries.get(fp.method, 0)
+            values = rsts.get(fp.method, ())
+            # one delay per state line, in order; a single one (older reports,
+            # a database block) is every line's
+            us = values[0] if len(values) == 1 else values[k] if k < len(values) else None
+            if us is not None and fp.rst_us is None:
+                fp = StateFingerprint(fp.method, fp.time_s, fp.gaps_us, fp.connect_us, us)
+            tries[fp.method] = k + 1
             out.append(
                 Observation(
                     target=name,

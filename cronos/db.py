@@ -29,6 +29,7 @@ from .model import (
     Method,
     StateFingerprint,
     SynAckFeatures,
+    fingerprint_lines,
     parse_hdr_line,
     parse_rst_line,
     parse_state_line,
@@ -104,13 +105,7 @@ class Signature:
         lines += [c.line() for c in self.classes]
         lines += [f"CPE {c}" for c in self.cpes]
         lines += [f"Source {s}" for s in self.sources]
-        if self.features is not None:
-            lines.append(self.features.line())
-        ordered = [self.states[m] for m in Method if m in self.states]
-        lines += [fp.line() for fp in ordered]
-        rsts = [f"{fp.method.rst_key}={fp.rst_us}" for fp in ordered if fp.rst_us is not None]
-        if rsts:
-            lines.append(f"CronOS_Rst({'%'.join(rsts)})")
+        lines += fingerprint_lines(list(self.states.values()), self.features)
         spread = [f"{m.rst_key}={','.join(map(str, v))}" for m, v in self.spread_us.items() if v]
         spread += [f"{m.rst_key}Rst={v}" for m, v in self.rst_spread_us.items()]
         spread += [f"{m.rst_key}Offset={v}" for m, v in self.offset_spread_us.items()]
@@ -261,9 +256,12 @@ def _parse_block(block: list[tuple[int, str]], fn: str) -> Signature:
         raise DatabaseError(f"{where}: block {name!r} has no Class line")
     if not states:
         raise DatabaseError(f"{where}: block {name!r} has no CronOS_Syn/LastAck/FinWait line")
-    for m, us in rsts.items():
+    for m, values in rsts.items():
         if m not in states:
             raise DatabaseError(f"{where}: CronOS_Rst gives {m.rst_key} but no such state line")
+        if len(values) != 1 or values[0] is None:
+            raise DatabaseError(f"{where}: CronOS_Rst: a signature has one {m.rst_key} delay")
+        us = values[0]
         states[m] = StateFingerprint(
             m, states[m].time_s, states[m].gaps_us, states[m].connect_us, us
         )

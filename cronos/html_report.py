@@ -23,7 +23,8 @@ from pathlib import Path
 
 from . import __version__
 from .errors import UsageError
-from .model import Method, Observation, Status, rst_line
+from .model import Method, Observation, Status
+from .model import fingerprint_lines as model_fingerprint_lines
 
 GLOBAL = ""  # key of the plot shown above every host section
 
@@ -200,12 +201,8 @@ def fingerprint_lines(obs: Sequence[Observation]) -> str:
         )
         lines.append(f"# port {port}")
         hdr = next((o.features for o in per if o.features is not None), None)
-        if hdr is not None:
-            lines.append(hdr.line())
-        lines += [o.fingerprint.line() for o in per if o.status in (Status.OK, Status.ABORTED)]
-        rl = rst_line([o.fingerprint for o in per if o.status is Status.OK])
-        if rl:
-            lines.append(rl)
+        shown = [o.fingerprint for o in per if o.status in (Status.OK, Status.ABORTED)]
+        lines += model_fingerprint_lines(shown, hdr)
     return "\n".join(lines)
 
 

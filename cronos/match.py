@@ -53,7 +53,15 @@ import numpy as np
 
 from . import _kernel
 from .db import Database, Signature
-from .model import Method, Observation, StateFingerprint, Status, SynAckFeatures, schedule_us
+from .model import (
+    Method,
+    Observation,
+    StateFingerprint,
+    Status,
+    SynAckFeatures,
+    fingerprint_lines,
+    schedule_us,
+)
 
 # --- the path model ---------------------------------------------------------------------
 
@@ -1274,15 +1282,6 @@ def _observation_block(obs: list[_Obs]) -> str:
     """The observation as a database block (p0f's dump_sig), one try per state."""
     lines = ["Fingerprint UNKNOWN (edit me)", "Class unknown", "Source cron-os classify"]
     feats = next((o.features for o in obs if o.features is not None), None)
-    if feats is not None:
-        lines.append(feats.line())
-    rst = []
-    for m in Method:
-        fp = next((o.fp for o in obs if o.fp.method is m), None)
-        if fp is not None:
-            lines.append(fp.line())
-            if fp.rst_us is not None:
-                rst.append(f"{m.rst_key}={fp.rst_us}")
-    if rst:
-        lines.append(f"CronOS_Rst({'%'.join(rst)})")
-    return "\n".join(lines) + "\n"
+    firsts = [next(o.fp for o in obs if o.fp.method is m) for m in Method
+              if any(o.fp.method is m for o in obs)]  # fmt: skip
+    return "\n".join(lines + fingerprint_lines(firsts, feats)) + "\n"

@@ -5,6 +5,7 @@ Units are in the field names (``gaps_us``, ``time_s``). Nothing here does I/O.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
@@ -109,10 +110,28 @@ class SynAckFeatures:
         return f"CronOS_Hdr({'%'.join(parts)})"
 
 
-def rst_line(fps: list[StateFingerprint]) -> str | None:
-    """``CronOS_Rst(Syn=75000000%LastAck=...)``: final RST delays, if any."""
-    parts = [f"{fp.method.rst_key}={fp.rst_us}" for fp in fps if fp.rst_us is not None]
-    return f"CronOS_Rst({'%'.join(parts)})" if parts else None
+def fingerprint_lines(fps: Sequence[StateFingerprint],
+                      features: SynAckFeatures | None = None) -> list[str]:  # fmt: skip
+    """The ``CronOS_*`` lines of one port: the SYN-ACK header, one state line per
+    fingerprint (state order, then the order given: tries), and the final RSTs.
+
+    The one renderer of these lines (text report, HTML, nmap XML, the database
+    block, the "add it to a --db file" block). ``CronOS_Rst`` lists, per state,
+    the RST delay of each of its lines in the same order, ``-`` for a line
+    without one (``Syn=9000000%Syn=-``: try 1 ended with an RST, try 2 did
+    not); a state whose lines had none is left out. ``parse_rst_line`` reads
+    it back."""
+    lines = [features.line()] if features is not None else []
+    ordered = [fp for m in Method for fp in fps if fp.method is m]
+    lines += [fp.line() for fp in ordered]
+    rst = []
+    for m in Method:
+        mine = [fp.rst_us for fp in ordered if fp.method is m]
+        if any(us is not None for us in mine):
+            rst += [f"{m.rst_key}={'-' if us is None else us}" for us in mine]
+    if rst:
+        lines.append(f"CronOS_Rst({'%'.join(rst)})")
+    return lines
 
 
 @dataclass(frozen=True)
@@ -257,17 +276,18 @@ def parse_state_line(line: str) -> StateFingerprint:
     return StateFingerprint(method, time_s, tuple(gaps), connect)
 
 
-def parse_rst_line(line: str) -> dict[Method, int]:
-    """Parse ``CronOS_Rst(Syn=...%LastAck=...)`` into {method: delay_us}."""
+def parse_rst_line(line: str) -> dict[Method, tuple[int | None, ...]]:
+    """Parse ``CronOS_Rst(Syn=...%LastAck=...)`` into {method: the delay (µs)
+    of each of its state lines in order, None for ``-``} (``fingerprint_lines``)."""
     name, pairs = _split_line(line)
     if name != "CronOS_Rst":
         raise FingerprintSyntaxError(f"expected CronOS_Rst(...), got {name!r}")
-    out: dict[Method, int] = {}
+    out: dict[Method, list[int | None]] = {}
     for k, v in pairs:
         if k not in _BY_RST_KEY:
             raise FingerprintSyntaxError(f"CronOS_Rst: unknown state {k!r}")
-        out[_BY_RST_KEY[k]] = _int(name, k, v)
-    return out
+        out.setdefault(_BY_RST_KEY[k], []).append(None if v == "-" else _int(name, k, v))
+    return {m: tuple(v) for m, v in out.items()}
 
 
 _OPT_LETTERS = set("MNWSTE")

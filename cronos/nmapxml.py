@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .model import Method, Observation, Status, rst_line
+from .model import Observation, Status, fingerprint_lines
 from .nmap import NmapHost, OsClass, OsMatch
 
 NMAP_PREFIX = "nmap: "
@@ -84,18 +84,8 @@ def port_states(observations) -> dict[int, str]:
 def cronos_lines(observations) -> list[str]:
     """The ``CronOS_*`` lines of a host: header, every OK state try, RST delays."""
     ok = [o for o in observations if o.status is Status.OK]
-    lines = []
     feats = next((o.features for o in ok if o.features is not None), None)
-    if feats is not None:
-        lines.append(feats.line())
-    for m in Method:
-        for o in ok:
-            if o.method is m and o.fingerprint.line() not in lines:
-                lines.append(o.fingerprint.line())
-    firsts = [next(o.fingerprint for o in ok if o.method is m) for m in Method
-              if any(o.method is m for o in ok)]  # fmt: skip
-    rst = rst_line(firsts)
-    return lines + ([rst] if rst else [])
+    return fingerprint_lines([o.fingerprint for o in ok], feats)
 
 
 # --- XML -----------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .model import Method, Observation, rst_line
+from .model import Method, Observation, fingerprint_lines
 
 
 def _gaps_ms(gaps_us: Sequence[int], limit: int = 12) -> str:
@@ -34,14 +34,9 @@ def host_block(target: str, observations: Sequence[Observation], guesses: str | 
         lines.append(f"Fingerprint lines for port {port}:")
         per_port = [o for o in obs if o.port == port]
         hdr = next((o.features for o in per_port if o.features is not None), None)
-        if hdr is not None:
-            lines.append(f"  {hdr.line()}")
-        for o in per_port:
-            if o.status.value in ("ok", "aborted") or o.method is Method.SYN_RCVD:
-                lines.append(f"  {o.fingerprint.line()}")
-        rl = rst_line([o.fingerprint for o in per_port])
-        if rl:
-            lines.append(f"  {rl}")
+        shown = [o.fingerprint for o in per_port
+                 if o.status.value in ("ok", "aborted") or o.method is Method.SYN_RCVD]  # fmt: skip
+        lines += [f"  {line}" for line in fingerprint_lines(shown, hdr)]
     if guesses:
         lines.append(guesses)
     return "\n".join(lines)

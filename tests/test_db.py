@@ -67,6 +67,11 @@ def test_user_db_adds_to_builtin(tmp_path):
         (GOOD.replace("Spread Syn=1000,2000", "Spread Syn=1000"), 8, "one value per p="),
         (GOOD + "Bogus line\n", 9, "unknown line"),
         (GOOD.replace("CronOS_Rst(Syn=4000000)", "CronOS_Rst(Foo=1)"), 7, "unknown state"),
+        (
+            GOOD.replace("CronOS_Rst(Syn=4000000)", "CronOS_Rst(Syn=4000000%Syn=-)"),
+            2,
+            "a signature has one Syn delay",
+        ),
         (GOOD + "CronOS_Syn(nbPkt=0%Time=60)\n", 9, "second CronOS_Syn"),
         (GOOD + "Fingerprint B\n", 9, "without a blank line"),
     ],

@@ -7,10 +7,10 @@ from cronos.model import (
     StateFingerprint,
     Status,
     SynAckFeatures,
+    fingerprint_lines,
     parse_hdr_line,
     parse_rst_line,
     parse_state_line,
-    rst_line,
 )
 from cronos.targets import parse_methods, parse_ports, resolve
 
@@ -50,11 +50,35 @@ def test_hdr_and_rst_lines():
         StateFingerprint(Method.SYN_RCVD, 60, (1, 2), rst_us=5),
         StateFingerprint(Method.LAST_ACK, 60, (3,), connect_us=100),
     ]
-    assert rst_line(fps) == "CronOS_Rst(Syn=5)"
+    assert fingerprint_lines(fps)[-1] == "CronOS_Rst(Syn=5)"
     assert parse_rst_line("CronOS_Rst(Syn=5%FinWait=7)") == {
-        Method.SYN_RCVD: 5,
-        Method.FIN_WAIT1: 7,
+        Method.SYN_RCVD: (5,),
+        Method.FIN_WAIT1: (7,),
     }
+
+
+def test_rsts_of_several_tries_are_kept_and_read_back():
+    """With --tries 2 each try's RST is its own (the text report printed
+    Syn=9000000%Syn=9100000 and the reader kept the last; -oX kept the first)."""
+    from cronos.classify import read_fingerprint_lines
+
+    f = SynAckFeatures(window=0x2000, ttl=128, df=True, ip_id=None, mss=1460, options="MNWST",
+                       wscale=8)  # fmt: skip
+    fps = [
+        StateFingerprint(Method.SYN_RCVD, 30, (3_000_000, 6_000_000), rst_us=9_000_000),
+        StateFingerprint(Method.SYN_RCVD, 30, (3_000_000, 6_100_000), rst_us=9_100_000),
+        StateFingerprint(Method.LAST_ACK, 30, (300_000,), connect_us=100),
+        StateFingerprint(Method.LAST_ACK, 30, (310_000,), connect_us=100, rst_us=5_000_000),
+    ]
+    lines = fingerprint_lines(fps, f)
+    assert lines[0] == f.line()
+    assert lines[-1] == "CronOS_Rst(Syn=9000000%Syn=9100000%LastAck=-%LastAck=5000000)"
+    back = read_fingerprint_lines("\n".join(lines) + "\n", "t")
+    assert [o.fingerprint for o in back] == fps
+    assert [o.try_index for o in back] == [1, 2, 1, 2]
+    # an older report's single value is every try's, as it was read before
+    old = "\n".join([fps[0].line(), fps[1].line(), "CronOS_Rst(Syn=9000000)"]) + "\n"
+    assert [o.fingerprint.rst_us for o in read_fingerprint_lines(old, "t")] == [9_000_000] * 2
 
 
 def test_observation_json_round_trip():
