@@ -66,3 +66,35 @@ def test_not_root_is_one_line():
 def test_help_lists_commands():
     r = run(["--help"])
     assert r.returncode == 0 and "scan" in r.stdout
+
+
+_SWALLOWED = """
+import sys, weakref
+import cronos.cli as cli
+
+class X:
+    pass
+
+def startup():  # Ctrl-C lands in a callback Python cannot raise from
+    x = X()
+    keep = weakref.ref(x, lambda _r: cli._on_sigint(2, None))
+    del x
+    return real()
+
+real = cli.build_parser
+cli.build_parser = startup
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_an_interrupt_python_could_not_raise_is_not_lost(tmp_path):
+    """A SIGINT that arrives inside a callback (importlib's module-lock
+    weakref, a __del__) was printed as "Exception ignored in ..." with a
+    traceback, and the command ran on to exit 0 (tests/test_kill.py, once)."""
+    f = tmp_path / "obs.txt"
+    f.write_text("1,5840,52,1,MNNSNW,0,1380,0,0,0,0,0.557733,4.104203,10.349873\n")
+    p = subprocess.run([sys.executable, "-c", _SWALLOWED, "classify", str(f)],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert p.returncode == 130, p.stderr
+    assert p.stderr.strip() == "cron-os: interrupted"
+    assert p.stdout == ""

@@ -46,6 +46,20 @@ def _on_sigint(_signum, _frame):
     raise exc
 
 
+def _unraisable(hook):
+    """``sys.unraisablehook`` that keeps quiet about our own signals: raised in
+    a callback Python cannot propagate from (importlib's module-lock weakref,
+    a ``__del__``), it is only printed ("Exception ignored in ...", a
+    traceback) and lost; ``_received`` has it, and ``main`` acts on it."""
+
+    def unraisable(u):
+        if isinstance(u.exc_value, KeyboardInterrupt | Terminated) and u.exc_value in _received:
+            return
+        hook(u)
+
+    return unraisable
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, as every other bad input
         self.exit(2, f"cron-os: error: {message}\n")
@@ -96,13 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, _on_signal)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_sigint)  # not when started with SIGINT ignored
+    sys.unraisablehook = _unraisable(sys.unraisablehook)
     try:  # a signal while the subcommands are imported is an interruption too
         parser = build_parser()
         args = parser.parse_args(argv)
+        if _received:  # raised where it could not propagate (see _unraisable)
+            return _interrupted(_received[0])
         if not getattr(args, "func", None):
             parser.print_help(sys.stderr)
             return 2
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        return _interrupted(_received[0]) if _received else code
     except CronosError as exc:
         signalled = _interruption(exc)
         if signalled is not None:  # an error made by the interruption itself
