@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 
 from .db import Database
 from .errors import FingerprintSyntaxError
-from .match import MatchResult, PathModel, match
+from .match import PathModel
 from .model import (
     Method,
     Observation,
@@ -37,6 +37,7 @@ from .model import (
     parse_rst_line,
     parse_state_line,
 )
+from .verdict import Verdict, by_target, decide
 
 _STATE_RE = re.compile(r"^(CronOS_(?:Syn|LastAck|FinWait|Hdr|Rst))\(")
 _HERSHEL_RE = re.compile(r"^\d+\s*,")
@@ -48,11 +49,8 @@ LAYOUT_LINES = 10_000  # Hershel lines read to settle the file's layout
 OPEN_TARGETS = 10_000
 
 
-@dataclass(frozen=True)
-class TargetVerdict:
-    target: str
-    observations: tuple[Observation, ...]
-    result: MatchResult
+#: what ``classify`` gives per target (``cronos.verdict``, the one verdict path)
+TargetVerdict = Verdict
 
 
 def read_observations(text: str, source: str = "<input>") -> list[Observation]:
@@ -335,12 +333,7 @@ def _zero(x: str) -> bool:
         return False
 
 
-def group_targets(observations: Iterable[Observation]) -> dict[str, list[Observation]]:
-    """Observations per target, in first-seen order."""
-    groups: dict[str, list[Observation]] = {}
-    for o in observations:
-        groups.setdefault(o.target, []).append(o)
-    return groups
+group_targets = by_target  # observations per target, in first-seen order
 
 
 def iter_groups(items: Iterable, open_targets: int = OPEN_TARGETS) -> Iterator[tuple]:
@@ -366,11 +359,16 @@ def iter_groups(items: Iterable, open_targets: int = OPEN_TARGETS) -> Iterator[t
 
 
 def classify_stream(
-    items: Iterable, db: Database, *, top: int = 5, model: PathModel | None = None
-) -> Iterator[TargetVerdict]:
+    items: Iterable,
+    db: Database,
+    *,
+    top: int = 5,
+    model: PathModel | None = None,
+    architecture: bool = False,
+) -> Iterator[Verdict]:
     """``classify`` for a stream of observations (``iter_observations``)."""
     for t, obs in iter_groups(items):
-        yield TargetVerdict(t, tuple(obs), match(obs, db, top=top, model=model))
+        yield decide(t, obs, db, top=top, model=model, architecture=architecture)
 
 
 def classify(
@@ -379,10 +377,8 @@ def classify(
     *,
     top: int = 5,
     model: PathModel | None = None,
-) -> list[TargetVerdict]:
-    """Group observations per target (first-seen order) and match each group."""
-    groups = group_targets(observations)
-    return [
-        TargetVerdict(t, tuple(obs), match(obs, db, top=top, model=model))
-        for t, obs in groups.items()
-    ]
+    architecture: bool = False,
+) -> list[Verdict]:
+    """Group observations per target (first-seen order) and decide each group."""
+    return [decide(t, obs, db, top=top, model=model, architecture=architecture)
+            for t, obs in by_target(observations).items()]  # fmt: skip

@@ -306,53 +306,30 @@ def write_html(
 
 
 def write_evidence(
-    observations: Sequence[Observation],
+    verdicts: Sequence,
     *,
     html_path: str | None = None,
     plot_path: str | None = None,
-    db=None,
-    results: Mapping[str, object] | None = None,
-    architectures: Mapping[str, object] | None = None,
     top: int = 5,
 ) -> None:
-    """Match each target (unless ``results`` are given), plot, write the HTML.
-
-    ``db``: a loaded ``Database`` (default: the built-in one). ``architectures``
-    (``{target: ArchitectureVerdict}``) are computed without nmap when not given.
-    """
-    if not observations or not (html_path or plot_path):
+    """Plot and write the HTML of targets already decided (``cronos.verdict``:
+    their observations, results and architecture verdicts; nothing is matched
+    here)."""
+    if not verdicts or not (html_path or plot_path):
         return
-    groups: dict[str, list[Observation]] = {}
-    for o in observations:
-        groups.setdefault(o.target, []).append(o)
-    if results is None or (architectures is None and html_path):
-        from .db import load_db
-
-        db = db if db is not None else load_db()
-    if results is None:
-        from .match import match
-
-        results = {t: match(obs, db, top=top) for t, obs in groups.items()}
-    if architectures is None and html_path:
-        architectures = _architectures(groups, db, top)
+    observations = [o for v in verdicts for o in v.observations]
+    results = {v.target: v.result for v in verdicts}
     from .plot import plot_timeline, render_timeline
 
     if plot_path:
         plot_timeline(observations, results, plot_path)
     if html_path:
         hosts, plots = [], {}
-        for t, obs in groups.items():  # one timeline per host, in its section
-            hosts.append(HostSection(t, tuple(obs), results.get(t), (architectures or {}).get(t)))
-            plots[t] = render_timeline(obs, {t: results.get(t)}, fmt="png", title=f"{t}")
+        for v in verdicts:  # one timeline per host, in its section
+            hosts.append(HostSection(v.target, tuple(v.observations), v.result, v.architecture))
+            plots[v.target] = render_timeline(list(v.observations), {v.target: v.result},
+                                              fmt="png", title=f"{v.target}")  # fmt: skip
         write_html(html_path, hosts, plots, top=top)
-
-
-def _architectures(groups, db, top) -> dict:
-    try:
-        from .architecture import infer, match_by_state
-    except ImportError:  # pragma: no cover - the module is optional
-        return {}
-    return {t: infer(obs, match_by_state(obs, db, top), None) for t, obs in groups.items()}
 
 
 def check_outputs(html_path: str | None = None, plot_path: str | None = None) -> None:

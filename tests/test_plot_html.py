@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cronos.classify import classify
 from cronos.db import Database, parse_db_text
 from cronos.html_report import GLOBAL, HostSection, render_html, write_evidence, write_html
 from cronos.match import match
@@ -144,11 +145,24 @@ def test_html_inline_svg_and_no_match_block(observations, tmp_path):
         assert "Fingerprint UNKNOWN" in text
 
 
-def test_write_evidence_plot_and_html(observations, db, tmp_path):
-    write_evidence(observations, html_path=str(tmp_path / "e.html"),
-                   plot_path=str(tmp_path / "e.svg"), db=db)  # fmt: skip
+def test_write_evidence_plot_and_html(observations, db, tmp_path, monkeypatch):
+    """The renderers take the verdicts: nothing is matched again."""
+    import cronos.architecture
+    import cronos.match
+    import cronos.verdict
+
+    verdicts = classify(observations, db, architecture=True)
+
+    def no_matching(*_a, **_k):
+        raise AssertionError("a renderer matched again")
+
+    for mod in (cronos.match, cronos.verdict, cronos.architecture):
+        monkeypatch.setattr(mod, "match", no_matching)
+    monkeypatch.setattr(cronos.match, "score", no_matching)
+    write_evidence(verdicts, html_path=str(tmp_path / "e.html"), plot_path=str(tmp_path / "e.svg"))
     assert (tmp_path / "e.svg").read_text().count("<svg") == 1
-    assert "Verdict" in (tmp_path / "e.html").read_text()
+    html = (tmp_path / "e.html").read_text()
+    assert "Verdict" in html and "Architecture" in html
 
 
 @pytest.mark.skipif(not shutil.which("chromium"), reason="chromium not installed (apt chromium)")

@@ -122,7 +122,8 @@ def run(args) -> int:
             raise UsageError(f"{args.json_out}: cannot write: {exc.strerror or exc}") from exc
     text_out = args.json_out != "-"  # -oJ -: stdout carries the JSON Lines only
     try:
-        for v in classify_stream(items, db, top=args.top, model=model):
+        for v in classify_stream(items, db, top=args.top, model=model,
+                                 architecture=bool(args.html_out)):  # fmt: skip
             if text_out:
                 if args.pcap:  # the measurements and fingerprint lines, as the scan printed them
                     from ..report import host_block
@@ -152,10 +153,7 @@ def run(args) -> int:
                  for v in kept]  # fmt: skip
         now = time.time()
         write_nmap_xml(args.xml_out, hosts, args=" ".join(sys.argv), start=now, end=now)
-    write_evidence(
-        [o for v in kept for o in v.observations], html_path=args.html_out,
-        plot_path=args.plot_out, db=db, results={v.target: v.result for v in kept}, top=args.top,
-    )  # fmt: skip
+    write_evidence(kept, html_path=args.html_out, plot_path=args.plot_out, top=args.top)
     return 0
 
 

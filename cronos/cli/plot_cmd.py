@@ -79,9 +79,9 @@ def run(args) -> int:
 
     db = load_db(args.db)  # a bad --db is an argument error: before reading the input
     kind, obs = load_observations(args.input, args.timeout, args.window)
-    results = {v.target: v.result for v in classify(obs, db, top=max(args.top, 5))}
-    plot_timeline(obs, results, args.output, top=args.top)
+    verdicts = classify(obs, db, top=max(args.top, 5), architecture=bool(args.html_out))
+    plot_timeline(obs, {v.target: v.result for v in verdicts}, args.output, top=args.top)
     if args.html_out:
-        write_evidence(obs, html_path=args.html_out, db=db, results=results)
+        write_evidence(verdicts, html_path=args.html_out)
     print(f"cron-os: {len(obs)} measurement(s) ({kind}) plotted to {args.output}", file=sys.stderr)
     return 0

@@ -298,43 +298,37 @@ class _HostPiece:
     texts: tuple[str, ...]
     xml_host: object | None
     arch: object | None
+    result: object | None = None  # the host's best port's MatchResult (HTML, plots)
 
 
 def compute_host(target, observations, db, opts: _ReportOptions, nmap_host) -> _HostPiece:
     """Per port: the matcher's guesses, the architecture verdict (per-state
     matches, nmap's view when known), verdict records. Pure: it runs in the
     scan process, or in the classification worker of a large scan."""
-    from ..architecture import infer, match_by_state
-    from ..classify import TargetVerdict
-    from ..match import match
     from ..merged import render_merged
     from ..nmapxml import HostReport, cronos_lines, osmatches_from
+    from ..verdict import decide
     from ..verdict_text import render, verdict_dict
 
-    records, texts, best, first_arch = [], [], None, None
+    records, texts, best, first_arch, fallback = [], [], None, None, None
     for port in sorted({o.port for o in observations}):
         obs = [o for o in observations if o.port == port]
-        answered = any(o.status.value in ("ok", "aborted") for o in obs)
-        result = match(obs, db, top=opts.top) if answered else None
-        methods = {o.method for o in obs}
-        if result is not None and len(methods) == 1:  # one state: the same match
-            per_state = {next(iter(methods)): result}
-        else:
-            per_state = match_by_state(obs, db, top=opts.top)
-        arch = infer(obs, per_state, nmap_host)
+        v = decide(f"{target}:{port}", obs, db, top=opts.top, architecture=True,
+                   nmap=nmap_host)  # fmt: skip
+        result, arch = (v.result if v.answered else None), v.architecture
+        fallback = fallback or v.result
         first_arch = first_arch or arch
         rec = {"type": "verdict", "target": target, "port": port}
         if result is not None:
-            tv = TargetVerdict(f"{target}:{port}", tuple(obs), result)
-            rec.update(verdict_dict(tv), target=target, port=port)
+            rec.update(verdict_dict(v), target=target, port=port)
+            if best is None or result.confidence > best.confidence:
+                best = result
         if result is not None and opts.text:
             texts.append(
-                render(tv, top=opts.top)
+                render(v, top=opts.top)
                 .rstrip("\n")
                 .replace(f"Target {target}:{port}", f"Port {port}:", 1)
             )
-            if best is None or result.confidence > best.confidence:
-                best = result
         rec["architecture"] = {"kind": arch.kind, "summary": arch.summary,
                                "evidence": list(arch.evidence)}  # fmt: skip
         records.append(rec)
@@ -349,7 +343,7 @@ def compute_host(target, observations, db, opts: _ReportOptions, nmap_host) -> _
         cands = osmatches_from(best, top=opts.top) if best is not None else ()
         xml_host = HostReport(target, tuple(observations), cands, nmap=nmap_host)
     lines = tuple(json_line(r) for r in records)
-    return _HostPiece(target, lines, tuple(texts), xml_host, first_arch)
+    return _HostPiece(target, lines, tuple(texts), xml_host, first_arch, best or fallback)
 
 
 _WORKER_DB = None
@@ -395,6 +389,7 @@ class HostReporter:
         self.xml_hosts: list = []
         self.all_obs: list[Observation] = []  # for --plot / -oH
         self.architectures: dict = {}
+        self.results: dict = {}  # target -> its best MatchResult (HTML, plots)
         self.opts = _ReportOptions(args.top, bool(args.nmap), bool(args.xml_out), not args.quiet)
         self.batch: list[tuple[str, list[Observation]]] = []  # finished, not yet submitted
         self.pending: deque = deque()  # (batch, future)
@@ -485,6 +480,8 @@ class HostReporter:
             self.all_obs += observations
         if piece.arch is not None:
             self.architectures.setdefault(piece.target, piece.arch)
+        if piece.result is not None:
+            self.results.setdefault(piece.target, piece.result)
         if self.writer:
             for line in piece.lines:
                 self.writer.write_line(line)
@@ -611,10 +608,13 @@ def run(args) -> int:
             writer.close()
         if args.html_out or args.plot_out:
             from ..html_report import write_evidence
+            from ..verdict import Verdict, by_target
 
-            write_evidence(reporter.all_obs, html_path=args.html_out, plot_path=args.plot_out,
-                           db=args.database, top=args.top,
-                           architectures=reporter.architectures or None)  # fmt: skip
+            verdicts = [Verdict(t, tuple(obs), reporter.results[t], reporter.architectures.get(t))
+                        for t, obs in by_target(reporter.all_obs).items()
+                        if t in reporter.results]  # fmt: skip
+            write_evidence(verdicts, html_path=args.html_out, plot_path=args.plot_out,
+                           top=args.top)  # fmt: skip
         if args.xml_out:
             from ..nmapxml import write_nmap_xml
 
