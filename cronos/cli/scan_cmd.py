@@ -287,6 +287,7 @@ class _ReportOptions:
     nmap: bool
     xml: bool
     text: bool = True  # the terminal report (not with -q)
+    evidence: bool = False  # -oH / --plot: each host's result travels back for them
 
 
 @dataclass(frozen=True)
@@ -343,7 +344,8 @@ def compute_host(target, observations, db, opts: _ReportOptions, nmap_host) -> _
         cands = osmatches_from(best, top=opts.top) if best is not None else ()
         xml_host = HostReport(target, tuple(observations), cands, nmap=nmap_host)
     lines = tuple(json_line(r) for r in records)
-    return _HostPiece(target, lines, tuple(texts), xml_host, first_arch, best or fallback)
+    result = (best or fallback) if opts.evidence else None
+    return _HostPiece(target, lines, tuple(texts), xml_host, first_arch, result)
 
 
 _WORKER_DB = None
@@ -390,7 +392,8 @@ class HostReporter:
         self.all_obs: list[Observation] = []  # for --plot / -oH
         self.architectures: dict = {}
         self.results: dict = {}  # target -> its best MatchResult (HTML, plots)
-        self.opts = _ReportOptions(args.top, bool(args.nmap), bool(args.xml_out), not args.quiet)
+        self.opts = _ReportOptions(args.top, bool(args.nmap), bool(args.xml_out), not args.quiet,
+                                   bool(args.html_out or args.plot_out))  # fmt: skip
         self.batch: list[tuple[str, list[Observation]]] = []  # finished, not yet submitted
         self.pending: deque = deque()  # (batch, future)
         self.pool = None
