@@ -7,19 +7,21 @@ import os
 import signal
 import time
 from dataclasses import replace
-from types import SimpleNamespace
 
 from cronos.classify import read_observations
-from cronos.cli.scan_cmd import HostReporter
 from cronos.db import load_db
 from cronos.output import JsonLinesWriter
+from cronos.reporter import HostReporter, ReportOptions
 
 LINE = "CronOS_Syn(nbPkt=3%Time=12%p=1006373%p=2015927%p=4224062)\n"
 
 
-def _args(quiet=True):
-    return SimpleNamespace(top=3, nmap=False, xml_out=None, quiet=quiet, db=[],
-                           database=load_db(), html_out=None, plot_out=None)  # fmt: skip
+DB = load_db()
+
+
+def _reporter(out, quiet=True, n_hosts=300):
+    return HostReporter(ReportOptions(top=3, nmap=False, xml=False, text=not quiet), DB, out,
+                        io.StringIO(), n_hosts=n_hosts)  # fmt: skip
 
 
 def _hosts(n):
@@ -35,7 +37,7 @@ def _verdicts(path):
 def test_batches_keep_the_order_hosts_finished_in(tmp_path):
     out = tmp_path / "v.jsonl"
     writer = JsonLinesWriter(str(out))
-    rep = HostReporter(_args(), writer, io.StringIO(), n_hosts=300)
+    rep = _reporter(writer)
     hosts = _hosts(300)
     for k, (target, obs) in enumerate(hosts):
         rep.host_done(target, obs)
@@ -51,7 +53,7 @@ def test_batches_keep_the_order_hosts_finished_in(tmp_path):
 def test_a_killed_worker_loses_no_host(tmp_path):
     out = tmp_path / "v.jsonl"
     writer = JsonLinesWriter(str(out))
-    rep = HostReporter(_args(quiet=False), writer, io.StringIO(), n_hosts=300)
+    rep = _reporter(writer, quiet=False)
     hosts = _hosts(300)
     for target, obs in hosts[:100]:
         rep.host_done(target, obs)

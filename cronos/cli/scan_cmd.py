@@ -7,15 +7,13 @@ import os
 import resource
 import sys
 import time
-from collections import defaultdict, deque
-from dataclasses import dataclass
-from pathlib import Path
+from collections import defaultdict
 
 from .. import __version__
 from ..errors import PrivilegeError, UsageError
 from ..model import Method, Observation
-from ..output import JsonLinesWriter, json_line
-from ..report import host_block
+from ..output import JsonLinesWriter
+from ..reporter import HostReporter, ReportOptions
 from ..targets import TargetSet, parse_methods, parse_ports, read_list_file
 
 MAX_HOSTS_WITHOUT_YES = 4096
@@ -281,221 +279,6 @@ class _Progress:
             self.shown = False
 
 
-@dataclass(frozen=True)
-class _ReportOptions:
-    top: int
-    nmap: bool
-    xml: bool
-    text: bool = True  # the terminal report (not with -q)
-    evidence: bool = False  # -oH / --plot: each host's result travels back for them
-
-
-@dataclass(frozen=True)
-class _HostPiece:
-    """What a finished host gives: verdict records (JSON lines), report text, -oX data."""
-
-    target: str
-    lines: tuple[str, ...]
-    texts: tuple[str, ...]
-    xml_host: object | None
-    arch: object | None
-    result: object | None = None  # the host's best port's MatchResult (HTML, plots)
-
-
-def compute_host(target, observations, db, opts: _ReportOptions, nmap_host) -> _HostPiece:
-    """Per port: the matcher's guesses, the architecture verdict (per-state
-    matches, nmap's view when known), verdict records. Pure: it runs in the
-    scan process, or in the classification worker of a large scan."""
-    from ..merged import render_merged
-    from ..nmapxml import HostReport, cronos_lines, osmatches_from
-    from ..verdict import decide
-    from ..verdict_text import render, verdict_dict
-
-    records, texts, best, first_arch, fallback = [], [], None, None, None
-    for port in sorted({o.port for o in observations}):
-        obs = [o for o in observations if o.port == port]
-        v = decide(f"{target}:{port}", obs, db, top=opts.top, architecture=True,
-                   nmap=nmap_host)  # fmt: skip
-        result, arch = (v.result if v.answered else None), v.architecture
-        fallback = fallback or v.result
-        first_arch = first_arch or arch
-        rec = {"type": "verdict", "target": target, "port": port}
-        if result is not None:
-            rec.update(verdict_dict(v), target=target, port=port)
-            if best is None or result.confidence > best.confidence:
-                best = result
-        if result is not None and opts.text:
-            texts.append(
-                render(v, top=opts.top)
-                .rstrip("\n")
-                .replace(f"Target {target}:{port}", f"Port {port}:", 1)
-            )
-        rec["architecture"] = {"kind": arch.kind, "summary": arch.summary,
-                               "evidence": list(arch.evidence)}  # fmt: skip
-        records.append(rec)
-        if opts.text and opts.nmap:
-            texts.append(render_merged(f"{target} port {port}", nmap_host,
-                                       cronos_lines(obs), arch).rstrip("\n"))  # fmt: skip
-        elif opts.text:
-            texts.append(f"Architecture: {arch.summary} [{arch.kind}]")
-            texts += [f"  - {e}" for e in arch.evidence]
-    xml_host = None
-    if opts.xml:
-        cands = osmatches_from(best, top=opts.top) if best is not None else ()
-        xml_host = HostReport(target, tuple(observations), cands, nmap=nmap_host)
-    lines = tuple(json_line(r) for r in records)
-    result = (best or fallback) if opts.evidence else None
-    return _HostPiece(target, lines, tuple(texts), xml_host, first_arch, result)
-
-
-_WORKER_DB = None
-
-
-def _worker_init(db_files: list[str]) -> None:
-    import signal
-
-    from ..db import load_db
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the scan process handles Ctrl-C
-    global _WORKER_DB
-    _WORKER_DB = load_db([Path(f) for f in db_files])
-
-
-def _worker_compute(hosts, opts) -> list[_HostPiece]:
-    """Classify a batch of finished hosts (one message each way, not one per host)."""
-    return [compute_host(target, obs, _WORKER_DB, opts, None) for target, obs in hosts]
-
-
-class HostReporter:
-    """Turns each finished host into verdicts, text and records, in order.
-
-    With ``--nmap`` a host waits until nmap has answered. A large scan
-    (``WORKER_MIN_HOSTS`` hosts or more, without ``--nmap``) classifies in
-    worker processes, so that the engine's thread only measures: finished
-    hosts go to a worker in batches (up to ``BATCH`` hosts, or whatever
-    finished since the last ``pump``, a few times a second), and results are
-    emitted in the order hosts finished.
-    """
-
-    WORKER_MIN_HOSTS = 256
-    BATCH = 128
-
-    def __init__(self, args, writer, out, nmap_future=None, n_hosts: int = 0):
-        self.args = args
-        self.writer = writer
-        self.out = out
-        self.nmap_future = nmap_future
-        self.nmap_hosts: dict | None = None
-        self.nmap_error: str | None = None
-        self.deferred: list[tuple[str, list[Observation]]] = []
-        self.xml_hosts: list = []
-        self.all_obs: list[Observation] = []  # for --plot / -oH
-        self.architectures: dict = {}
-        self.results: dict = {}  # target -> its best MatchResult (HTML, plots)
-        self.opts = _ReportOptions(args.top, bool(args.nmap), bool(args.xml_out), not args.quiet,
-                                   bool(args.html_out or args.plot_out))  # fmt: skip
-        self.batch: list[tuple[str, list[Observation]]] = []  # finished, not yet submitted
-        self.pending: deque = deque()  # (batch, future)
-        self.pool = None
-        if n_hosts >= self.WORKER_MIN_HOSTS and nmap_future is None:
-            from concurrent.futures import ProcessPoolExecutor
-
-            # two: while probes run, the engine keeps one core; once they are
-            # over, thousands of hosts finish together and both cores classify
-            self.pool = ProcessPoolExecutor(
-                max_workers=2, initializer=_worker_init, initargs=([str(f) for f in args.db],)
-            )
-            # fork the workers now, before the engine opens its sockets and ports
-            for f in [self.pool.submit(int) for _ in range(2)]:
-                f.result()
-
-    def host_done(self, target: str, observations: list[Observation]) -> None:
-        if self.nmap_future is not None and self.nmap_hosts is None and self.nmap_error is None:
-            if not self.nmap_future.done():
-                self.deferred.append((target, observations))
-                return
-            self._collect_nmap()
-        if self.pool is not None:
-            self.batch.append((target, observations))
-            if len(self.batch) >= self.BATCH:
-                self._submit()
-            self._emit_ready()
-        else:
-            self._emit(self._compute(target, observations), observations)
-
-    def _submit(self) -> None:
-        if self.batch:
-            batch, self.batch = self.batch, []
-            try:
-                fut = self.pool.submit(_worker_compute, batch, self.opts)
-            except Exception:  # a broken pool (a worker was killed): classify here
-                fut = None
-            self.pending.append((batch, fut))
-
-    def pump(self, wait: bool = False) -> None:
-        """Hand the hosts finished so far to a worker; emit the results that are
-        ready (all of them if ``wait``)."""
-        if self.pool is not None:
-            self._submit()
-        self._emit_ready(wait)
-
-    def _emit_ready(self, wait: bool = False) -> None:
-        while self.pending and (wait or self.pending[0][1] is None or self.pending[0][1].done()):
-            batch, fut = self.pending.popleft()
-            pieces = None
-            if fut is not None:
-                try:
-                    pieces = fut.result()
-                except Exception:  # a dead worker must not lose a host
-                    pieces = None
-            if pieces is None:  # no worker: classified here
-                pieces = [self._compute(target, obs) for target, obs in batch]
-            for piece, (_target, observations) in zip(pieces, batch, strict=True):
-                self._emit(piece, observations)
-
-    def finish(self) -> None:
-        if self.nmap_future is not None and self.nmap_hosts is None and self.nmap_error is None:
-            self._collect_nmap()
-        for target, observations in self.deferred:
-            self.host_done(target, observations)
-        self.deferred = []
-        self.pump(wait=True)
-        if self.pool is not None:
-            self.pool.shutdown(wait=True)
-            self.pool = None
-
-    def _collect_nmap(self) -> None:
-        from ..errors import CronosError
-
-        try:
-            self.nmap_hosts = self.nmap_future.result()
-        except CronosError as exc:
-            self.nmap_error = str(exc)
-            print(f"cron-os: {exc}", file=sys.stderr)
-
-    def _compute(self, target: str, observations: list[Observation]) -> _HostPiece:
-        nmap_host = (self.nmap_hosts or {}).get(target)
-        return compute_host(target, observations, self.args.database, self.opts, nmap_host)
-
-    def _emit(self, piece: _HostPiece, observations: list[Observation]) -> None:
-        args = self.args
-        if args.html_out or args.plot_out:
-            self.all_obs += observations
-        if piece.arch is not None:
-            self.architectures.setdefault(piece.target, piece.arch)
-        if piece.result is not None:
-            self.results.setdefault(piece.target, piece.result)
-        if self.writer:
-            for line in piece.lines:
-                self.writer.write_line(line)
-            self.writer.sync()  # the host is complete
-        if piece.xml_host is not None:
-            self.xml_hosts.append(piece.xml_host)
-        if not args.quiet:
-            text = host_block(piece.target, observations, "\n".join(piece.texts))
-            print("\n" + text, file=self.out, flush=True)
-
-
 def run(args) -> int:
     targets, ports, methods, payload = _check(args)
     from ..net import firewall
@@ -579,7 +362,16 @@ def run(args) -> int:
         extra = ("-e", args.interface) if args.interface else ()
         nmap_future = pool.submit(run_nmap, list(targets), ports, extra_args=extra)
         pool.shutdown(wait=False)
-    reporter = HostReporter(args, writer, out, nmap_future, targets.upper_bound())
+    opts = ReportOptions(
+        args.top,
+        bool(args.nmap),
+        bool(args.xml_out),
+        not args.quiet,
+        bool(args.html_out or args.plot_out),
+        tuple(str(f) for f in args.db),
+    )
+    reporter = HostReporter(opts, args.database, writer, out, nmap_future,
+                            targets.upper_bound())  # fmt: skip
 
     def tick(stats, in_flight: int) -> None:
         reporter.pump()
