@@ -24,6 +24,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
+from . import interrupts
 from .db import Database
 from .errors import FingerprintSyntaxError
 from .match import PathModel
@@ -368,6 +369,7 @@ def classify_stream(
 ) -> Iterator[Verdict]:
     """``classify`` for a stream of observations (``iter_observations``)."""
     for t, obs in iter_groups(items):
+        interrupts.check()  # a signal Python could not raise where it came
         yield decide(t, obs, db, top=top, model=model, architecture=architecture)
 
 

@@ -98,3 +98,41 @@ def test_an_interrupt_python_could_not_raise_is_not_lost(tmp_path):
     assert p.returncode == 130, p.stderr
     assert p.stderr.strip() == "cron-os: interrupted"
     assert p.stdout == ""
+
+
+_SWALLOWED_LATER = """
+import gc, sys, weakref
+import cronos.cli as cli
+import cronos.classify as c
+
+class X:
+    pass
+
+real = c.decide
+n = [0]
+
+def decide(*a, **k):  # Ctrl-C lands in a callback while the 3rd target is classified
+    n[0] += 1
+    if n[0] == 3:
+        x = X()
+        keep = weakref.ref(x, lambda _r: cli._on_sigint(2, None))
+        del x
+    return real(*a, **k)
+
+c.decide = decide
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_an_interrupt_lost_in_a_callback_stops_a_long_run(tmp_path):
+    """Lost in a callback in the middle of a run, the interrupt is raised again
+    at the next target (``cronos.interrupts.check``): the run stops there,
+    with what was classified, instead of running to the end."""
+    f = tmp_path / "obs.txt"
+    f.write_text("".join(f"{i},5840,52,1,MNNSNW,0,1380,0,0,0,0,0.557733,4.104203\n"
+                         for i in range(1, 51)))  # fmt: skip
+    p = subprocess.run([sys.executable, "-c", _SWALLOWED_LATER, "classify", "--no-calibrate",
+                        str(f)], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert p.returncode == 130, p.stderr
+    assert p.stderr.strip() == "cron-os: interrupted"
+    assert p.stdout.count("Target ") == 3  # up to the one it came in, not the 50

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 
-from .. import __version__
+from .. import __version__, interrupts
 from ..errors import CronosError
 
 SUBCOMMANDS = [
@@ -31,7 +31,7 @@ class Terminated(BaseException):
     """Raised from SIGTERM/SIGHUP so that every ``finally`` runs (cleanup)."""
 
 
-_received: list[BaseException] = []  # the signals this process was sent, as raised
+_received = interrupts.received  # the signals this process was sent, as raised
 
 
 def _on_signal(signum, _frame):

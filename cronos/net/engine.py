@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
+from .. import interrupts
 from ..early import step as early_step
 from ..model import Method, Observation
 from ..packet import (
@@ -177,6 +178,7 @@ class Engine:
         exhausted = False
         last_flush = last_tick = time.time()
         while True:
+            interrupts.check()  # a signal Python could not raise where it came
             # replies first: a probe's ACK must leave as soon as its SYN-ACK is in,
             # since the server's RTO, hence the timing, includes our reaction
             self._drain(capture, sender)
