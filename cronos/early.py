@@ -91,8 +91,24 @@ def _same(a: Future, b: Future) -> bool:
     )
 
 
+def _deadline(f: Future, k: int) -> float:
+    return f.events_us[k] + Z * f.tol_us[k]
+
+
+def _next_deadline(f: Future, listened_us: int) -> float | None:
+    """When ``f`` is contradicted: its next event overdue, and, when it
+    expects another after that one, that one too (one missing packet may be
+    the path's loss; two in a row hardly: a series cut short by one lost
+    packet must not name a stack that sends fewer). None: nothing expected."""
+    if not f.events_us:
+        return None
+    if len(f.events_us) >= 2 and listened_us > _deadline(f, 0):
+        return _deadline(f, 1)
+    return _deadline(f, 0)
+
+
 def decide_from(fut: tuple[Future, ...] | None, listened_us: int, n_gaps: int) -> Decision:
-    """The time-dependent part: drop overdue predictions, compare the rest.
+    """The time-dependent part: drop contradicted predictions, compare the rest.
 
     The database is not the world: a stack it lacks may share a few first
     packets with one it has. So while a signature still expects packets, the
@@ -100,14 +116,14 @@ def decide_from(fut: tuple[Future, ...] | None, listened_us: int, n_gaps: int) -
     signature's series is already complete, the verdict is final at once."""
     if fut is None or not fut:
         return Decision(False, None, "no signature explains the series yet")
-    alive = [f for f in fut if not f.events_us or listened_us <= f.events_us[0] + Z * f.tol_us[0]]
+    alive = [f for f in fut if not f.events_us or listened_us <= _next_deadline(f, listened_us)]
     if not alive:
         return Decision(False, None, "every prediction is overdue")
     first = alive[0]
     complete = all(not f.events_us for f in alive)
     if all(_same(first, f) for f in alive[1:]) and (complete or n_gaps >= MIN_GAPS):
         return Decision(True, None, f"{len(alive)} fitting signature(s) agree on what follows")
-    pending = [f.events_us[0] + Z * f.tol_us[0] for f in alive if f.events_us]
+    pending = [d for f in alive if (d := _next_deadline(f, listened_us)) is not None]
     # 1 ms past the first pending deadline: by then that prediction is overdue
     return Decision(False, int(min(pending)) + 1000 if pending else None, "predictions differ")
 

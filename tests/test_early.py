@@ -85,3 +85,16 @@ def test_early_and_plot_read_one_alignment_when_the_first_packet_was_lost():
     cand = match([partial], db).candidates[0]
     exp = expected_for(cand, partial)
     assert exp.lost[0] and abs(exp.times_s[4] - fut.events_us[0] / 1e6) < 1e-6
+
+
+def test_one_missing_packet_does_not_name_a_shorter_stack():
+    """A signature that expects two more packets is not dropped when only the
+    first of them is overdue: it may have been lost (test_wan_lab once named
+    linux-synack2 stacks tcp_synack_retries=1 after one lost SYN-ACK)."""
+    longer = Future("default", (3_000_000, 7_000_000), (150_000, 350_000))
+    shorter = Future("synack1", (), ())
+    d = decide_from((longer, shorter), 3_600_000, 1)  # the 3 s packet is overdue
+    assert not d.stop and d.recheck_us == 7_000_000 + 3 * 350_000 + 1000
+    assert decide_from((longer, shorter), d.recheck_us, 1).stop  # two in a row: contradicted
+    last = Future("synack2", (3_000_000,), (150_000,))  # its only packet to come
+    assert decide_from((last, shorter), 3_600_000, 1).stop

@@ -104,6 +104,25 @@ def test_parse_impairment_rejects(args):
         parse_impairment(**args)
 
 
+def test_each_link_draws_its_own_losses_and_runs_repeat():
+    """One seed for every link made all the targets lose the same packet
+    together (test_wan_lab failed once so: every SYN_RCVD series lost its
+    third SYN-ACK at once)."""
+    from cronos.lab.impair import link_seed
+
+    def path(lab_id, ns):
+        return f"/tmp/cronos-{lab_id}-imp-cronos-{lab_id}-{ns}.json"
+
+    seeds = {link_seed(13, "a1b2c3", path("a1b2c3", ns)) for ns in ("t1", "t2", "t3", "scan")}
+    assert len(seeds) == 4
+    assert link_seed(13, "a1b2c3", path("a1b2c3", "t1")) == link_seed(
+        13, "ffee00", path("ffee00", "t1")
+    )
+    assert link_seed(13, "a1b2c3", path("a1b2c3", "t1")) != link_seed(
+        14, "a1b2c3", path("a1b2c3", "t1")
+    )
+
+
 class FakePacket:
     """An IPv4/TCP header prefix for one of 3 flows, and the verdict given."""
 

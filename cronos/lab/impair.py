@@ -18,8 +18,9 @@ target namespace ~100 ms, and through a router namespace also ~100 ms.
 The queue has no ``bypass`` flag: if the worker dies, traffic stops rather
 than silently flowing unimpaired.
 
-Worker, per packet (one ``random.Random(seed)``, so a seeded run draws the
-same losses and delays in the same order):
+Worker, per packet (one ``random.Random`` per link, seeded from the lab's
+seed and the link's role (``link_seed``): a seeded run draws the same losses
+and delays in the same order, and links draw independently):
 
 * lost with probability ``loss_pct/100`` → ``drop()`` at once;
 * otherwise held ``delay`` ms plus a jitter drawn from ``dist``: ``uniform``
@@ -51,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import heapq
 import ipaddress
 import json
@@ -182,6 +184,17 @@ def stats_path(ctx, ns: str, peer: str | None = None) -> str:
     return os.path.join(tempfile.gettempdir(), f"cronos-{ctx.id}-imp-{ns}{tail}.json")
 
 
+def link_seed(seed: int, lab_id: str, path: str) -> int:
+    """The seed of one link's worker: the lab's seed and the link's role (its
+    namespace and peer with the per-run lab id taken out), so that a seeded
+    run draws the same losses again, and different links draw their own. One
+    seed for all made every target lose its k-th packet together (the same
+    probes cross every link in the same order): losses no real path shares."""
+    role = os.path.basename(path).replace(f"cronos-{lab_id}-", "")
+    digest = hashlib.sha256(f"{seed}:{role}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
 def _start_worker(ctx, ns: str, spec: Impairment, path: str, queue: int):
     """Spawn the worker on the first free queue from ``queue``; (proc, queue)."""
     env = dict(os.environ)
@@ -193,7 +206,7 @@ def _start_worker(ctx, ns: str, spec: Impairment, path: str, queue: int):
                 "--loss-pct", repr(spec.loss_pct), "--dist", spec.dist,
                 "--stats", path]  # fmt: skip
         if spec.seed is not None:
-            argv += ["--seed", str(spec.seed)]
+            argv += ["--seed", str(link_seed(spec.seed, ctx.id, path))]
         proc = ctx.spawn(ns, argv, env=env)
         try:
             _wait_ready(path, proc)
