@@ -31,7 +31,7 @@ from types import MappingProxyType
 import numpy as np
 
 from .db import Database
-from .match import DEFAULT_MODEL, MAX_HOPS, PathModel, score
+from .match import DEFAULT_MODEL, MAX_HOPS, PathModel, mss_went_with_options, score
 
 FIELDS = ("window", "ttl", "df", "mss", "options", "wscale")
 TOP = 5  # signatures per target whose alignment and header feed the M step
@@ -67,8 +67,8 @@ def _differs(field: str, f, g) -> bool | None:
     if field == "df":
         return f.df != g.df
     if field == "mss":
-        if f.mss is None and "M" not in f.options and g.mss is not None:
-            return None  # no MSS option seen: the options' change, not the MSS's
+        if mss_went_with_options(f) and g.mss is not None:
+            return None  # the options' change, not the MSS's
         return f.mss != g.mss
     if field == "options":
         return f.options != g.options

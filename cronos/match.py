@@ -626,7 +626,7 @@ STAND_IN = 6.0
 #: nats: a row this much worse than the best (timing and header) is only bounded
 PRUNE_MARGIN = 30.0
 PRUNE_KEEP = 64
-_PRUNE_STATS = [0, 0]  # rows, rows bounded (for bench/)
+_PRUNE_STATS = [0, 0]  # rows, rows bounded (a test checks that bounding happens)
 
 
 def _limits(tab, scale):
@@ -744,6 +744,12 @@ def _strip_ok(obs_opts: str, sig_opts: str) -> bool:
     return len(a) < len(b) and all(ch in it for ch in a)
 
 
+def mss_went_with_options(f: SynAckFeatures) -> bool:
+    """No MSS option seen: a missing MSS is then the options' change (an MSS
+    is an option), not a change of the MSS's own."""
+    return f.mss is None and "M" not in f.options
+
+
 def header_costs(db: Database, f: SynAckFeatures, model: PathModel = DEFAULT_MODEL) -> np.ndarray:
     """-log P(observed SYN-ACK header | signature), per signature; signatures
     without a header line get the generic cost. Each field's cost vector is
@@ -755,7 +761,7 @@ def header_costs(db: Database, f: SynAckFeatures, model: PathModel = DEFAULT_MOD
     if hit is not None:
         return hit
     mss = _field(h, "mss", f.mss, ch["mss"])
-    if f.mss is None and "M" not in f.options:
+    if mss_went_with_options(f):
         # the MSS is an option: where the signature has one, its absence is
         # the options' change (stripped or rewritten), not a second change
         mss = np.where(h.mss >= 0, 0.0, mss)
@@ -997,18 +1003,15 @@ def _score_one(o: _Obs, db, comp: _Compiled, model: PathModel) -> Scored | None:
     hdr_rows = hdr[idx]
     var = header_costs(db, feats, _variant_model()) if feats is not None else 0.0
     var_rows = var[idx] if feats is not None else 0.0
-    gains = _variant_gains(model.loss)
-
-    def variant_gain(tail):
-        return gains[np.minimum(tail, len(gains) - 1).astype(np.intp)]
 
     def beside(base, info):  # as a signature, and as a variant of one (_unknown_cost)
-        return np.stack([base + hdr_rows, base - variant_gain(info[:, 9]) + var_rows], axis=1)
+        gain = _variant_gain(model.loss, info[:, 9])
+        return np.stack([base + hdr_rows, base - gain + var_rows], axis=1)
 
     res = _timing(tab, o, model, beside if o.method is Method.SYN_RCVD else None)
     g = generic_cost(o, model)
     timing_rows = res.standalone  # base - mix
-    variant_rows = timing_rows - variant_gain(res.tail)
+    variant_rows = timing_rows - _variant_gain(model.loss, res.tail)
     total = np.full(n_sig, np.inf)
     total[idx] = timing_rows + hdr_rows
     variant = np.full(n_sig, np.inf)
@@ -1062,10 +1065,8 @@ def score(observations: Sequence, db: Database, model: PathModel | None = None) 
         own_ll = np.zeros((n_sig, len(THETA_GRID_US)))
         alone = np.full(n_sig, g)
         if res is not None:
-            lp = -math.log(model.loss) * res.tail
-            stop = np.log1p(res.tail) + math.log(2.0)
             own[tab.idx] = res.base
-            own_variant[tab.idx] = res.base - np.logaddexp(0.0, lp - stop) + math.log(2.0)
+            own_variant[tab.idx] = res.base - _variant_gain(model.loss, res.tail)
             own_ll[tab.idx] = res.ll
             alone[tab.idx] = res.standalone
             covered[tab.idx] += 1
@@ -1179,12 +1180,19 @@ VARIANT = 0.3
 _VARIANT_MODEL = None
 
 
+def _variant_gain(loss: float, tail: np.ndarray) -> np.ndarray:
+    """Per row, what a variant of the signature that stops earlier saves
+    (nats) on the ``tail`` expected packets missing after the last one seen."""
+    gains = _variant_gains(loss)
+    return gains[np.minimum(tail, len(gains) - 1).astype(np.intp)]
+
+
 @functools.lru_cache(maxsize=16)
 def _variant_gains(loss: float) -> np.ndarray:
     """By the number of expected packets missing after the last one seen
     (0..63): what a variant of the signature that stops earlier (another
     retries setting; half of the variants do, which of them is anyone's
-    guess) saves in nats (the same as ``score``'s own_variant)."""
+    guess) saves in nats."""
     tail = np.arange(64, dtype=float)
     lp = -math.log(loss) * tail
     out = np.logaddexp(0.0, lp - (np.log1p(tail) + math.log(2.0))) - math.log(2.0)
@@ -1269,7 +1277,7 @@ def _header_notes(s: Signature, f: SynAckFeatures | None) -> str:
         why.append("DF")
     if f.window != g.window:
         why.append(f"W {f.window:X}!={g.window:X}")
-    if f.mss != g.mss and not (f.mss is None and "M" not in f.options):
+    if f.mss != g.mss and not mss_went_with_options(f):
         why.append(f"MSS {f.mss}!={g.mss}")
     if f.options != g.options:
         why.append(("stripped " if _strip_ok(f.options, g.options) else "O ") + g.options)

@@ -17,6 +17,7 @@ from .db import Database
 from .model import Observation
 from .output import json_line
 from .report import host_block
+from .verdict import Verdict
 
 
 @dataclass(frozen=True)
@@ -133,9 +134,7 @@ class HostReporter:
         self.nmap_error: str | None = None
         self.deferred: list[tuple[str, list[Observation]]] = []
         self.xml_hosts: list = []
-        self.all_obs: list[Observation] = []  # for --plot / -oH
-        self.architectures: dict = {}
-        self.results: dict = {}  # target -> its best MatchResult (HTML, plots)
+        self.evidence: list = []  # verdict.Verdict per finished host, for -oH / --plot
         self.batch: list[tuple[str, list[Observation]]] = []  # finished, not yet submitted
         self.pending: deque = deque()  # (batch, future)
         self.pool = None
@@ -221,11 +220,8 @@ class HostReporter:
 
     def _emit(self, piece: HostPiece, observations: list[Observation]) -> None:
         if self.opts.evidence:
-            self.all_obs += observations
-        if piece.arch is not None:
-            self.architectures.setdefault(piece.target, piece.arch)
-        if piece.result is not None:
-            self.results.setdefault(piece.target, piece.result)
+            self.evidence.append(Verdict(piece.target, tuple(observations), piece.result,
+                                         piece.arch))  # fmt: skip
         if self.writer:
             for line in piece.lines:
                 self.writer.write_line(line)

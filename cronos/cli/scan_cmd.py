@@ -403,12 +403,8 @@ def run(args) -> int:
             writer.close()
         if args.html_out or args.plot_out:
             from ..html_report import write_evidence
-            from ..verdict import Verdict, by_target
 
-            verdicts = [Verdict(t, tuple(obs), reporter.results[t], reporter.architectures.get(t))
-                        for t, obs in by_target(reporter.all_obs).items()
-                        if t in reporter.results]  # fmt: skip
-            write_evidence(verdicts, html_path=args.html_out, plot_path=args.plot_out,
+            write_evidence(reporter.evidence, html_path=args.html_out, plot_path=args.plot_out,
                            top=args.top)  # fmt: skip
         if args.xml_out:
             from ..nmapxml import write_nmap_xml
