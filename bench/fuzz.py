@@ -10,13 +10,14 @@ Two targets share one input (the first byte picks one):
            well-formed IPv4/TCP header built from fuzzed fields followed by
            fuzzed options and payload (so the fuzzer gets past the header at
            once). It must return ``None`` or a sane ``Segment``, never raise.
-``probe``  one of ``SynProbe``, ``LastAckProbe``, ``FinWaitProbe`` driven as
-           the engine drives it, by a fuzzed sequence of events on one
+``probe``  one of ``SynProbe``, ``LastAckProbe``, ``FinWaitProbe`` in the scan
+           core on the simulated network (``cronos.scan.sim``), as the
+           engine runs it, fed a fuzzed sequence of events on one
            non-decreasing clock: incoming segments (structured fields, with
-           seq/ack chosen near the probe's own numbers, or raw bytes through
-           ``parse_ip``), captures of the segments the probe sent (delivered
-           late, in order, or lost), clock steps with ``on_timer``, and
-           ``abort``.
+           seq/ack chosen near the probe's own numbers, or raw bytes that the
+           core routes, checks and parses), captures of the segments the
+           probe sent (late, or missed), clock steps that serve its timers,
+           and ``abort``.
 
 A crash is any exception (``ProbeStateError`` included: peer input must
 never raise it), a probe list above its bound, a segment the probe returns
@@ -48,10 +49,12 @@ _instrument = (
 )
 with _instrument:
     from cronos.model import Method, Observation, Status, parse_state_line
-    from cronos.packet import ACK, FIN, PSH, RST, SYN, Segment, build_ip, parse_ip
+    from cronos.packet import ACK, FIN, PSH, RST, SYN, Segment, parse_ip
     from cronos.probes import PROBES, ProbeConfig
     from cronos.probes.closing import ClosingProbe
     from cronos.probes.syn import SynProbe
+    from cronos.scan.core import CoreConfig, ScanCore
+    from cronos.scan.sim import SimNet
 
 US, THEM = "10.0.0.1", "10.0.0.2"
 SPORT, DPORT, ISN = 40000, 80, 0x12345678
@@ -155,7 +158,8 @@ def _near(d: Data, base: int) -> int:
 
 
 class Driver:
-    """Drives one probe the way ``net.engine`` does, from fuzzed events."""
+    """One probe in the scan core on the simulated network (``cronos.scan.sim``),
+    as the engine runs it, fed fuzzed events."""
 
     def __init__(self, d: Data):
         self.d = d
@@ -165,17 +169,19 @@ class Driver:
                           isn=d.pick((ISN, 0, 0xFFFFFFFF, d.uint(4))),
                           timeout_s=d.pick((3.0, 0.5, 60.0)), window_s=d.pick((180.0, 5.0, 1.0)),
                           payload=payload, sack=d.bool())  # fmt: skip
-        self.probe = PROBES[method](cfg)
         self.now = 1_700_000_000.0 + d.range(0, 1000)
-        self.pending: list[Segment] = []  # sent, not yet captured
+        # our capture misses one of our own segments now and then
+        self.net = SimNet(ScanCore(CoreConfig(timeout_s=cfg.timeout_s, window_s=cfg.window_s)),
+                          capture_lag_s=d.pick((15e-6, 0.0, 0.01)),
+                          capture_miss=lambda t, seg: d.uint(1) % 4 == 0)  # fmt: skip
+        self.net.launch(cfg, method, self.now)
+        self.probe = self.net.core.probe((US, SPORT, THEM, DPORT))
         self.irs = d.uint(4)  # the fuzzed peer's ISN
-        self.take(self.probe.start(self.now))
+        self.check()
 
-    def take(self, out: list[Segment]) -> None:
-        assert isinstance(out, list) and len(out) <= MAX_OUT_PER_CALL, out
-        for seg in out:
-            build_ip(seg)  # whatever a probe sends must serialise
-        self.pending.extend(out)
+    def check(self, out: list[Segment] = ()) -> None:
+        assert isinstance(out, list | tuple) and len(out) <= MAX_OUT_PER_CALL, out
+        assert len(self.net.sent) <= ClosingProbe.MAX_SENT + 1
         check_bounds(self.probe)
 
     def tick(self) -> None:
@@ -183,15 +189,19 @@ class Driver:
             (0.0, 1e-6, 1e-3, 0.2, 1.0, 3.0, 60.0, self.d.range(0, 10**6) / 1e4)
         )
 
-    def incoming(self) -> Segment | None:
+    def incoming(self) -> tuple[Segment | bytes, bool] | None:
+        """What reaches our capture, and whether it crosses as bytes."""
         d, p = self.d, self.probe
         if d.uint(1) % 8 == 0:  # raw bytes, as captured
-            seg = parse_ip(structured_packet(d), verify_checksum=True)
+            raw = structured_packet(d)
+            if d.bool():
+                return raw, True  # the core routes (or drops) them on their 4-tuple
+            seg = parse_ip(raw, verify_checksum=True)
             if seg is None:
                 return None
-            if d.bool():  # give it our flow so it gets past is_reply
-                seg = dataclasses.replace(seg, src=THEM, dst=US, sport=DPORT, dport=SPORT)
-            return seg
+            # our flow, so that it gets past the core's routing and is_reply
+            # (as a Segment: build_ip does not write every option scapy reads)
+            return dataclasses.replace(seg, src=THEM, dst=US, sport=DPORT, dport=SPORT), False
         rcv = getattr(p, "rcv_nxt", 0) or self.irs
         snd = getattr(p, "snd_nxt", (p.cfg.isn + 1) & 0xFFFFFFFF)
         flags = d.pick((SYN | ACK, ACK, FIN | ACK, FIN | PSH | ACK, RST, RST | ACK, PSH | ACK,
@@ -202,37 +212,37 @@ class Driver:
         return Segment(src=THEM, dst=US, sport=DPORT if d.uint(1) else d.uint(2),
                        dport=SPORT if d.uint(1) else d.uint(2), seq=seq, ack=_near(d, snd),
                        flags=flags, window=d.uint(2), payload=b"A" * n, options=opts,
-                       ttl=d.uint(1))  # fmt: skip
+                       ttl=d.uint(1)), True  # fmt: skip
 
     def step(self) -> None:
-        d, p = self.d, self.probe
-        op = d.uint(1) % 6
+        d = self.d
+        op = d.uint(1) % 5
         if op in (0, 1, 2):
-            seg = self.incoming()
-            if seg is not None:
-                self.take(p.on_packet(self.now, seg, False))
-        elif op == 3 and self.pending:  # our oldest sent segment: captured or lost
-            seg = self.pending.pop(0)
-            if d.uint(1) % 4:
-                self.take(p.on_packet(self.now, seg, True))
-        elif op == 4:
+            got = self.incoming()
+            if got is not None:
+                self.check(self.net.deliver(self.now, got[0], wire=got[1]))
+        elif op == 3:
             self.tick()
-            if p.deadline is not None and self.now >= p.deadline:
-                self.take(p.on_timer(self.now))
+            self.net.run_until(self.now)  # captures and timers due, in time order
         else:
             self.now += d.range(0, 1000) / 1e3
-            self.take(p.on_timer(self.now))  # early calls must be harmless too
-        if p.done:
-            assert p.deadline is None or isinstance(p.deadline, float)
+            self.net.run_until(self.now)
+        self.check()
 
     def run(self) -> Observation:
         for _ in range(MAX_EVENTS):
             if self.d.remaining() <= 0 or self.probe.done:
                 break
             self.step()
-        if not self.probe.done and self.d.bool():
-            self.probe.abort(self.now)
-        return self.probe.result()
+        if not self.probe.done:
+            if self.d.bool():
+                self.net.abort_all(self.now)
+            else:
+                self.net.run_until(self.now + 400.0)  # past every window: it ends alone
+        self.net.run_until(self.now)
+        assert self.probe.done and len(self.net.core) == 0
+        (obs,) = self.net.observations
+        return obs
 
 
 def check_bounds(p) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from struct import error as struct_error
 
@@ -286,3 +287,16 @@ def build_ip(seg: Segment) -> bytes:
     )  # fmt: skip
     ip_csum = ~_fold(_sum16(ip)) & 0xFFFF
     return ip[:10] + struct.pack("!H", ip_csum) + ip[12:] + tcp
+
+
+def parse_packets(packets: Iterable[tuple[float, bytes | Segment]]) -> list[tuple[float, Segment]]:
+    """(ts, Segment) for every TCP segment; already parsed ones are kept as they are.
+
+    Parsing (scapy) is the slow part: parse once, then give the result to
+    both the replay and the passive extraction."""
+    out = []
+    for ts, data in packets:
+        seg = data if isinstance(data, Segment) else parse_ip(data)
+        if seg is not None:
+            out.append((ts, seg))
+    return out

@@ -18,7 +18,7 @@ from cronos.model import Method, Status
 from cronos.net.capture import Captured, CaptureSet
 from cronos.net.route import build_request, parse_reply
 from cronos.packet import ACK, FIN, SYN, Segment, build_ip
-from cronos.replay import analyse_pcap
+from cronos.scan.replay import analyse_pcap
 
 T0 = 1795779084.5
 US, SRV = "10.77.1.1", "10.77.1.2"

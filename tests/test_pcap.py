@@ -15,7 +15,10 @@ from cronos.model import Method, Status
 from cronos.packet import ACK, FIN, PSH, RST, SYN, Segment, build_ip
 from cronos.pcapio import PcapError, PcapWriter, load_pcap, open_pcap_sink, read_pcap
 from cronos.probes import PROBES, ProbeConfig
-from cronos.replay import analyse_pcap, passive, replay_own
+from cronos.scan.core import CoreConfig, ScanCore
+from cronos.scan.passive import passive
+from cronos.scan.replay import analyse_pcap, replay_own
+from cronos.scan.sim import SimNet, StackPeer
 
 from helpers import assert_ran, cronos
 
@@ -23,7 +26,7 @@ T0 = 1795779084.502709123  # a capture time of today's magnitude (float resoluti
 US, SRV = "10.0.0.1", "10.0.0.2"
 
 
-# --- a scripted peer and an engine stand-in --------------------------------------------
+# --- a scripted peer, and the scan core driven in simulated time --------------------------
 
 
 def _srv(flags, seq, ack, sport=80, dport=40000, payload=b"", options=(), window=29200):
@@ -31,67 +34,32 @@ def _srv(flags, seq, ack, sport=80, dport=40000, payload=b"", options=(), window
                    window=window, payload=payload, options=options, ttl=57)  # fmt: skip
 
 
-def _server_script(method, isn, irs=5000, port=40000, fins=(0.2, 0.4, 0.8), rst=1.6, rtt=0.03):
-    """(delay after our first SYN, server segment): the peer, whatever we send."""
-    s = lambda *a, **k: _srv(*a, dport=port, **k)  # noqa: E731
+def _peer():
     opts = (("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 2)), ("NOP", None), ("WScale", 7))
-    if method is Method.SYN_RCVD:
-        out = [(rtt + t, s(SYN | ACK, irs, isn + 1, options=opts)) for t in (0, 1.0, 3.0)]
-        return out + [(rtt + 3.0 + 4.0, s(RST, irs + 1, 0))]
-    out = [(rtt, s(SYN | ACK, irs, isn + 1, options=(("MSS", 1460),)))]
-    if method is Method.LAST_ACK:
-        t = 2 * rtt + 0.001
-        out.append((t, s(ACK, irs + 1, isn + 2)))
-        out.append((t + 0.002, s(FIN | ACK, irs + 1, isn + 2)))
-        fin_seq, ack = irs + 1, isn + 2
-    else:
-        t = 2 * rtt + 0.001
-        body = b"HTTP/1.0 200 OK\r\n\r\nhello"
-        out.append((t, s(PSH | ACK, irs + 1, isn + 19, payload=body)))
-        out.append((t + 0.0001, s(FIN | ACK, irs + 1 + len(body), isn + 19)))
-        fin_seq, ack = irs + 1 + len(body), isn + 19
-    t += 0.002
-    for g in fins:
-        t += g
-        out.append((t, s(FIN | ACK, fin_seq, ack)))
-    if rst is not None:
-        out.append((t + rst, s(RST | ACK, fin_seq + 1, ack)))
-    return out
+    return StackPeer(SRV, 80, synack_gaps_s=(1.0, 2.0), synack_rst_s=4.0,
+                     fin_gaps_s=(0.2, 0.4, 0.8), fin_rst_s=1.6, ttl=57, options=opts)  # fmt: skip
 
 
-def _simulate(method, sink, src_port=40000, isn=123456789, start=T0, timeout_s=5.0, **kw):
-    """Run one probe as the engine does: captured packets (ours 15 us after we emit
-    them) and timers fired 1.3 ms late, every packet also to ``sink``."""
-    cfg = ProbeConfig(target=SRV, port=80, src_ip=US, src_port=src_port, isn=isn,
-                      timeout_s=timeout_s)  # fmt: skip
-    probe = PROBES[method](cfg)
-    events = [(start + d, 1, seg) for d, seg in _server_script(method, isn, port=src_port, **kw)]
-    events += [(start + 15e-6, 0, seg) for seg in probe.start(start)]
-    while not probe.done:
-        events.sort(key=lambda e: (e[0], e[1]))
-        nxt = events[0][0] if events else float("inf")
-        if probe.deadline is not None and probe.deadline + 0.0013 < nxt:
-            now = probe.deadline + 0.0013
-            events += [(now + 15e-6, 0, s) for s in probe.on_timer(now)]
-            continue
-        if not events:
-            break
-        ts, who, seg = events.pop(0)
-        sink(ts, build_ip(seg))
-        events += [(ts + 15e-6, 0, s) for s in probe.on_packet(ts, seg, outgoing=who == 0)]
-    return probe.result()
+def _simulate(probes, start=T0, timeout_s=5.0) -> SimNet:
+    """The scan core against a scripted server, 15 ms each way, timers served
+    1.3 ms late; ``probes``: (method, our port, our ISN)."""
+    net = SimNet(ScanCore(CoreConfig(timeout_s=timeout_s)), [_peer()], timer_lag_s=0.0013)
+    for i, (method, port, isn) in enumerate(probes):
+        cfg = ProbeConfig(target=SRV, port=80, src_ip=US, src_port=port, isn=isn,
+                          timeout_s=timeout_s)  # fmt: skip
+        net.launch(cfg, method, start + i * 0.0004)
+    net.run()
+    return net
 
 
 @pytest.fixture
 def scan_pcap(tmp_path):
     """A '-w' file of three probes run concurrently, and their live observations."""
     path = tmp_path / "scan.pcap"
-    records = []
-    live = []
-    for i, m in enumerate((Method.SYN_RCVD, Method.LAST_ACK, Method.FIN_WAIT1)):
-        live.append(_simulate(m, lambda ts, b: records.append((ts, b)), src_port=40000 + i,
-                              isn=1000 * (i + 1), start=T0 + i * 0.0004))  # fmt: skip
-    records.sort(key=lambda r: r[0])  # the engine sinks in capture order
+    methods = (Method.SYN_RCVD, Method.LAST_ACK, Method.FIN_WAIT1)
+    net = _simulate([(m, 40000 + i, 1000 * (i + 1)) for i, m in enumerate(methods)])
+    live = sorted(net.observations, key=lambda o: methods.index(o.method))
+    records = net.captured  # in capture order, as the engine sinks them
     with PcapWriter(path) as w:
         for ts, b in records:
             w.write(ts, b)
@@ -424,10 +392,8 @@ def test_lab_scan_pcap_replays_to_the_same_fingerprints(make_lab, tmp_path):
 
 
 def test_replay_port_reuse_and_closing_probe_without_handshake():
-    recs = []
-    sink = lambda ts, b: recs.append((ts, b))  # noqa: E731
-    _simulate(Method.SYN_RCVD, sink, src_port=41000, isn=7, start=T0)
-    _simulate(Method.SYN_RCVD, sink, src_port=41000, isn=7, start=T0 + 20)  # same 4-tuple
+    recs = _simulate([(Method.SYN_RCVD, 41000, 7)], start=T0).captured
+    recs += _simulate([(Method.SYN_RCVD, 41000, 7)], start=T0 + 20).captured  # same 4-tuple
     cfg = ProbeConfig(target=SRV, port=81, src_ip=US, src_port=41001, isn=99, timeout_s=2)
     closed = PROBES[Method.FIN_WAIT1](cfg)
     for seg in closed.start(T0 + 1):

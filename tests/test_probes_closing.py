@@ -1,14 +1,14 @@
 """Pure tests of the closing-state probes (LAST_ACK ``l``, FIN_WAIT1 ``f``).
 
-A fake Linux server is written as timestamped Segments; the harness feeds
-them to the probe, fires its timers in order and loops every segment the
-probe sends back to it as a captured outgoing segment (20 us later), like the
-engine does. No network.
+A fake Linux server is written as timestamped Segments; the harness runs the
+probe in the scan core on the simulated network of ``cronos.scan.sim``,
+which serves its timers in order and loops every segment it sends back as a
+captured outgoing segment (20 us later), as the engine does. No network.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,6 +20,8 @@ from cronos.packet import ACK, FIN, PSH, RST, SYN, Segment
 from cronos.probes import PROBES
 from cronos.probes.base import ProbeConfig
 from cronos.probes.closing import ClosingProbe, FinWaitProbe, LastAckProbe, seq_diff
+from cronos.scan.core import CoreConfig, ScanCore
+from cronos.scan.sim import SimNet
 
 T0 = 1_700_000_000.0
 US = 1e-6
@@ -51,32 +53,31 @@ def synack(ack: int = ISN + 1) -> Segment:
 
 @dataclass
 class Harness:
+    """One probe in the scan core on the simulated network (``cronos.scan.sim``):
+    the test plays the server, segment by segment."""
+
+    net: SimNet
     probe: ClosingProbe
-    sent: list[tuple[float, Segment]] = field(default_factory=list)
 
     @classmethod
     def make(cls, probe_cls=LastAckProbe, **cfg) -> Harness:
-        h = cls(probe_cls(ProbeConfig(**{**CFG.__dict__, **cfg})))
-        h._out(T0, h.probe.start(T0))
-        return h
+        # the probe's own bounds are under test here, not the core's budget
+        core = ScanCore(CoreConfig(timeout_s=CFG.timeout_s, flow_budget=1 << 30))
+        net = SimNet(core, capture_lag_s=CAPTURE_LAG, wire=False)
+        pc = ProbeConfig(**{**CFG.__dict__, **cfg})
+        net.launch(pc, probe_cls.method, T0)
+        return cls(net, core.probe((pc.src_ip, pc.src_port, pc.target, pc.port)))
 
-    def _out(self, t: float, out: list[Segment]) -> None:
-        for s in out:
-            self.sent.append((t, s))
-            self.probe.on_packet(t + CAPTURE_LAG, s, True)
+    @property
+    def sent(self) -> list[tuple[float, Segment]]:
+        return self.net.sent
 
     def timers_until(self, t: float) -> None:
-        p = self.probe
-        while not p.done and p.deadline is not None and p.deadline <= t:
-            now = p.deadline
-            self._out(now, p.on_timer(now))
+        self.net.run_until(t)
 
     def rx(self, t: float, seg: Segment) -> list[Segment]:
-        self.timers_until(t)
-        if self.probe.done:
-            return []
-        out = self.probe.on_packet(t, seg, False)
-        self._out(t, out)
+        out = self.net.deliver(t, seg)
+        self.net.run_until(t + CAPTURE_LAG)  # what it sent is captured
         return out
 
     def play(self, events: list[tuple[float, Segment]]) -> None:
@@ -84,7 +85,7 @@ class Harness:
             self.rx(T0 + dt, seg)
 
     def finish(self) -> None:
-        self.timers_until(T0 + 10_000)
+        self.net.run_until(T0 + 10_000)
 
     def sent_after(self, dt: float) -> list[Segment]:
         return [s for t, s in self.sent if t > T0 + dt]

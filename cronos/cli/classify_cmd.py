@@ -93,7 +93,7 @@ def run(args) -> int:
     positive_seconds("--window", args.window)
     db = load_db(args.db)
     if args.pcap:
-        from ..replay import analyse_pcap
+        from ..scan.replay import analyse_pcap
 
         if args.input != "-":
             raise UsageError("give either FILE or --pcap FILE, not both")

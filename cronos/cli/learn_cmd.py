@@ -63,12 +63,14 @@ def run(args) -> int:
     target = resolve(args.target)
     from ..learn import build_signature
     from ..net import firewall
-    from ..net.engine import Engine, EngineConfig, Job
+    from ..net.engine import Engine, EngineConfig
+    from ..scan.core import CoreConfig, Job
 
     firewall.cleanup_stale()
     results: list[Observation] = []
     jobs = [Job(target, ports[0], m, k) for m in methods for k in range(1, args.tries + 1)]
-    cfg = EngineConfig(timeout_s=args.timeout, window_s=args.window, interface=args.interface)
+    cfg = EngineConfig(CoreConfig(timeout_s=args.timeout, window_s=args.window),
+                       interface=args.interface)  # fmt: skip
     print(
         f"Learning {target}:{ports[0]} ({''.join(m.value for m in methods)}, "
         f"{args.tries} tries per state) ...",

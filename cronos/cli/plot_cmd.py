@@ -44,7 +44,7 @@ def load_observations(name: str, timeout_s: float = 60.0, window_s: float = 180.
         raise UsageError(f"{name}: cannot read: {exc.strerror or exc}") from None
     if head in (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d",
                 b"\x0a\x0d\x0d\x0a"):  # fmt: skip
-        from ..replay import analyse_pcap
+        from ..scan.replay import analyse_pcap
 
         kind, obs = analyse_pcap(name, timeout_s=timeout_s, window_s=window_s)
         if not obs:

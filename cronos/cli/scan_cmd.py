@@ -282,7 +282,8 @@ class _Progress:
 def run(args) -> int:
     targets, ports, methods, payload = _check(args)
     from ..net import firewall
-    from ..net.engine import Engine, EngineConfig, Job
+    from ..net.engine import Engine, EngineConfig
+    from ..scan.core import CoreConfig, Job
 
     _raise_fd_limit()
     for name in firewall.cleanup_stale():
@@ -344,14 +345,12 @@ def run(args) -> int:
         reporter.host_done(target, observations)
 
     cfg = EngineConfig(
-        timeout_s=args.timeout,
-        window_s=max(args.window, 1.0),
+        core=CoreConfig(timeout_s=args.timeout, window_s=max(args.window, 1.0), payload=payload,
+                        sack=args.sack),
         max_in_flight=args.max_hosts,
         max_rate_pps=args.max_rate,
-        payload=payload,
-        sack=args.sack,
         interface=args.interface,
-    )
+    )  # fmt: skip
     nmap_future = None
     if args.nmap:
         from concurrent.futures import ThreadPoolExecutor

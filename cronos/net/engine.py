@@ -1,70 +1,38 @@
-"""The scan engine: one capture socket, one raw send path, a timer queue.
+"""The live engine: sockets, capture, firewall and rate around a ``ScanCore``.
 
 All probes of a scan run concurrently in one thread. The engine owns every
-socket and the firewall table; probes only see (timestamp, segment) and
-return segments to send. Replies are matched to probes by their flow
-(our address/port, target address/port); a SYN-ACK must also acknowledge the
-keyed-hash ISN of its flow (zmap's validation), so a forged or stray SYN-ACK
-is not timed. Replies are dissected by scapy (``parse_ip``); a retransmission
-that is a copy of the flow's last reply but for its checksums and TCP options
-(``repeat_key``) gets that reply's Segment once its own checksum is checked:
-at 10,000 hosts, three of every four SYN-ACKs are such copies.
+socket and the firewall table and does only I/O: it reserves a source port
+per measurement, captures both directions with kernel timestamps, sends what
+the core returns, and wakes up at the core's next deadline. Everything that
+decides (flows, ISN validation, probes, timers, budgets, early stop) is in
+``cronos.scan.core``, which a capture replay drives the same way.
 """
 
 from __future__ import annotations
 
-import hashlib
-import heapq
-import hmac
-import itertools
-import secrets
 import selectors
-import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from .. import interrupts
-from ..early import step as early_step
-from ..model import Method, Observation
-from ..packet import (
-    ACK,
-    SYN,
-    Segment,
-    build_ip,
-    own_segment,
-    parse_ip,
-    peek_flow,
-    repeat_key,
-    tcp_checksum_ok,
-)
-from ..probes import PROBES, Probe, ProbeConfig
+from ..model import Observation
+from ..packet import Segment, build_ip
+from ..scan.core import CoreConfig, FlowKey, Job, ScanCore, isn_for
 from . import bpf
 from .capture import CaptureSet
 from .firewall import RstGuard
 from .rawsend import PortReservation, RawSender
 from .route import RouteTable
 
-
-@dataclass(frozen=True)
-class Job:
-    """One measurement to make."""
-
-    target: str
-    port: int
-    method: Method
-    try_index: int = 1
+__all__ = ["Engine", "EngineConfig", "EngineStats", "Job", "isn_for"]
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    timeout_s: float = 60.0
-    window_s: float = 180.0
+    core: CoreConfig = field(default_factory=CoreConfig)
     max_in_flight: int = 1024  # probes listening at once
     max_rate_pps: float = 300.0  # packets we send per second
-    payload: bytes = b"GET / HTTP/1.0\r\n\r\n"
-    sack: bool = False
-    key: bytes = field(default_factory=lambda: secrets.token_bytes(16))
     interface: str | None = None  # -e: send and capture only there
 
 
@@ -85,35 +53,10 @@ class EngineStats:
     interfaces: tuple[str, ...] = ()  # where the capture listened
 
 
-def isn_for(key: bytes, src: str, sport: int, dst: str, dport: int) -> int:
-    """Keyed hash of the flow: our ISN, checkable on every reply."""
-    msg = f"{src}|{sport}|{dst}|{dport}".encode()
-    return struct.unpack("!I", hmac.new(key, msg, hashlib.sha256).digest()[:4])[0]
-
-
-class _Running:
-    __slots__ = ("probe", "reservation", "flow", "fw_flow", "timed_seen", "verdict_s", "pkts",
-                 "events", "partial", "last_in")  # fmt: skip
-
-    def __init__(self, probe: Probe, reservation: PortReservation, flow, fw_flow):
-        self.probe = probe
-        self.reservation = reservation
-        self.flow = flow
-        self.fw_flow = fw_flow
-        self.timed_seen = 0  # timed packets when the early stopper last looked
-        self.verdict_s: float | None = None
-        self.pkts = 0  # segments received from the peer
-        self.events = 0  # packets and timers fed to the probe (its only inputs)
-        self.partial = None  # (events, probe.result()) at the last early-stop look
-        self.last_in: tuple[bytes, Segment] | None = None  # (repeat_key, Segment) of the last reply
-
-
 class Engine:
     """Run jobs concurrently; ``on_result`` gets each Observation as it completes."""
 
     BATCH = 64  # probes started between two looks at the capture socket
-    # segments one probe may receive: 1 MiB of data is ~720; beyond, the peer floods
-    FLOW_BUDGET = 2048
 
     def __init__(
         self,
@@ -124,22 +67,18 @@ class Engine:
         early_stop=None,
     ):
         """``packet_sink(ts, ip_bytes)`` receives every captured packet of our
-        flows, both directions, with its kernel timestamp (for ``-w FILE``)."""
+        flows, both directions, with its kernel timestamp (for ``-w FILE``).
+        ``early_stop``: a ``cronos.early.EarlyStopper``, or None (``--full``)."""
         self.cfg = cfg
         self.on_result = on_result
         self.packet_sink = packet_sink
         self.on_tick = on_tick  # (stats, probes in flight), a few times a second
-        # cronos.early.EarlyStopper: asked after each timed packet and at the
-        # times it names; stops a probe once its verdict cannot change
-        self.early_stop = early_stop
+        self.core = ScanCore(cfg.core, early_stop)
         self.stats = EngineStats()
-        self._running: dict[tuple[str, int, str, int], _Running] = {}
-        self._timers: list[tuple[float, int, tuple]] = []
-        self._seq = itertools.count()
+        self._ports: dict[FlowKey, PortReservation] = {}
         self._tokens = 0.0
         self._last_refill = 0.0
         self._to_discard: list[tuple[str, int, int]] = []
-        self._early_due: dict[tuple, float] = {}  # flows with a new timed packet
 
     # -- public ---------------------------------------------------------------
     def run(self, jobs: Iterable[Job], targets_hint: list[str] | None = None) -> EngineStats:
@@ -158,9 +97,12 @@ class Engine:
                 try:
                     self._loop(pending, capture, sender, sel)
                 finally:
-                    self._abort_all(time.time())
+                    self.core.abort_all(time.time())
+                    self._collect()
+                    self._to_discard = []
                     self.stats.rst_dropped = guard.dropped() if guard.active else 0
         finally:
+            self._sync_stats()
             if capture is not None:
                 self.stats.kernel_drops = capture.kernel_drops()
                 self.stats.copies = capture.copies.copies
@@ -177,24 +119,26 @@ class Engine:
     def _loop(self, pending, capture, sender, sel) -> None:
         exhausted = False
         last_flush = last_tick = time.time()
+        core = self.core
         while True:
             interrupts.check()  # a signal Python could not raise where it came
             # replies first: a probe's ACK must leave as soon as its SYN-ACK is in,
             # since the server's RTO, hence the timing, includes our reaction
             self._drain(capture, sender)
-            self._fire_timers(sender, time.time())
-            self._early_checks()
+            self._send(sender, core.expire(time.time()))
+            self._collect()
             now = time.time()
-            if not exhausted and len(self._running) < self.cfg.max_in_flight:
+            if not exhausted and len(core) < self.cfg.max_in_flight:
                 exhausted = self._start_some(pending, sender, now)
-            if exhausted and not self._running:
+            if exhausted and not len(core):
                 return
             if now - last_flush > 1.0:  # batched: one nft call for many finished probes
                 self._flush_discards()
                 last_flush = now
             if self.on_tick is not None and now - last_tick > 0.25:
+                self._sync_stats()
                 self.stats.kernel_drops = self._capture.kernel_drops()
-                self.on_tick(self.stats, len(self._running))
+                self.on_tick(self.stats, len(core))
                 last_tick = now
             timeout = self._next_wakeup(exhausted)
             if timeout > 0:
@@ -203,19 +147,20 @@ class Engine:
     def _next_wakeup(self, exhausted: bool) -> float:
         now = time.time()
         nxt = 0.5
-        if self._timers:
-            nxt = min(nxt, self._timers[0][0] - now)
-        if not exhausted and len(self._running) < self.cfg.max_in_flight:
+        deadline = self.core.next_deadline
+        if deadline is not None:
+            nxt = min(nxt, deadline - now)
+        if not exhausted and len(self.core) < self.cfg.max_in_flight:
             nxt = min(nxt, 1.0 / max(self.cfg.max_rate_pps, 1.0))
         return max(0.0, nxt)
 
     def _start_some(self, pending: Iterator[Job], sender: RawSender, now: float) -> bool:
         """Start as many probes as rate and concurrency allow; True when no job is left."""
         self._refill(now)
-        batch: list[tuple[Job, _Running]] = []
+        batch: list[tuple[Job, str, PortReservation]] = []
         exhausted = False
         while (
-            len(self._running) + len(batch) < self.cfg.max_in_flight
+            len(self.core) + len(batch) < self.cfg.max_in_flight
             and self._tokens >= 1.0
             and len(batch) < self.BATCH
         ):
@@ -223,39 +168,22 @@ class Engine:
             if job is None:
                 exhausted = True
                 break
-            batch.append((job, self._prepare(job)))
+            batch.append((job, *self._reserve(job)))
             self._tokens -= 1.0
         if batch:
-            self._guard.add(r.fw_flow for _, r in batch)  # before the first SYN leaves
-            for _job, run in batch:
-                self._running[run.flow] = run
-                self._send(sender, run.probe.start(time.time()))
-                self._arm(run)
-                self.stats.probes += 1
+            # before the first SYN leaves: our kernel's RSTs to these flows are dropped
+            self._guard.add((job.target, job.port, res.port) for job, _, res in batch)
+            for job, src, res in batch:
+                self._ports[(src, res.port, job.target, job.port)] = res
+                self._send(sender, self.core.start(job, time.time(), src, res.port))
         return exhausted
 
-    def _prepare(self, job: Job) -> _Running:
+    def _reserve(self, job: Job) -> tuple[str, PortReservation]:
         route = self._routes.lookup(job.target)
         new = self._capture.ensure(route.ifname)  # listening before the first SYN leaves
         if new is not None:
             self._sel.register(new.fileno(), selectors.EVENT_READ)
-        src_ip = route.src
-        res = PortReservation(src_ip)
-        cfg = ProbeConfig(
-            target=job.target,
-            port=job.port,
-            src_ip=src_ip,
-            src_port=res.port,
-            isn=isn_for(self.cfg.key, src_ip, res.port, job.target, job.port),
-            timeout_s=self.cfg.timeout_s,
-            window_s=self.cfg.window_s,
-            try_index=job.try_index,
-            payload=self.cfg.payload,
-            sack=self.cfg.sack,
-        )
-        probe = PROBES[job.method](cfg)
-        flow = (src_ip, res.port, job.target, job.port)
-        return _Running(probe, res, flow, (job.target, job.port, res.port))
+        return route.src, PortReservation(route.src)
 
     def _refill(self, now: float) -> None:
         rate = self.cfg.max_rate_pps
@@ -266,111 +194,18 @@ class Engine:
         self._last_refill = now
 
     def _drain(self, capture: CaptureSet, sender: RawSender) -> None:
+        receive, sink = self.core.receive, self.packet_sink
         for _ in range(10000):  # bounded: timers must still fire under a flood
             pkt = capture.recv()
             if pkt is None:
                 return
-            flow = peek_flow(pkt.data)
-            if flow is None:
-                continue
-            run = self._running.get(flow)
-            outgoing = run is not None
-            if outgoing:  # our own segment: its capture time is the send time
-                seg = own_segment(pkt.data)
-            else:
-                run = self._running.get((flow[2], flow[3], flow[0], flow[1]))
-                if run is None:
-                    continue  # not one of our flows: never parsed
-                key = repeat_key(pkt.data)
-                if key is not None and run.last_in is not None and run.last_in[0] == key:
-                    # a copy of the last reply (a retransmission): same Segment
-                    if not pkt.csum_not_ready and not tcp_checksum_ok(pkt.data):
-                        self.stats.bad_checksum += 1
-                        continue
-                    seg = run.last_in[1]
-                else:
-                    seg = parse_ip(pkt.data, verify_checksum=not pkt.csum_not_ready)
-                    if seg is None:
-                        continue
-                    if not seg.checksum_ok:
-                        self.stats.bad_checksum += 1
-                        continue
-                    if not self._valid_reply(run, seg):
-                        continue
-                    if key is not None:
-                        run.last_in = (key, seg)
-                self.stats.packets_in += 1
-                run.pkts += 1
-                if run.pkts > self.FLOW_BUDGET:  # a flooding peer: stop parsing it
-                    run.probe.stop_early(
-                        pkt.ts, f"packet budget: more than {self.FLOW_BUDGET} packets, stopped"
-                    )
-                    self._finish(run)
-                    continue
-            if self.packet_sink is not None:
-                self.packet_sink(pkt.ts, pkt.data)
-            run.events += 1
-            self._send(sender, run.probe.on_packet(pkt.ts, seg, outgoing))
-            if not outgoing and self.early_stop is not None:
-                self._early_due[run.flow] = pkt.ts  # after the drain: a match takes ms
-            self._after_event(run)
-
-    def _valid_reply(self, run: _Running, seg: Segment) -> bool:
-        if seg.flags & (SYN | ACK) == SYN | ACK:
-            return seg.ack == (run.probe.cfg.isn + 1) & 0xFFFFFFFF
-        return True
-
-    def _fire_timers(self, sender: RawSender, now: float) -> None:
-        while self._timers and self._timers[0][0] <= now:
-            when, _, flow, *early = heapq.heappop(self._timers)
-            run = self._running.get(flow)
-            if run is None:
-                continue
-            if early:  # an early-stop recheck, at its own time (replay does the same)
-                self._maybe_stop_early(run, when, force=True)
-                if run.probe.done:
-                    self._finish(run)
-                continue
-            if run.probe.deadline is None or run.probe.deadline > now:
-                continue  # stale entry; a fresh one was pushed when the deadline moved
-            run.events += 1
-            self._send(sender, run.probe.on_timer(now))
-            self._after_event(run)
-
-    def _early_checks(self) -> None:
-        due, self._early_due = self._early_due, {}
-        for flow, ts in due.items():
-            run = self._running.get(flow)
-            if run is not None:
-                self._maybe_stop_early(run, ts)
-                if run.probe.done:
-                    self._finish(run)
-
-    def _maybe_stop_early(self, run: _Running, now: float, force: bool = False) -> None:
-        probe = run.probe
-        if probe.done or (not force and probe.timed_count == run.timed_seen):
-            return
-        run.timed_seen = probe.timed_count
-        # a recheck with no packet nor timer since reuses the partial observation
-        if run.partial is None or run.partial[0] != run.events:
-            run.partial = (run.events, probe.result())
-        verdict_s, recheck = early_step(self.early_stop, probe, now, run.partial[1])
-        if verdict_s is not None:
-            run.verdict_s = verdict_s
-            self.stats.early_stops += 1
-        elif recheck is not None:
-            heapq.heappush(self._timers, (recheck, next(self._seq), run.flow, 1))
-
-    def _after_event(self, run: _Running) -> None:
-        if run.probe.done:
-            self._finish(run)
-        else:
-            self._arm(run)
-
-    def _arm(self, run: _Running) -> None:
-        d = run.probe.deadline
-        if d is not None:
-            heapq.heappush(self._timers, (d, next(self._seq), run.flow))
+            out = receive(pkt.ts, pkt.data, csum_not_ready=pkt.csum_not_ready)
+            if out is None:
+                continue  # not ours, corrupt, or beyond its flow's budget
+            if sink is not None:
+                sink(pkt.ts, pkt.data)
+            if out:
+                self._send(sender, out)
 
     def _send(self, sender: RawSender, segs: list[Segment]) -> None:
         for s in segs:
@@ -379,23 +214,23 @@ class Engine:
             else:
                 self.stats.send_errors += 1
 
-    def _finish(self, run: _Running) -> None:
-        self._running.pop(run.flow, None)
-        run.reservation.release()
-        self._to_discard.append(run.fw_flow)
-        obs = run.probe.result()
-        if run.verdict_s is not None:
-            obs = replace(obs, verdict_s=round(run.verdict_s, 3))
-        self.on_result(obs)
+    def _collect(self) -> None:
+        """Finished probes: release their port, drop their firewall rule, report."""
+        for done in self.core.results():
+            src, sport, target, port = done.flow
+            res = self._ports.pop(done.flow, None)
+            if res is not None:
+                res.release()
+            self._to_discard.append((target, port, sport))
+            self.on_result(done.observation)
+
+    def _sync_stats(self) -> None:
+        c = self.core.stats
+        st = self.stats
+        st.probes, st.packets_in, st.bad_checksum = c.probes, c.packets_in, c.bad_checksum
+        st.early_stops = c.early_stops
 
     def _flush_discards(self) -> None:
         if self._to_discard:
             self._guard.discard(self._to_discard)
             self._to_discard = []
-
-    def _abort_all(self, now: float) -> None:
-        """Interrupted (or done): report what every running probe measured."""
-        for run in list(self._running.values()):
-            run.probe.abort(now)
-            self._finish(run)
-        self._to_discard = []

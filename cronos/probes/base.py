@@ -31,7 +31,7 @@ class ProbeConfig:
     port: int
     src_ip: str
     src_port: int
-    isn: int  # our initial sequence number (keyed hash: see net.engine)
+    isn: int  # our initial sequence number (keyed hash: see scan.core)
     timeout_s: float = 60.0  # stop after this long without a timed packet
     window_s: float = 180.0  # hard cap on the listening window
     try_index: int = 1
