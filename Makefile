@@ -25,7 +25,7 @@ $(STAMP_APT):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@touch $@
 
-$(STAMP_PIP): $(STAMP_APT) pyproject.toml cronos/_kernel.c
+$(STAMP_PIP): $(STAMP_APT) pyproject.toml cronos/analysis/_kernel.c
 	$(PY) -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 	$(PY) -m pip install -q -e '.[dev,lab]'
 	@touch $@

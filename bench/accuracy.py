@@ -48,9 +48,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from noise import FAMILIES, Noise, hershel_line, observe  # noqa: E402
 
-from cronos.classify import read_hershel  # noqa: E402
-from cronos.db import Database, load_db  # noqa: E402
-from cronos.match import DEFAULT_MODEL, match  # noqa: E402
+from cronos.analysis.classify import read_hershel  # noqa: E402
+from cronos.analysis.db import Database, load_db  # noqa: E402
+from cronos.analysis.match import DEFAULT_MODEL, match  # noqa: E402
 from cronos.model import Method  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("hershel2db", ROOT / "scripts" / "hershel2db.py")
@@ -327,7 +327,7 @@ class Bench:
               f"                     | correct {pct(nu - tot['answered'], ne)}")  # fmt: skip
 
     def calibrate(self):
-        from cronos.calibrate import calibrate
+        from cronos.analysis.calibrate import calibrate
 
         print("\nSelf-calibration (EM on the batch), full DB, one observation per target:")
         for k, noise in enumerate([TARGET, Noise("exp", 50, 0.03, 0.10),

@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cronos.lab.scale import ScaleLab, delta  # noqa: E402
-from cronos.pcapio import read_pcap  # noqa: E402
+from cronos.net.pcapio import read_pcap  # noqa: E402
 
 TOLERANCE_MS = 50
 MAIN_PROFILE = "linux-synack3"

@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cronos.db import UNKNOWN_CLASS, OsClass, Signature  # noqa: E402
+from cronos.analysis.db import UNKNOWN_CLASS, OsClass, Signature  # noqa: E402
 from cronos.model import Method, StateFingerprint, SynAckFeatures  # noqa: E402
 
 MIN_SPREAD_US = 1000

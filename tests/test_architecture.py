@@ -11,13 +11,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from cronos.architecture import KINDS, infer, match_by_state
-from cronos.db import Database, parse_db_text
-from cronos.match import match
-from cronos.merged import WIDTH, render_merged
+from cronos.analysis.architecture import KINDS, infer, match_by_state
+from cronos.analysis.db import Database, parse_db_text
+from cronos.analysis.match import match
 from cronos.model import Method, Observation, StateFingerprint, Status, SynAckFeatures
-from cronos.nmap import NmapHost, NmapPort, parse_nmap_xml
-from cronos.nmapxml import cronos_lines
+from cronos.net.nmap import NmapHost, NmapPort, parse_nmap_xml
+from cronos.render.merged import WIDTH, render_merged
+from cronos.render.nmapxml import cronos_lines
 
 DATA = Path(__file__).parent / "data" / "nmap"
 S, L, F = Method.SYN_RCVD, Method.LAST_ACK, Method.FIN_WAIT1
@@ -194,7 +194,7 @@ def test_recorded_lab_run_with_builtin_database():
     server behind iptables SYNPROXY, nmap -O run while Cron-OS was scanning."""
     import json
 
-    from cronos.db import load_db
+    from cronos.analysis.db import load_db
 
     records = (DATA / "lab_during_cronos_scan.jsonl").read_text().splitlines()
     observations = [Observation.from_dict(json.loads(r)) for r in records]

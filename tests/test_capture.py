@@ -13,9 +13,9 @@ import socket
 
 import pytest
 
-from cronos.dedupe import WINDOW_S, CopyFilter, dedupe
 from cronos.model import Method, Status
 from cronos.net.capture import Captured, CaptureSet
+from cronos.net.dedupe import WINDOW_S, CopyFilter, dedupe
 from cronos.net.route import build_request, parse_reply
 from cronos.packet import ACK, FIN, SYN, Segment, build_ip
 from cronos.scan.replay import analyse_pcap

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from cronos.classify import classify, read_observations
+from cronos.analysis.classify import classify, read_observations
+from cronos.analysis.db import load_db
 from cronos.cli import main
-from cronos.db import load_db
 from cronos.errors import FingerprintSyntaxError
 from cronos.model import Method, Observation, StateFingerprint, Status, SynAckFeatures
 
@@ -179,9 +179,9 @@ def test_cli_bad_db_one_line_exit_2(tmp_path, capsys):
 def test_every_result_carries_its_input_identifiers(tmp_path):
     import json as _json
 
-    from cronos.classify import classify, read_observations
-    from cronos.db import load_db
-    from cronos.verdict_text import verdict_dict
+    from cronos.analysis.classify import classify, read_observations
+    from cronos.analysis.db import load_db
+    from cronos.render.verdict_text import verdict_dict
 
     f = tmp_path / "obs.jsonl"
     rec = {"method": "s", "target": "192.0.2.7", "port": 80, "time_s": 30,

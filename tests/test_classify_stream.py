@@ -8,7 +8,7 @@ import select
 import subprocess
 import sys
 
-from cronos.classify import TargetEnd, iter_groups, iter_observations
+from cronos.analysis.classify import TargetEnd, iter_groups, iter_observations
 from cronos.cli import main
 from cronos.model import Method, Observation, StateFingerprint, Status
 

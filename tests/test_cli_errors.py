@@ -103,7 +103,7 @@ def test_an_interrupt_python_could_not_raise_is_not_lost(tmp_path):
 _SWALLOWED_LATER = """
 import gc, sys, weakref
 import cronos.cli as cli
-import cronos.classify as c
+import cronos.analysis.classify as c
 
 class X:
     pass

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cronos.db import builtin_paths, load_db, parse_db_text
+from cronos.analysis.db import builtin_paths, load_db, parse_db_text
 from cronos.errors import DatabaseError
 from cronos.model import Method
 

@@ -1,7 +1,7 @@
 """Early verdicts: pure decisions, and with the built-in database."""
 
-from cronos.db import load_db
-from cronos.early import MIN_GAPS, EarlyStopper, Future, decide_from
+from cronos.analysis.db import load_db
+from cronos.analysis.early import MIN_GAPS, EarlyStopper, Future, decide_from
 from cronos.model import Method, Observation, StateFingerprint, Status, SynAckFeatures
 
 LINUX_HDR = SynAckFeatures(0xFE88, 64, True, 0, 1460, "MSTNW", 10)
@@ -61,10 +61,10 @@ def test_unknown_series_never_stops_early():
 def test_early_and_plot_read_one_alignment_when_the_first_packet_was_lost():
     from dataclasses import replace
 
-    from cronos.db import Database, parse_db_text
-    from cronos.early import futures
-    from cronos.match import match
-    from cronos.plot import expected_for
+    from cronos.analysis.db import Database, parse_db_text
+    from cronos.analysis.early import futures
+    from cronos.analysis.match import match
+    from cronos.render.plot import expected_for
 
     db = Database(
         tuple(

@@ -206,8 +206,8 @@ def test_other_hosts_results_are_unaffected(scans):
         assert_linux_profile(ref[m], "linux-orphan2")
         assert_linux_profile(got[m], "linux-orphan2")
     # and the verdict on the Linux host is the same
-    from cronos.db import load_db
-    from cronos.match import match
+    from cronos.analysis.db import load_db
+    from cronos.analysis.match import match
     from cronos.model import Observation
 
     db = load_db()

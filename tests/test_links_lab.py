@@ -13,8 +13,8 @@ import sys
 
 import pytest
 
-from cronos.dedupe import dedupe
-from cronos.pcapio import read_pcap
+from cronos.net.dedupe import dedupe
+from cronos.net.pcapio import read_pcap
 
 from helpers import assert_linux_profile, by_profile, cronos, read_verdicts, scan
 

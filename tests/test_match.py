@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cronos.db import Database, load_db, parse_db_text
-from cronos.match import match
+from cronos.analysis.db import Database, load_db, parse_db_text
+from cronos.analysis.match import match
 from cronos.model import Method, StateFingerprint, SynAckFeatures, parse_state_line
 
 NT_SYN = "CronOS_Syn(nbPkt=2%Time=30%p=2806316%p=6010910)"

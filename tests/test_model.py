@@ -12,7 +12,7 @@ from cronos.model import (
     parse_rst_line,
     parse_state_line,
 )
-from cronos.targets import parse_methods, parse_ports, resolve
+from cronos.scan.targets import parse_methods, parse_ports, resolve
 
 
 @pytest.mark.parametrize(
@@ -60,7 +60,7 @@ def test_hdr_and_rst_lines():
 def test_rsts_of_several_tries_are_kept_and_read_back():
     """With --tries 2 each try's RST is its own (the text report printed
     Syn=9000000%Syn=9100000 and the reader kept the last; -oX kept the first)."""
-    from cronos.classify import read_fingerprint_lines
+    from cronos.analysis.classify import read_fingerprint_lines
 
     f = SynAckFeatures(window=0x2000, ttl=128, df=True, ip_id=None, mss=1460, options="MNWST",
                        wscale=8)  # fmt: skip

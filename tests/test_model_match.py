@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cronos import _kernel
-from cronos.calibrate import calibrate
-from cronos.classify import read_hershel, read_observations
-from cronos.db import Database, load_db, parse_db_text
-from cronos.match import DEFAULT_MODEL, _compiled, _normalise, _timing, header_costs, match
+from cronos.analysis import _kernel
+from cronos.analysis.calibrate import calibrate
+from cronos.analysis.classify import read_hershel, read_observations
+from cronos.analysis.db import Database, load_db, parse_db_text
+from cronos.analysis.match import DEFAULT_MODEL, _compiled, _normalise, _timing, header_costs, match
 from cronos.model import Method, Observation, StateFingerprint, Status, SynAckFeatures
 
 WIN_DB = "167,8192,128,1,MNWST,7331,1460,1,0,0,1,0,2.999369,9.000088,21.000468"
@@ -293,7 +293,7 @@ def test_bounded_rows_change_no_verdict_and_no_shown_candidate(db, monkeypatch):
     """Rows more than PRUNE_MARGIN nats behind the best get a bound of their
     queueing likelihood, not the likelihood: every verdict, confidence and
     shown candidate (>= 0.001) is the one computed without bounds."""
-    import cronos.match as m
+    import cronos.analysis.match as m
 
     cases = _noisy_syn_observations(db, 150, seed=3)
     before = m._PRUNE_STATS[1]

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from cronos.architecture import infer, match_by_state
+from cronos.analysis.architecture import infer, match_by_state
 from cronos.errors import DependencyError
 from cronos.model import Method, Observation, StateFingerprint, Status, SynAckFeatures
-from cronos.nmap import (
+from cronos.net.nmap import (
     NmapHost,
     OsClass,
     OsMatch,
@@ -31,7 +31,7 @@ from cronos.nmap import (
     parse_nmap_xml,
     run_nmap,
 )
-from cronos.nmapxml import (
+from cronos.render.nmapxml import (
     NMAP_PREFIX,
     HostReport,
     osmatches_from,

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from cronos.dedupe import dedupe
 from cronos.model import Method, Status
+from cronos.net.dedupe import dedupe
+from cronos.net.pcapio import PcapError, PcapWriter, load_pcap, open_pcap_sink, read_pcap
 from cronos.packet import ACK, FIN, PSH, RST, SYN, Segment, build_ip
-from cronos.pcapio import PcapError, PcapWriter, load_pcap, open_pcap_sink, read_pcap
 from cronos.probes import PROBES, ProbeConfig
 from cronos.scan.core import CoreConfig, ScanCore
 from cronos.scan.passive import passive
@@ -287,6 +287,29 @@ def test_dedupe_drops_copies_seen_on_two_interfaces():
 # --- bad files: one line, no traceback --------------------------------------------------
 
 
+def _block(btype: int, body: bytes) -> bytes:
+    """A pcapng block, padded, with its length before and after."""
+    body += b"\0" * (-len(body) % 4)
+    n = len(body) + 12
+    return struct.pack("<II", btype, n) + body + struct.pack("<I", n)
+
+
+_SHB = _block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+_IDB = _block(1, struct.pack("<HHI", 101, 0, 0))
+
+
+def test_link_type_with_fcs_bits_is_read_as_its_low_16_bits(tmp_path):
+    """libpcap's LT_LINKTYPE: the upper bits of the field say whether frames
+    carry an FCS; the link type is the low 16 bits (0x14000001: Ethernet)."""
+    frame = _ether(build_ip(_srv(SYN | ACK, 1, 2)))
+    path = tmp_path / "fcs.pcap"
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 0x14000001))
+        fh.write(struct.pack("<IIII", 1, 0, len(frame), len(frame)) + frame)
+    data = load_pcap(path)
+    assert data.linktypes == (1,) and data.packets == [(1.0, frame[14:])]
+
+
 def test_truncated_file(scan_pcap, tmp_path):
     path, _, records = scan_pcap
     cut = tmp_path / "cut.pcap"
@@ -310,6 +333,18 @@ def test_truncated_file(scan_pcap, tmp_path):
             + struct.pack("<IIII", 0, 0, 1 << 30, 1 << 30),
             "corrupt record 1",
         ),  # fmt: skip
+        # pcapng blocks whose length fields lie (each once crashed the reader)
+        (_SHB + _block(1, b"\x01\0"), "block 2 at byte 28 \\(too short\\)"),
+        (_SHB + _IDB + _block(6, b"\0" * 12), "block 3 at byte 48 \\(too short\\)"),
+        (
+            _SHB + _IDB + _block(6, struct.pack("<IIII", 0, 0, 0, 500) + b"\0" * 4 + b"\x45" * 40),
+            "corrupt packet block 3 at byte 48 \\(length 500\\)",
+        ),  # fmt: skip
+        (
+            _SHB + _block(1, struct.pack("<HHI", 1, 0, 0) + struct.pack("<HH", 9, 8) + b"\x09"),
+            "interface option 9 \\(length 8\\)",
+        ),  # fmt: skip
+        (_SHB + _IDB[:-4] + struct.pack("<I", 24), "block 2 at byte 28 \\(trailing length\\)"),
     ],
 )
 def test_bad_files(tmp_path, content, message):
@@ -413,8 +448,8 @@ def test_replay_port_reuse_and_closing_probe_without_handshake():
 def test_lab_scan_with_early_stop_replays_to_the_same_fingerprints(make_lab, tmp_path):
     """The default scan stops early; replaying its -w file with the same early
     stop (same database) gives the same fingerprints."""
-    from cronos.db import load_db
-    from cronos.early import EarlyStopper
+    from cronos.analysis.db import load_db
+    from cronos.analysis.early import EarlyStopper
 
     jout, pout = tmp_path / "scan.jsonl", tmp_path / "scan.pcap"
     lab = make_lab(["linux-rto20"])

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from cronos.classify import classify
-from cronos.db import Database, parse_db_text
-from cronos.html_report import GLOBAL, HostSection, render_html, write_evidence, write_html
-from cronos.match import match
+from cronos.analysis.classify import classify
+from cronos.analysis.db import Database, parse_db_text
+from cronos.analysis.match import match
 from cronos.model import Method, Observation, StateFingerprint, Status
-from cronos.plot import expected_for, plot_timeline, render_timeline
+from cronos.render.html_report import GLOBAL, HostSection, render_html, write_evidence, write_html
+from cronos.render.plot import expected_for, plot_timeline, render_timeline
 
 DB_TEXT = """
 Fingerprint Test Linux
@@ -99,7 +99,7 @@ def test_plot_without_results_and_bad_extension(observations, tmp_path):
 
 
 @dataclass(frozen=True)
-class _Arch:  # what cronos.architecture.ArchitectureVerdict looks like
+class _Arch:  # what cronos.analysis.architecture.ArchitectureVerdict looks like
     kind: str
     summary: str
     evidence: tuple
@@ -147,18 +147,18 @@ def test_html_inline_svg_and_no_match_block(observations, tmp_path):
 
 def test_write_evidence_plot_and_html(observations, db, tmp_path, monkeypatch):
     """The renderers take the verdicts: nothing is matched again."""
-    import cronos.architecture
-    import cronos.match
-    import cronos.verdict
+    import cronos.analysis.architecture
+    import cronos.analysis.match
+    import cronos.analysis.verdict
 
     verdicts = classify(observations, db, architecture=True)
 
     def no_matching(*_a, **_k):
         raise AssertionError("a renderer matched again")
 
-    for mod in (cronos.match, cronos.verdict, cronos.architecture):
+    for mod in (cronos.analysis.match, cronos.analysis.verdict, cronos.analysis.architecture):
         monkeypatch.setattr(mod, "match", no_matching)
-    monkeypatch.setattr(cronos.match, "score", no_matching)
+    monkeypatch.setattr(cronos.analysis.match, "score", no_matching)
     write_evidence(verdicts, html_path=str(tmp_path / "e.html"), plot_path=str(tmp_path / "e.svg"))
     assert (tmp_path / "e.svg").read_text().count("<svg") == 1
     html = (tmp_path / "e.html").read_text()

@@ -8,10 +8,10 @@ import signal
 import time
 from dataclasses import replace
 
-from cronos.classify import read_observations
-from cronos.db import load_db
-from cronos.output import JsonLinesWriter
-from cronos.reporter import HostReporter, ReportOptions
+from cronos.analysis.classify import read_observations
+from cronos.analysis.db import load_db
+from cronos.render.output import JsonLinesWriter
+from cronos.scan.reporter import HostReporter, ReportOptions
 
 LINE = "CronOS_Syn(nbPkt=3%Time=12%p=1006373%p=2015927%p=4224062)\n"
 

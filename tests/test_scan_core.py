@@ -8,8 +8,8 @@ from dataclasses import replace
 
 import pytest
 
-from cronos.db import load_db
-from cronos.early import EarlyStopper
+from cronos.analysis.db import load_db
+from cronos.analysis.early import EarlyStopper
 from cronos.model import Method, Status
 from cronos.packet import ACK, FIN, RST, SYN, Segment, build_ip
 from cronos.probes import ProbeConfig

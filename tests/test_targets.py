@@ -1,6 +1,6 @@
 """Target sets: lazy expansion, and the exact count the progress line shows."""
 
-from cronos.targets import TargetSet
+from cronos.scan.targets import TargetSet
 
 
 def test_count_leaves_out_edges_exclusions_and_duplicates_and_keeps_skip_counts():

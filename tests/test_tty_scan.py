@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import pty
+import re
 import subprocess
 import sys
 import termios
@@ -101,8 +102,9 @@ def test_slash22_from_a_terminal_progress_stream_and_ctrl_c(tmp_path):
 
         assert rc == 130, screen[-2000:]
         assert "Traceback" not in screen, screen[-3000:]
-        # the live line: redrawn in place, hosts done / total, listening, packets, drops
-        assert "\r\x1b[K[" in shown, shown[-500:]
+        # the live line (tqdm): redrawn in place, a bar of measurements, hosts done /
+        # total, listening, packets, drops
+        assert re.search(r"\r *\d+%\|[^\r]*\| *\d+/1022 ", shown), shown[-500:]
         assert "/1022 done, " in shown and " listening, pkts in " in shown, shown[-500:]
         assert "drops 0" in shown
         # streamed: records were on disk while the scan ran (read above)

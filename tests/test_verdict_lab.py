@@ -36,9 +36,9 @@ def test_each_profile_is_named_first_with_tally_and_confidence(scanned):
 
 
 def test_a_profile_left_out_of_the_database_is_no_match(scanned, tmp_path):
-    from cronos.classify import read_jsonl
-    from cronos.db import Database, load_db
-    from cronos.match import match
+    from cronos.analysis.classify import read_jsonl
+    from cronos.analysis.db import Database, load_db
+    from cronos.analysis.match import match
 
     _, recs, targets = scanned
     db = load_db()

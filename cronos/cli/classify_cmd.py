@@ -6,12 +6,12 @@ import json
 import sys
 from pathlib import Path
 
-from ..classify import classify_stream, iter_observations
-from ..db import load_db
+from ..analysis.classify import classify_stream, iter_observations
+from ..analysis.db import load_db
+from ..analysis.match import DEFAULT_MODEL
 from ..errors import FingerprintSyntaxError, UsageError
-from ..match import DEFAULT_MODEL
 from ..model import Observation
-from ..verdict_text import render, verdict_dict
+from ..render.verdict_text import render, verdict_dict
 from .checks import output_dir, positive_seconds
 
 #: Targets the path model is estimated from (the input's first ones).
@@ -84,7 +84,7 @@ def run(args) -> int:
         raise UsageError("--top must be at least 1")
     if not 0 < args.unknown_prior < 1:
         raise UsageError("--unknown-prior must be between 0 and 1 (exclusive)")
-    from ..html_report import check_outputs, write_evidence
+    from ..render.html_report import check_outputs, write_evidence
 
     check_outputs(args.html_out, args.plot_out)
     output_dir("-oX", args.xml_out)
@@ -97,7 +97,7 @@ def run(args) -> int:
 
         if args.input != "-":
             raise UsageError("give either FILE or --pcap FILE, not both")
-        from ..early import EarlyStopper
+        from ..analysis.early import EarlyStopper
 
         stopper = None if args.full else EarlyStopper(db)
         kind, obs = analyse_pcap(
@@ -126,7 +126,7 @@ def run(args) -> int:
                                  architecture=bool(args.html_out)):  # fmt: skip
             if text_out:
                 if args.pcap:  # the measurements and fingerprint lines, as the scan printed them
-                    from ..report import host_block
+                    from ..render.report import host_block
 
                     sys.stdout.write(host_block(v.target, v.observations) + "\n")
                 sys.stdout.write(render(v, args.top) + "\n")
@@ -147,7 +147,7 @@ def run(args) -> int:
     if args.xml_out:
         import time
 
-        from ..nmapxml import HostReport, osmatches_from, write_nmap_xml
+        from ..render.nmapxml import HostReport, osmatches_from, write_nmap_xml
 
         hosts = [HostReport(v.target, v.observations, osmatches_from(v.result, top=args.top))
                  for v in kept]  # fmt: skip
@@ -172,8 +172,8 @@ def _model(args, items, db):
     import itertools
     from dataclasses import replace
 
-    from ..calibrate import MIN_TARGETS, calibrate
-    from ..classify import group_targets
+    from ..analysis.calibrate import MIN_TARGETS, calibrate
+    from ..analysis.classify import group_targets
 
     model = replace(DEFAULT_MODEL, unknown_prior=args.unknown_prior)
     # from a pipe, verdicts stream as targets end: no read-ahead unless asked

@@ -58,7 +58,7 @@ def _check(args) -> tuple[list[str], str]:
     """Every option, before a lab is built."""
     from ..lab import DEFAULT_PROFILES
     from ..lab.profiles import get
-    from ..targets import parse_methods
+    from ..scan.targets import parse_methods
 
     profiles = args.profile or list(DEFAULT_PROFILES)
     for name in profiles:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import DatabaseError, PrivilegeError, UsageError
 from ..model import Method, Observation
-from ..targets import parse_methods, parse_ports, resolve
+from ..scan.targets import parse_methods, parse_ports, resolve
 
 
 def register(sub) -> None:
@@ -50,7 +50,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..db import parse_db_text
+    from ..analysis.db import parse_db_text
 
     ports, methods, os_class = _check(args)
     if args.netns:
@@ -61,7 +61,7 @@ def run(args) -> int:
 
     check_interface(args.interface)
     target = resolve(args.target)
-    from ..learn import build_signature
+    from ..analysis.learn import build_signature
     from ..net import firewall
     from ..net.engine import Engine, EngineConfig
     from ..scan.core import CoreConfig, Job
@@ -92,7 +92,7 @@ def run(args) -> int:
 def _check(args):
     """Every argument, before a packet is sent: what the loader would refuse
     after minutes of measuring is refused now."""
-    from ..learn import parse_class
+    from ..analysis.learn import parse_class
 
     ports = parse_ports(args.port)
     if len(ports) != 1:
@@ -137,7 +137,7 @@ def _check_db_out(path: Path, label: str, os_class) -> None:
 def _append(path: Path, block: str, write: bool = True) -> None:
     """Append ``block`` to ``path`` if the result loads (beside the built-in
     database, unless ``path`` is part of it)."""
-    from ..db import load_db
+    from ..analysis.db import load_db
 
     try:
         existing = path.read_text(encoding="utf-8") if path.exists() else ""
@@ -161,6 +161,6 @@ def _append(path: Path, block: str, write: bool = True) -> None:
 
 
 def _builtin_resolved() -> set[Path]:
-    from ..db import builtin_paths
+    from ..analysis.db import builtin_paths
 
     return {p.resolve() for p in builtin_paths()}

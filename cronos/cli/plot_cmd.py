@@ -50,7 +50,7 @@ def load_observations(name: str, timeout_s: float = 60.0, window_s: float = 180.
         if not obs:
             raise UsageError(f"{name}: no Cron-OS probe and no retransmission series found")
         return kind, obs
-    from ..classify import read_observations
+    from ..analysis.classify import read_observations
 
     try:
         text = Path(name).read_text(encoding="utf-8")
@@ -62,7 +62,7 @@ def load_observations(name: str, timeout_s: float = 60.0, window_s: float = 180.
 def run(args) -> int:
     if args.top < 0:
         raise UsageError("--top must be >= 0")
-    from ..plot import FORMATS
+    from ..render.plot import FORMATS
 
     if Path(args.output).suffix.lower() not in FORMATS:
         raise UsageError(f"-o {args.output}: plot format must be one of {', '.join(FORMATS)}")
@@ -72,10 +72,10 @@ def run(args) -> int:
     output_dir("-oH", args.html_out)
     positive_seconds("--timeout", args.timeout)
     positive_seconds("--window", args.window)
-    from ..classify import classify
-    from ..db import load_db
-    from ..html_report import write_evidence
-    from ..plot import plot_timeline
+    from ..analysis.classify import classify
+    from ..analysis.db import load_db
+    from ..render.html_report import write_evidence
+    from ..render.plot import plot_timeline
 
     db = load_db(args.db)  # a bad --db is an argument error: before reading the input
     kind, obs = load_observations(args.input, args.timeout, args.window)

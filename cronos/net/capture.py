@@ -6,7 +6,7 @@ replies and our own outgoing segments, each with the kernel's capture time.
 A socket on every interface would see a packet once per device it crosses (a
 bridge and its port, a macvlan or VLAN device and its parent, a bond and its
 slave). ``CaptureSet`` reads the sockets of a scan and drops the exact copies
-that can still arrive (``cronos.dedupe``).
+that can still arrive (``cronos.net.dedupe``).
 
 The socket is created with protocol 0 (it receives nothing), the BPF filter
 is attached, then it is bound to its interface and protocol: no unfiltered
@@ -22,9 +22,9 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from ..dedupe import CopyFilter
 from ..errors import NetError, PrivilegeError
 from . import bpf
+from .dedupe import CopyFilter
 
 ETH_P_ALL = 0x0003  # ETH_P_IP sockets are not given outgoing packets; the filter keeps IPv4
 SO_TIMESTAMPNS = 35

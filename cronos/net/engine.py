@@ -68,7 +68,7 @@ class Engine:
     ):
         """``packet_sink(ts, ip_bytes)`` receives every captured packet of our
         flows, both directions, with its kernel timestamp (for ``-w FILE``).
-        ``early_stop``: a ``cronos.early.EarlyStopper``, or None (``--full``)."""
+        ``early_stop``: a ``cronos.analysis.early.EarlyStopper``, or None (``--full``)."""
         self.cfg = cfg
         self.on_result = on_result
         self.packet_sink = packet_sink

@@ -43,7 +43,7 @@ class ScanOutputs:
         for flag, path in (("-oX", self.xml_out), ("-w", self.pcap_out)):
             if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
                 raise UsageError(f"{flag} {path}: directory does not exist")
-        from ..html_report import check_outputs
+        from ..render.html_report import check_outputs
 
         check_outputs(self.html_out, self.plot_out)
 

@@ -35,7 +35,7 @@ import secrets
 import struct
 from dataclasses import dataclass, field, replace
 
-from ..early import step as early_step
+from ..analysis.early import step as early_step
 from ..model import Method, Observation
 from ..packet import (
     ACK,
@@ -123,7 +123,7 @@ class ScanCore:
 
     def __init__(self, cfg: CoreConfig, early_stop=None):
         self.cfg = cfg
-        # cronos.early.EarlyStopper: asked after each timed packet and at the
+        # cronos.analysis.early.EarlyStopper: asked after each timed packet and at the
         # times it names; stops a probe once its verdict cannot change
         self.early_stop = early_stop
         self.stats = CoreStats()

@@ -252,16 +252,16 @@ def analyse_pcap(
 ) -> tuple[str, list[Observation]]:
     """``("replay", obs)`` if the file holds our probes, else ``("passive", obs)``.
 
-    ``stopper``: the scan's early stop (``cronos.early.EarlyStopper``), so that
+    ``stopper``: the scan's early stop (``cronos.analysis.early.EarlyStopper``), so that
     a scan's capture replays to the same fingerprints; None for ``--full``.
 
-    Exact copies are dropped first (``cronos.dedupe``): ``tcpdump -i any``
+    Exact copies are dropped first (``cronos.net.dedupe``): ``tcpdump -i any``
     sees a packet once per interface it crosses, and so did ``scan -w`` before
     its capture was bound to the route's interface. A capture whose last
     record is cut (a killed scan) is read up to it.
     """
-    from ..dedupe import dedupe
-    from ..pcapio import load_pcap
+    from ..net.dedupe import dedupe
+    from ..net.pcapio import load_pcap
 
     data = load_pcap(path, strict=False)
     pkts = parse_packets(list(dedupe(data.packets)))

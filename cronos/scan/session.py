@@ -21,14 +21,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from ..db import Database
+from ..analysis.db import Database
 from ..errors import UsageError
 from ..model import Observation
-from ..output import JsonLinesWriter
-from ..reporter import HostReporter, ReportOptions
-from ..targets import TargetSet
+from ..render.output import JsonLinesWriter
 from .config import MAX_HOSTS_WITHOUT_YES, ScanConfig
 from .core import CoreConfig, Job
+from .reporter import HostReporter, ReportOptions
+from .targets import TargetSet
 
 
 class Progress:
@@ -150,7 +150,7 @@ def run_scan(
     if cfg.nmap:
         from concurrent.futures import ThreadPoolExecutor
 
-        from ..nmap import run_nmap
+        from ..net.nmap import run_nmap
 
         pool = ThreadPoolExecutor(max_workers=1)  # one nmap subprocess for the batch
         extra = ("-e", cfg.interface) if cfg.interface else ()
@@ -166,12 +166,12 @@ def run_scan(
     hint = list(targets) if targets.upper_bound() <= 64 else None
     sink = close_pcap = None
     if o.pcap_out:
-        from ..pcapio import open_pcap_sink
+        from ..net.pcapio import open_pcap_sink
 
         sink, close_pcap = open_pcap_sink(o.pcap_out)
     stopper = None
     if cfg.early_stop:
-        from ..early import EarlyStopper
+        from ..analysis.early import EarlyStopper
 
         stopper = EarlyStopper(db)
     engine = Engine(engine_cfg, on_result, packet_sink=sink, on_tick=tick, early_stop=stopper)
@@ -189,12 +189,12 @@ def run_scan(
         if writer:
             writer.close()
         if o.evidence:
-            from ..html_report import write_evidence
+            from ..render.html_report import write_evidence
 
             write_evidence(reporter.evidence, html_path=o.html_out, plot_path=o.plot_out,
                            top=o.top)  # fmt: skip
         if o.xml_out:
-            from ..nmapxml import write_nmap_xml
+            from ..render.nmapxml import write_nmap_xml
 
             write_nmap_xml(o.xml_out, reporter.xml_hosts, args=o.command_line,
                            start=engine.stats.started or time.time(), end=time.time())  # fmt: skip

@@ -20,10 +20,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from ..model import Method, Observation, Status
+from ..net.nmap import VAGUE_FAMILIES, NmapHost
 from .db import Database
 from .match import match
-from .model import Method, Observation, Status
-from .nmap import VAGUE_FAMILIES, NmapHost
 
 KINDS = ("syn-proxy", "filtering-firewall", "non-ideal-network", "not-in-bases", "consistent")
 SUMMARIES = {

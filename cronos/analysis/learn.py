@@ -21,9 +21,9 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import date
 
+from ..errors import UsageError
+from ..model import Method, Observation, StateFingerprint, Status
 from .db import OsClass, Signature
-from .errors import UsageError
-from .model import Method, Observation, StateFingerprint, Status
 
 SPREAD_FLOOR_US = 1000
 #: Retransmission timers are quantised: Linux's timer wheel rounds a timeout up
@@ -115,8 +115,8 @@ def build_signature(
 def parse_class(text: str) -> OsClass:
     """``--class``: the loader's own rule (``vendor | family | generation |
     device type``, vendor and family required, or ``unknown``)."""
+    from ..errors import DatabaseError
     from .db import parse_class as db_parse_class
-    from .errors import DatabaseError
 
     try:
         return db_parse_class(text, "--class")

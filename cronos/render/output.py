@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from .errors import UsageError
+from ..errors import UsageError
 
 
 def json_line(record: dict) -> str:

@@ -1,5 +1,5 @@
 /* The matcher's inner loop: one observed series against every signature of a
- * state (cronos/match.py documents the model and calls it; the matcher's tests
+ * state (cronos/analysis/match.py documents the model and calls it; the matcher's tests
  * in tests/test_match.py and tests/test_model_match.py exercise it).
  *
  * For each signature row and each anchor (the first packet seen is the first

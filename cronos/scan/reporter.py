@@ -13,11 +13,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .db import Database
-from .model import Observation
-from .output import json_line
-from .report import host_block
-from .verdict import Verdict
+from ..analysis.db import Database
+from ..analysis.verdict import Verdict
+from ..model import Observation
+from ..render.output import json_line
+from ..render.report import host_block
 
 
 @dataclass(frozen=True)
@@ -49,10 +49,10 @@ def compute_host(target, observations, db, opts: ReportOptions, nmap_host) -> Ho
     """Per port: the matcher's guesses, the architecture verdict (per-state
     matches, nmap's view when known), verdict records. Pure: it runs in the
     scan process, or in the classification worker of a large scan."""
-    from .merged import render_merged
-    from .nmapxml import HostReport, cronos_lines, osmatches_from
-    from .verdict import decide
-    from .verdict_text import render, verdict_dict
+    from ..analysis.verdict import decide
+    from ..render.merged import render_merged
+    from ..render.nmapxml import HostReport, cronos_lines, osmatches_from
+    from ..render.verdict_text import render, verdict_dict
 
     records, texts, best, first_arch, fallback = [], [], None, None, None
     for port in sorted({o.port for o in observations}):
@@ -97,7 +97,7 @@ _WORKER_DB = None
 def _worker_init(db_files: list[str]) -> None:
     import signal
 
-    from .db import load_db
+    from ..analysis.db import load_db
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the scan process handles Ctrl-C
     global _WORKER_DB
@@ -206,7 +206,7 @@ class HostReporter:
             self.pool = None
 
     def _collect_nmap(self) -> None:
-        from .errors import CronosError
+        from ..errors import CronosError
 
         try:
             self.nmap_hosts = self.nmap_future.result()

@@ -21,8 +21,8 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .errors import UsageError
-from .model import Observation, Status, schedule_us
+from ..errors import UsageError
+from ..model import Observation, Status, schedule_us
 
 FORMATS = (".png", ".svg", ".pdf")
 MAX_ROWS = 200  # measurements per figure; more would be unreadable

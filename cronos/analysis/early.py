@@ -22,9 +22,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 
+from ..model import Method, Observation, Status
 from .db import Database
 from .match import match
-from .model import Method, Observation, Status
 
 TOP = 8  # candidates considered
 MIN_GAPS = 3  # evidence before stopping while some signature still expects packets

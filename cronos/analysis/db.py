@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from .errors import DatabaseError, FingerprintSyntaxError
-from .model import (
+from ..errors import DatabaseError, FingerprintSyntaxError
+from ..model import (
     Method,
     StateFingerprint,
     SynAckFeatures,
@@ -34,7 +34,7 @@ from .model import (
     parse_rst_line,
     parse_state_line,
 )
-from .textfile import NotText, read_text
+from ..textfile import NotText, read_text
 
 MAX_LINE = 4096
 _STATE_PREFIXES = tuple(m.line_name + "(" for m in Method)

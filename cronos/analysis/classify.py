@@ -24,11 +24,9 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
-from . import interrupts
-from .db import Database
-from .errors import FingerprintSyntaxError
-from .match import PathModel
-from .model import (
+from .. import interrupts
+from ..errors import FingerprintSyntaxError
+from ..model import (
     Method,
     Observation,
     StateFingerprint,
@@ -38,6 +36,8 @@ from .model import (
     parse_rst_line,
     parse_state_line,
 )
+from .db import Database
+from .match import PathModel
 from .verdict import Verdict, by_target, decide
 
 _STATE_RE = re.compile(r"^(CronOS_(?:Syn|LastAck|FinWait|Hdr|Rst))\(")
@@ -50,7 +50,7 @@ LAYOUT_LINES = 10_000  # Hershel lines read to settle the file's layout
 OPEN_TARGETS = 10_000
 
 
-#: what ``classify`` gives per target (``cronos.verdict``, the one verdict path)
+#: what ``classify`` gives per target (``cronos.analysis.verdict``, the one verdict path)
 TargetVerdict = Verdict
 
 

@@ -24,9 +24,9 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__
-from .model import Observation, Status, fingerprint_lines
-from .nmap import NmapHost, OsClass, OsMatch
+from .. import __version__
+from ..model import Observation, Status, fingerprint_lines
+from ..net.nmap import NmapHost, OsClass, OsMatch
 
 NMAP_PREFIX = "nmap: "
 HOST_COMMENT = (

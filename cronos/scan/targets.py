@@ -5,8 +5,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 
-from .errors import UsageError
-from .textfile import NotText, read_text
+from ..errors import UsageError
+from ..textfile import NotText, read_text
 
 MAX_PORTS = 1024
 

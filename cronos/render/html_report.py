@@ -21,10 +21,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__
-from .errors import UsageError
-from .model import Method, Observation, Status
-from .model import fingerprint_lines as model_fingerprint_lines
+from .. import __version__
+from ..errors import UsageError
+from ..model import Method, Observation, Status
+from ..model import fingerprint_lines as model_fingerprint_lines
 
 GLOBAL = ""  # key of the plot shown above every host section
 
@@ -312,7 +312,7 @@ def write_evidence(
     plot_path: str | None = None,
     top: int = 5,
 ) -> None:
-    """Plot and write the HTML of targets already decided (``cronos.verdict``:
+    """Plot and write the HTML of targets already decided (``cronos.analysis.verdict``:
     their observations, results and architecture verdicts; nothing is matched
     here)."""
     if not verdicts or not (html_path or plot_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .model import Method, Observation, fingerprint_lines
+from ..model import Method, Observation, fingerprint_lines
 
 
 def _gaps_ms(gaps_us: Sequence[int], limit: int = 12) -> str:

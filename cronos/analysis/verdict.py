@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from ..model import Observation, Status
 from .db import Database
 from .match import MatchResult, PathModel, match
-from .model import Observation, Status
 
 _ANSWERED = (Status.OK, Status.ABORTED)  # a timed state (aborted: what was listened)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import textwrap
 from itertools import zip_longest
 
-from .architecture import ArchitectureVerdict
-from .nmap import NmapHost, family_of
+from ..analysis.architecture import ArchitectureVerdict
+from ..net.nmap import NmapHost, family_of
 from .nmapxml import cronos_lines
 
 WIDTH = 100

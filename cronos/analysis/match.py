@@ -32,7 +32,7 @@ Model (``docs/matching.md`` explains it with the figures):
   a broad schedule has a lower density where the observation is.
 
 Costs are negative log-likelihoods in nats (time densities per microsecond).
-``calibrate`` (``cronos.calibrate``) estimates the path parameters and the
+``calibrate`` (``cronos.analysis.calibrate``) estimates the path parameters and the
 stacks' popularity from a batch of observations (EM) and returns a
 ``PathModel`` to match them with.
 """
@@ -51,9 +51,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from . import _kernel
-from .db import Database, Signature
-from .model import (
+from ..model import (
     Method,
     Observation,
     StateFingerprint,
@@ -62,6 +60,8 @@ from .model import (
     fingerprint_lines,
     schedule_us,
 )
+from . import _kernel
+from .db import Database, Signature
 
 # --- the path model ---------------------------------------------------------------------
 
@@ -538,7 +538,7 @@ def _params(o: _Obs, model: PathModel, horizon: float) -> np.ndarray:
 
 
 def _timing(tab: _Table, o: _Obs, model: PathModel, prune=None) -> _TimingResult:
-    """The observation against every row of ``tab`` (``cronos._kernel``).
+    """The observation against every row of ``tab`` (``cronos.analysis._kernel``).
     ``prune``: a function of the rows' base costs and kernel info giving
     the rows' costs beside the queueing (rows x K ways); rows that cannot come
     within PRUNE_MARGIN nats of the best are bounded, not computed (``_run``).
@@ -933,7 +933,7 @@ class MatchResult:
 @dataclass
 class Scored:
     """Every signature's likelihood for one target's observations (``score``):
-    what ``match`` ranks and ``cronos.calibrate`` re-estimates the model from."""
+    what ``match`` ranks and ``cronos.analysis.calibrate`` re-estimates the model from."""
 
     obs: list[_Obs]
     per_obs: list  # (obs, table, timing result, generic cost)

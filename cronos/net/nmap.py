@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from defusedxml import DefusedXmlException
 from defusedxml import ElementTree as SafeET
 
-from .errors import DependencyError
+from ..errors import DependencyError
 
 DEFAULT_ARGS = ("-O", "--osscan-guess", "-Pn", "-n", "--max-os-tries", "1")
 # nmap's "embedded" and the like say little about the stack; a concrete

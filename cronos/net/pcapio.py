@@ -14,6 +14,27 @@ skipped), LINUX_SLL (113, ``tcpdump -i any``), LINUX_SLL2 (276), NULL (0) and
 LOOP (108). It returns ``(ts, ipv4_bytes)`` in file order; everything that is
 not IPv4 is skipped. A malformed file raises ``PcapError`` (one line:
 ``FILE: reason``).
+
+Why not scapy's ``RawPcapReader``/``RawPcapNgReader``/``RawPcapWriter``
+(scapy 2.8.0, measured 2026-12-02; scripts and outputs kept with the issue's
+closing note): their timestamps read back bit-exact too, and their link
+types are usable, but
+
+* a file cut inside a record header ends silently, exactly like a clean
+  end, and one cut inside a record's data returns the partial packet as a
+  packet: no strict mode is possible (a killed scan must say it was cut);
+* a corrupt record length gives a bogus packet that swallows the good
+  records after it (classic), or ends the file silently, or raises
+  MemoryError under an address-space limit (pcapng, the buffer is allocated
+  at the claimed size); packets over 65,535 bytes are cut silently;
+* ``RawPcapWriter(sync=True)`` writes a record in two ``write()`` calls: 43
+  of 200 files killed while writing ended in a cut record (ours: 0 of 200,
+  one ``write()`` per record); scapy's pcapng writer keeps microseconds only;
+* it is slower on 1,000,000 packets: classic 1.28 s vs 0.81 s, pcapng
+  2.91 s vs 1.57 s, writing (synced) 1.86 s vs 1.19 s. Scapy reads as it goes
+  (233 MiB peak vs 306 MiB here, which reads the file at once).
+
+Scapy stays the outside check: the tests read our files with it.
 """
 
 from __future__ import annotations
@@ -25,7 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UsageError
+from ..errors import UsageError
 
 MAGIC_US = 0xA1B2C3D4
 MAGIC_NS = 0xA1B23C4D
@@ -171,7 +192,8 @@ def load_pcap(path: str | os.PathLike, *, strict: bool = True) -> PcapData:
 def _read_classic(name: str, raw: bytes, e: str, ns: bool, strict: bool) -> PcapData:
     if len(raw) < 24:
         raise PcapError(f"{name}: truncated pcap header")
-    linktype = struct.unpack_from(e + "I", raw, 20)[0] & 0x0FFFFFFF  # high bits: FCS info
+    # low 16 bits: the link type (libpcap's LT_LINKTYPE); the high ones: FCS info
+    linktype = struct.unpack_from(e + "I", raw, 20)[0] & 0xFFFF
     strip = _link_stripper(name, linktype)
     scale = 1e-9 if ns else 1e-6
     out: list[tuple[float, bytes]] = []
@@ -226,15 +248,21 @@ def _read_pcapng(name: str, raw: bytes, strict: bool) -> PcapData:
             raise PcapError(f"{name}: corrupt pcapng block {k} at byte {off} (length {blen})")
         if off + blen > len(raw):
             return _cut(name, out, [i[0] for i in ifaces], "pcapng", k, off, strict)
+        if struct.unpack_from(e + "I", raw, off + blen - 4)[0] != blen:
+            raise PcapError(f"{name}: corrupt pcapng block {k} at byte {off} (trailing length)")
         body = raw[off + 8 : off + blen - 4]
+        if btype in (1, 6) and len(body) < (8 if btype == 1 else 20):
+            raise PcapError(f"{name}: corrupt pcapng block {k} at byte {off} (too short)")
         if btype == 1:  # interface description
             lt = struct.unpack_from(e + "H", body, 0)[0]
-            units = _if_tsresol(body[8:], e)
+            units = _if_tsresol(name, body[8:], e)
             ifaces.append((lt, _link_stripper(name, lt), units, _scale(units)))
         elif btype == 6:  # enhanced packet
             iface, hi, lo, cap = struct.unpack_from(e + "IIII", body, 0)
             if iface >= len(ifaces):
                 raise PcapError(f"{name}: packet block {k} names unknown interface {iface}")
+            if cap > len(body) - 20:
+                raise PcapError(f"{name}: corrupt packet block {k} at byte {off} (length {cap})")
             _lt, strip, units, scale = ifaces[iface]
             sec, frac = divmod((hi << 32) | lo, units)
             ip = strip(body[20 : 20 + cap])
@@ -246,12 +274,14 @@ def _read_pcapng(name: str, raw: bytes, strict: bool) -> PcapData:
     return PcapData(out, tuple(i[0] for i in ifaces), "pcapng")
 
 
-def _if_tsresol(opts: bytes, e: str) -> int:
+def _if_tsresol(name: str, opts: bytes, e: str) -> int:
     off = 0
     while off + 4 <= len(opts):
         code, length = struct.unpack_from(e + "HH", opts, off)
         if code == 0:
             break
+        if off + 4 + length > len(opts):
+            raise PcapError(f"{name}: corrupt pcapng interface option {code} (length {length})")
         if code == 9 and length >= 1:
             v = opts[off + 4]
             return 2 ** (v & 0x7F) if v & 0x80 else 10 ** (v & 0x7F)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .classify import TargetVerdict
-from .match import Candidate, MatchResult
+from ..analysis.classify import TargetVerdict
+from ..analysis.match import Candidate, MatchResult
 
 
 def candidate_dict(c: Candidate) -> dict:
