@@ -9,6 +9,9 @@ busy engine). Packets cross as IPv4 bytes (``wire=True``: built by
 ``packet.build_ip`` and parsed by the core as captured ones are) or as
 Segments. ``captured`` is what a ``scan -w`` file would hold.
 
+A ``Peer`` plans its segments when ours reach it (``on_segment``), may
+cancel a planned one when it is due (``still_sends``: an ACK came), and may
+have a clock of its own (``next_timer``/``on_timer``).
 ``StackPeer`` is a server with a retransmission schedule per state: it
 answers a SYN with a SYN-ACK and sends it again at ``synack_gaps_s`` until
 our ACK; after our FIN (LAST_ACK) or our request (FIN_WAIT1) it closes and
@@ -29,6 +32,7 @@ from ..probes import ProbeConfig
 from .core import Job, ScanCore
 
 MASK = 0xFFFFFFFF
+PEER_TICK_S = 1e-4  # a peer's own timer is served at most this often
 # event kinds, in the order they are served at equal times
 _AT_US, _AT_PEER, _PEER_SENDS = 0, 1, 2
 
@@ -47,6 +51,13 @@ class Peer:
         """Asked when a planned segment is due: False if what happened since
         (an ACK, a RST) cancelled it."""
         return True
+
+    def next_timer(self) -> float | None:
+        """When ``on_timer`` has something to do (a peer with a clock of its own)."""
+        return None
+
+    def on_timer(self, t: float) -> list[tuple[float, Segment]]:
+        return []
 
 
 @dataclass
@@ -189,6 +200,7 @@ class SimNet:
         self.captured: list[tuple[float, bytes]] = []  # our capture, both directions
         self.observations: list[Observation] = []
         self._events: list[tuple[float, int, int, Segment]] = []  # (t, kind, n, seg)
+        self._peer_served: dict[int, float] = {}  # id(peer) -> last on_timer
         self._seq = itertools.count()
 
     # -- the scanner's side ------------------------------------------------------
@@ -215,7 +227,19 @@ class SimNet:
             d = self.core.next_deadline
             t_timer = None if d is None else d + self.timer_lag_s
             t_event = self._events[0][0] if self._events else None
-            if t_event is not None and t_event <= until and (t_timer is None or t_event <= t_timer):
+            t_peer, peer = self._next_peer_timer()
+            if (
+                t_peer is not None
+                and t_peer <= until
+                and all(t is None or t_peer < t for t in (t_event, t_timer))
+            ):
+                self.now = t_peer
+                for when, seg in peer.on_timer(t_peer):
+                    self._push(max(when, t_peer), _PEER_SENDS, seg)
+                self._peer_served[id(peer)] = t_peer
+            elif (
+                t_event is not None and t_event <= until and (t_timer is None or t_event <= t_timer)
+            ):
                 t, kind, _, seg = heapq.heappop(self._events)
                 self.now = t
                 self._serve(t, kind, seg)
@@ -234,11 +258,27 @@ class SimNet:
         self._collect()
 
     def run(self) -> list[Observation]:
-        """Until every probe is done; their observations, in finishing order."""
+        """Until nothing is left to happen (every probe done, every peer
+        silent); the observations, in finishing order."""
         self.run_until(float("inf"))
         return self.observations
 
     # -- internals ------------------------------------------------------------------
+    def _next_peer_timer(self) -> tuple[float | None, Peer | None]:
+        """The earliest peer timer; a peer behind its schedule (a capped burst)
+        is served again PEER_TICK_S later, not at the same instant."""
+        best: tuple[float | None, Peer | None] = (None, None)
+        for p in self.peers.values():
+            t = p.next_timer()
+            if t is None:
+                continue
+            last = self._peer_served.get(id(p))
+            if last is not None:
+                t = max(t, last + PEER_TICK_S)
+            if best[0] is None or t < best[0]:
+                best = (t, p)
+        return best
+
     def _push(self, t: float, kind: int, seg: Segment) -> None:
         heapq.heappush(self._events, (t, kind, next(self._seq), seg))
 
