@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 APT_PKGS := nmap nftables iproute2 ethtool tcpdump iptables slirp4netns \
-            libnetfilter-queue-dev python3-venv python3-dev gcc procps psmisc \
-            chromium libxml2-utils
+            libnetfilter-queue-dev python3-venv python3-dev gcc libc6-dev procps psmisc \
+            chromium libxml2-utils liblwip-dev golang-go golang-gvisor-gvisor-dev \
+            user-mode-linux busybox-static cpio
 STAMP_APT := $(VENV)/.apt-done
 STAMP_PIP := $(VENV)/.pip-done
 

@@ -41,6 +41,21 @@ LABELS = {
         "Linux 6.x, tcp_synack_retries=2, tcp_orphan_retries=2, rto_min 20ms [lab linux-rto20]",
         *LINUX,
     ),
+    "lwip": (
+        "lwIP 2.1.3 embedded TCP/IP stack (Debian liblwip, default options) [lab lwip]",
+        "lwIP | lwIP | 2.X | specialized",
+        "cpe:/a:lwip_project:lwip:2.1.3",
+    ),
+    "gvisor": (
+        "gVisor netstack 2022-12-19 (Debian golang-gvisor-gvisor-dev 0.0~20221219) [lab gvisor]",
+        "Google | gVisor | 2022.X | specialized",
+        "cpe:/a:google:gvisor",
+    ),
+    "uml": (
+        "User-Mode Linux 6.1 (HZ=100), tcp_synack_retries=3, tcp_orphan_retries=1 [lab uml]",
+        "Linux | Linux | 6.X | general purpose",
+        "cpe:/o:linux:linux_kernel:6.1",
+    ),
     "synproxy": (
         "Linux netfilter SYNPROXY in front of Linux 6.x [lab synproxy]",
         "Linux | Linux | 6.X | firewall",
@@ -107,6 +122,8 @@ def main() -> int:
                 cmd += ["--cpe", cpe]
             if t.profile == "pytcp":  # its Python timer thread runs late under load:
                 cmd += ["--spread-floor", "0.12"]  # measured 1.15 s idle, 1.39 s busy
+            if t.profile == "lwip":  # the phase of its 500 ms tick moves every arrival
+                cmd += ["--spread-floor", "0.08"]
             procs[t.profile] = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         for name, p in procs.items():
             out, _ = p.communicate()

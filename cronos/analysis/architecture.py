@@ -84,13 +84,23 @@ def _per_state(m) -> dict:
 
 
 def families(result) -> frozenset[str]:
-    """Families a MatchResult(-ish) names: its class-level verdict, else the tied best."""
+    """Families a MatchResult(-ish) names: its class-level verdict, else every
+    family of the candidates holding 90 % of the posterior between them (at
+    least the tied best): stacks of two families may time a state alike
+    (gVisor's closing states and Linux's), and a state that cannot tell them
+    apart does not say the other states are another stack."""
     if result is None or result.no_match or not result.candidates:
         return frozenset()
     if result.verdict_class:
         return frozenset({result.verdict_class})
-    tied = result.candidates[: max(1, result.ties)]
-    return frozenset(c.signature.family for c in tied if c.signature.family)
+    out, mass = set(), 0.0
+    for k, c in enumerate(result.candidates):
+        if k >= max(1, result.ties) and mass >= 0.9:
+            break
+        if c.signature.family:
+            out.add(c.signature.family)
+        mass += c.confidence
+    return frozenset(out)
 
 
 def _name(result) -> str:

@@ -84,6 +84,12 @@ class Signature:
     offset_spread_us: dict[Method, int] = field(default_factory=dict)
     file: str = "<memory>"
     line: int = 0
+    #: a variant of a ``Law`` block (``cronos.analysis.laws``): the block's
+    #: name, the law, its parameter values, and its share of the block's prior
+    law_block: str = ""
+    law: str = ""
+    params: tuple[tuple[str, str], ...] = ()
+    weight: float = 1.0
 
     @property
     def where(self) -> str:
@@ -100,7 +106,8 @@ class Signature:
         return (self.features, tuple(sorted(self.states.items(), key=lambda kv: kv[0].value)))
 
     def block(self) -> str:
-        """The block in the database's own syntax, ready to paste."""
+        """The block in the database's own syntax, ready to paste (a law's
+        variant as the fixed signature it is)."""
         lines = [f"Fingerprint {self.name}"]
         lines += [c.line() for c in self.classes]
         lines += [f"CPE {c}" for c in self.cpes]
@@ -146,6 +153,15 @@ def load_db(paths: list[Path] | None = None, *, builtin: bool = True) -> Databas
         # built-in files are named as in the source tree, not by this machine's path
         name = f"cronos/data/{path.name}" if path in shipped else str(path)
         for sig in parse_db_text(_read(path), name):
+            if sig.law_block:  # a law's variants are distinct by construction
+                prev = seen_names.get(sig.law_block)
+                if prev is not None and prev != sig.where:
+                    raise DatabaseError(
+                        f"{sig.where}: duplicate name {sig.law_block!r}, already at {prev}"
+                    )
+                seen_names[sig.law_block] = sig.where
+                sigs.append(sig)
+                continue
             if sig.name in seen_names:
                 raise DatabaseError(
                     f"{sig.where}: duplicate name {sig.name!r}, already at {seen_names[sig.name]}"
@@ -178,7 +194,8 @@ def _read(path: Path) -> str:
 
 
 def parse_db_text(text: str, filename: str = "<string>") -> list[Signature]:
-    """Parse one file's text into signatures (no cross-file checks)."""
+    """Parse one file's text into signatures (no cross-file checks); a ``Law``
+    block gives one signature per variant."""
     out: list[Signature] = []
     block: list[tuple[int, str]] = []
     for n, raw in enumerate(text.splitlines(), 1):
@@ -187,16 +204,16 @@ def parse_db_text(text: str, filename: str = "<string>") -> list[Signature]:
         line = raw.split("#", 1)[0].strip()
         if not line:
             if not raw.strip() and block:  # a blank line ends a block; comments do not
-                out.append(_parse_block(block, filename))
+                out += _parse_block(block, filename)
                 block = []
             continue
         block.append((n, line))
     if block:
-        out.append(_parse_block(block, filename))
+        out += _parse_block(block, filename)
     return out
 
 
-def _parse_block(block: list[tuple[int, str]], fn: str) -> Signature:
+def _parse_block(block: list[tuple[int, str]], fn: str) -> list[Signature]:
     first_no, first = block[0]
     if not first.startswith("Fingerprint "):
         raise DatabaseError(f"{fn}:{first_no}: a block must start with 'Fingerprint NAME'")
@@ -213,11 +230,17 @@ def _parse_block(block: list[tuple[int, str]], fn: str) -> Signature:
     rst_spread: dict[Method, int] = {}
     offset_spread: dict[Method, int] = {}
     spread_line = 0
+    law_line: tuple[int, str] | None = None
     for n, line in block[1:]:
         where = f"{fn}:{n}"
         try:
             if line.startswith("Fingerprint "):
                 raise DatabaseError(f"{where}: new Fingerprint without a blank line before it")
+            if line.startswith("Law "):
+                if law_line is not None:
+                    raise DatabaseError(f"{where}: second Law line in block")
+                law_line = (n, line[4:].strip())
+                continue
             if line.startswith("Class "):
                 classes.append(parse_class(line[6:], where))
             elif line.startswith("CPE "):
@@ -254,6 +277,12 @@ def _parse_block(block: list[tuple[int, str]], fn: str) -> Signature:
         raise DatabaseError(f"{where}: block {name!r} has no Source line")
     if not classes:
         raise DatabaseError(f"{where}: block {name!r} has no Class line")
+    if law_line is not None:
+        if states or rsts or spread_line:
+            raise DatabaseError(
+                f"{where}: block {name!r} has a Law line: its law writes the state lines"
+            )
+        return _law_variants(name, classes, cpes, sources, features, law_line, fn, first_no)
     if not states:
         raise DatabaseError(f"{where}: block {name!r} has no CronOS_Syn/LastAck/FinWait line")
     for m, values in rsts.items():
@@ -276,10 +305,26 @@ def _parse_block(block: list[tuple[int, str]], fn: str) -> Signature:
     for m in offset_spread:
         if m not in states:
             raise DatabaseError(f"{fn}:{spread_line}: Spread {m.rst_key}Offset without that state")
-    return Signature(
+    return [Signature(
         name, tuple(classes), tuple(cpes), tuple(sources), features, states, spread,
         rst_spread, offset_spread, fn, first_no,
-    )  # fmt: skip
+    )]  # fmt: skip
+
+
+def _law_variants(name, classes, cpes, sources, features, law_line, fn, first_no):
+    from .laws import expand
+
+    n, text = law_line
+    law, variants = expand(text, f"{fn}:{n}")
+    w = 1.0 / len(variants)
+    return [
+        Signature(
+            f"{name}: " + ", ".join(f"{k}={v}" for k, v in v.params), tuple(classes),
+            tuple(cpes), tuple(sources), features, dict(v.states), dict(v.spread_us), {}, {},
+            fn, first_no, law_block=name, law=law.name, params=v.params, weight=w,
+        )
+        for v in variants
+    ]  # fmt: skip
 
 
 def parse_class(text: str, where: str) -> OsClass:

@@ -32,6 +32,7 @@ QUANTUM_US = 2_000  # prefix key resolution
 Z = 3.0  # an event is overdue Z tolerances after its expected time
 MIN_TOL_US = 20_000
 MIN_POSTERIOR = 0.001  # a candidate less likely than this cannot change the verdict
+LAW_MIN_POSTERIOR = 0.0001  # the same for one setting of a family
 REL_TOL = 0.05
 
 
@@ -42,6 +43,11 @@ class Future:
     name: str
     events_us: tuple[int, ...]  # from the first packet of the series
     tol_us: tuple[int, ...]
+    #: a setting of a family (a Law block): it cannot make the probe stop, only
+    #: keep it listening while the others bet on a packet it does not expect
+    #: (``decide_from``); a family lists settings nobody uses, which must not
+    #: keep every host of the family listening to the end
+    weak: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,7 +73,12 @@ def futures(partial: Observation, db: Database) -> tuple[Future, ...] | None:
     out = []
     for c in res.candidates:
         how = c.how[0] if c.how else None
-        if how is None or not how.success or how.unexplained or c.confidence < MIN_POSTERIOR:
+        if how is None or not how.success or how.unexplained:
+            continue
+        # a family (a Law block) spreads its mass over its settings: one
+        # setting counts from LAW_MIN_POSTERIOR on, as a weak future
+        floor = LAW_MIN_POSTERIOR if c.signature.law_block else MIN_POSTERIOR
+        if c.confidence < floor:
             continue
         sig_fp = c.signature.states.get(fp.method)
         if sig_fp is None:
@@ -78,7 +89,9 @@ def futures(partial: Observation, db: Database) -> tuple[Future, ...] | None:
         events = times[last + 1 :]
         if rst is not None and fp.rst_us is None:
             events.append(rst)
-        out.append(Future(c.name, tuple(round(e) for e in events), tuple(_tol(e) for e in events)))
+        weak = bool(c.signature.law_block)
+        out.append(Future(c.name, tuple(round(e) for e in events), tuple(_tol(e) for e in events),
+                          weak))  # fmt: skip
     return tuple(out)
 
 
@@ -116,14 +129,19 @@ def decide_from(fut: tuple[Future, ...] | None, listened_us: int, n_gaps: int) -
     signature's series is already complete, the verdict is final at once."""
     if fut is None or not fut:
         return Decision(False, None, "no signature explains the series yet")
-    alive = [f for f in fut if not f.events_us or listened_us <= _next_deadline(f, listened_us)]
+    every = [f for f in fut if not f.events_us or listened_us <= _next_deadline(f, listened_us)]
+    alive = [f for f in every if not f.weak]
     if not alive:
         return Decision(False, None, "every prediction is overdue")
     first = alive[0]
     complete = all(not f.events_us for f in alive)
-    if all(_same(first, f) for f in alive[1:]) and (complete or n_gaps >= MIN_GAPS):
+    agree = all(_same(first, f) for f in alive[1:]) and (complete or n_gaps >= MIN_GAPS)
+    # stopping while they expect a packet is a bet that it comes: a setting of
+    # a family that expects otherwise (it would read the setting) keeps the
+    # probe listening until one side is overdue
+    if agree and not (first.events_us and any(not _same(first, f) for f in every if f.weak)):
         return Decision(True, None, f"{len(alive)} fitting signature(s) agree on what follows")
-    pending = [d for f in alive if (d := _next_deadline(f, listened_us)) is not None]
+    pending = [d for f in every if (d := _next_deadline(f, listened_us)) is not None]
     # 1 ms past the first pending deadline: by then that prediction is overdue
     return Decision(False, int(min(pending)) + 1000 if pending else None, "predictions differ")
 

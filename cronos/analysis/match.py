@@ -156,6 +156,8 @@ class _Table:
         # doubled): beyond that, nothing comes
         self.limit_extra = np.full(m, np.inf)
         self.rto_min = np.full(m, LINUX_RTO_MIN_US)
+        self.scale_sigma = np.array([LAW_SCALE_SIGMA if sigs[i].law_block else SCALE_SIGMA
+                                     for i in idx])  # fmt: skip
         rows_t, rows_s = [], []
         for r, i in enumerate(idx):
             s = sigs[i]
@@ -187,6 +189,10 @@ class _Table:
                 self.budget[r] = cum[-1] - cum[1] if len(cum) > 2 else 0.0
                 if s.family == "Linux":
                     self.limit_extra[r] = 1.1 * (self.budget[r] + 2 * fp.gaps_us[-1])
+                law_budget = _law_budget(s)
+                if law_budget is not None:  # a law knows its budget, not only its count
+                    self.budget[r] = law_budget / 1.1
+                    self.limit_extra[r] = 1.1 * law_budget
         self.start = np.zeros(m + 1, dtype=np.int64)
         self.start[1:] = np.cumsum(self.nexp)
         self.t = np.concatenate(rows_t) if rows_t else np.zeros(0)
@@ -209,6 +215,9 @@ class _Table:
         self.ones = np.ones(m)
         self.ones.flags.writeable = False
         self.unit_limits = None
+        # signatures sharing one schedule (a Law's variants differ in other
+        # states): the kernel runs on one row each (``_timing``)
+        self.uniq: tuple[_Table, np.ndarray] | None = None
 
     def fallback(self) -> _Table | None:
         """The same rows, each RTT-rule schedule replaced by Linux's after a
@@ -235,6 +244,35 @@ class _Table:
             fb.unit_limits = None
             self._fallback = fb
         return self._fallback
+
+
+def _law_budget(sig: Signature) -> float | None:
+    if not sig.law_block:
+        return None
+    from .laws import LAWS
+
+    law = LAWS[sig.law]
+    return law.budget_us(dict(sig.params)) if law.budget_us is not None else None
+
+
+def _table(sigs: Sequence[Signature], idx: list[int], method: Method, evidence) -> _Table:
+    """The table of ``idx``'s schedules in ``method``, with its unique rows."""
+    tab = _Table(sigs, idx, method, evidence)
+    first: dict[tuple, int] = {}
+    inverse = []
+    for i in idx:
+        s = sigs[i]
+        budget = _law_budget(s) if method is not Method.SYN_RCVD else None
+        key = (s.states[method], s.spread_us.get(method), s.rst_spread_us.get(method),
+               s.offset_spread_us.get(method), float(evidence[i]), s.family == "Linux",
+               bool(s.law_block), budget)  # fmt: skip
+        inverse.append(first.setdefault(key, len(first)))
+    if len(first) < len(idx):
+        reps = [0] * len(first)
+        for pos in range(len(idx) - 1, -1, -1):
+            reps[inverse[pos]] = idx[pos]
+        tab.uniq = (_Table(sigs, reps, method, evidence), np.asarray(inverse, dtype=np.intp))
+    return tab
 
 
 def _evidence(sig: Signature) -> float:
@@ -330,12 +368,23 @@ class _Compiled:
         sigs = db.signatures
         self.n = len(sigs)
         self.evidence = np.array([_evidence(s) for s in sigs])
-        self.log_prior = np.log(self.evidence / (self.evidence + 1.0))
+        # a Law block's variants share one signature's prior
+        weight = np.array([s.weight for s in sigs])
+        self.log_prior = np.log(self.evidence / (self.evidence + 1.0)) + np.log(weight)
+        from .laws import LAWS
+
+        laws: dict[str, tuple] = {}  # block name -> (law, variant indices)
+        for i, s in enumerate(sigs):
+            if s.law_block:
+                laws.setdefault(s.law_block, (LAWS[s.law], []))[1].append(i)
+        self.laws = {b: (law, np.asarray(ix, dtype=np.intp)) for b, (law, ix) in laws.items()}
+        self._law_groups: dict[tuple, tuple] = {}
+        self._sigs = sigs
         self.tables: dict[Method, _Table] = {}
         for m in Method:
             idx = db.with_method(m)
             if idx:
-                self.tables[m] = _Table(sigs, idx, m, self.evidence)
+                self.tables[m] = _table(sigs, idx, m, self.evidence)
         self.header = _Header(sigs)
         self.families = [s.family for s in sigs]
         fams = sorted({f for f in self.families if f})
@@ -344,6 +393,20 @@ class _Compiled:
         self.fam_members = [np.flatnonzero(self.fam_index == f) for f in range(self.n_fam)]
         self.prior_none = None  # (log prior, its log-sum-exp) without popularity
         self.prior_memo: dict = {}
+
+    def law_groups(self, block: str, methods: frozenset) -> tuple[np.ndarray, list]:
+        """A Law block's variants grouped by the values the observed states
+        read: (group of each variant, the read values of each group)."""
+        hit = self._law_groups.get((block, methods))
+        if hit is None:
+            law, members = self.laws[block]
+            read = {k for m in methods for k in law.reads.get(m, ())}
+            where: dict[tuple, int] = {}
+            gid = [where.setdefault(tuple((k, v) for k, v in self._sigs[i].params if k in read),
+                                    len(where)) for i in members]  # fmt: skip
+            hit = self._law_groups[(block, methods)] = (np.asarray(gid, dtype=np.intp),
+                                                        list(where))  # fmt: skip
+        return hit
 
     def stand_ins(self, timed):
         """For the signatures lacking some observed states, per family and per
@@ -545,6 +608,21 @@ def _timing(tab: _Table, o: _Obs, model: PathModel, prune=None) -> _TimingResult
     Only for a target observed once (a row hopeless for one observation may
     not be for a sum of several), and in SYN_RCVD only (the closing states
     pick each row's best of many scales)."""
+    if tab.uniq is not None:  # one kernel row per distinct schedule, then spread out
+        utab, inv = tab.uniq
+        uprune = None
+        if prune is not None:
+
+            def uprune(base, info):
+                cost = np.asarray(prune(base[inv], info[inv]))
+                out = np.full((len(utab.idx), cost.shape[1]), np.inf)
+                np.minimum.at(out, inv, cost)
+                return out
+
+        res = _timing(utab, o, model, uprune)
+        return _TimingResult(
+            **{f: getattr(res, f)[inv] for f in _TimingResult.__dataclass_fields__}
+        )
     fp = o.fp
     m = len(tab.idx)
     x = np.array([0.0, *itertools.accumulate(float(g) for g in fp.gaps_us)])
@@ -568,7 +646,7 @@ def _timing(tab: _Table, o: _Obs, model: PathModel, prune=None) -> _TimingResult
     best = _fit_factor(
         SCALE_GRID, m,
         lambda v: _run(tab, scale * np.exp(v), x, gen, params, model,
-                       0.5 * (v / SCALE_SIGMA) ** 2))  # fmt: skip
+                       0.5 * (v / tab.scale_sigma) ** 2))  # fmt: skip
     # RFC 6298 5.7 (Linux tcp_init_transfer): when the handshake had to be
     # retransmitted there is no RTT sample and the RTO starts at 3 s, then
     # doubles: a schedule of its own (the same count), not a stretched one
@@ -612,6 +690,9 @@ def _fit_factor(grid, m: int, run) -> _TimingResult:
 SCALE_GRID = tuple(np.linspace(-0.45, 0.45, 7))
 SCALE_REFINE = 3
 SCALE_SIGMA = 0.2
+#: a Law's closing schedules are the rule itself at the signature's Connect:
+#: what is left to fit is the timer's lateness and the grid of its settings
+LAW_SCALE_SIGMA = 0.1
 FALLBACK_RTO_US = 3_000_000.0  # TCP_TIMEOUT_FALLBACK
 #: log factors of the fallback schedule (then SCALE_REFINE halvings per row)
 FALLBACK_GRID = tuple(np.linspace(-0.2, 0.2, 5))
@@ -814,7 +895,10 @@ def _cost_mss(h: _Header, mss_value, c: float) -> np.ndarray:
 
 
 def _cost_options(h: _Header, opts: str, c: float) -> np.ndarray:
-    per_name = np.array([0 if s == opts else 1 if _strip_ok(opts, s) else 2 for s in h.opt_names])
+    # (a database without any header line has no option string: every row is
+    # headerless there and takes the generic cost; index 0 must still exist)
+    per_name = np.array([0 if s == opts else 1 if _strip_ok(opts, s) else 2 for s in h.opt_names]
+                        or [2])  # fmt: skip
     kind = per_name[h.opt_idx]
     return np.where(kind == 0, -math.log(1 - c),
                     -np.log(c * np.where(kind == 1, 0.5, 0.5 * h.q_opt(opts))))  # fmt: skip
@@ -1131,32 +1215,111 @@ def match(
 
 
 def result(sc: Scored, db: Database, *, top: int = 5) -> MatchResult:
-    """The ranked, named verdict of a scored target."""
+    """The ranked, named verdict of a scored target.
+
+    The variants of a ``Law`` block (one per setting) that the observed
+    states cannot tell apart are one candidate: the family, named with the
+    values its timings read and the parameters they could not."""
     comp = _compiled(db)
     post, total = sc.post, sc.total
     finite = np.isfinite(total)
     key = sc.lpost if sc.lpost is not None else post
     order = np.argsort(-key, kind="stable") if comp.n < 64 else _top_order(key, top)
     order = order[finite[order]]
-    best = order[0]
-    ties = int(np.count_nonzero(post[order] >= post[best] * math.exp(-TIE)))
-    group = float(post[order[:ties]].sum())
+    entries = _entries(sc, db, comp, order, key)
+    best_p = entries[0][1]
+    ties = sum(1 for e in entries if e[1] >= best_p * math.exp(-TIE))
+    group = float(sum(e[1] for e in entries[:ties]))
+    names = _tied_names(entries[:ties], comp, sc.obs)
+    best = entries[0][0]
     n_obs = len(sc.obs)
     fit = float((total[best] - sc.unknown) / n_obs)
     cands = []
-    for rank, i in enumerate(order[: max(top, ties)]):
-        how = tuple(_how(db.signatures[i], i, o, tab, res, g, sc.hdr[i], sc.gen_hdr)
+    for rank, (i, p, name, *_law) in enumerate(entries[: max(top, ties)]):
+        sig = db.signatures[i]
+        how = tuple(_how(sig, i, o, tab, res, g, sc.hdr[i], sc.gen_hdr)
                     for o, tab, res, g in sc.per_obs)  # fmt: skip
-        conf = group / ties if rank < ties else float(post[i])
-        cands.append(Candidate(db.signatures[i], -float(total[i]), conf, int(sc.success[i]),
-                               n_obs, how))  # fmt: skip
+        if name != sig.name:
+            sig = copy.copy(sig)
+            object.__setattr__(sig, "name", name)
+        conf = group / ties if rank < ties else float(p)
+        cands.append(Candidate(sig, -float(total[i]), conf, int(sc.success[i]), n_obs, how))
     # named unless an unknown stack is clearly likelier: a signature that fits
     # but for a header field is named with the confidence it deserves
     novel = sc.p_unknown >= NO_MATCH or group < MIN_CONFIDENCE
-    verdict = None if novel else " or ".join(db.signatures[i].name for i in order[:ties])
+    verdict = None if novel else " or ".join(names)
     fam = None if novel else _family(comp, post)
     return MatchResult(tuple(cands), verdict, fam, 0.0 if novel else group, ties, n_obs, fit,
                        tuple(sc.obs), sc.p_unknown)  # fmt: skip
+
+
+def _entries(sc: Scored, db: Database, comp: _Compiled, order, key) -> list[tuple]:
+    """(representative index, posterior, name, law block, read values) best
+    first: a signature (block None), or the variants of a Law block that the
+    observed states read alike."""
+    out = [(int(i), float(sc.post[i]), db.signatures[i].name, None, None, float(key[i]))
+           for i in order if not db.signatures[i].law_block]  # fmt: skip
+    methods = frozenset(o.method for o in sc.obs)
+    for block, (law, members) in comp.laws.items():
+        gid, names = comp.law_groups(block, methods)
+        ok = np.isfinite(sc.total[members])
+        if not ok.any():
+            continue
+        idx, g = members[ok], gid[ok]
+        p = np.bincount(g, weights=sc.post[idx], minlength=len(names))
+        k = np.asarray(key[idx], dtype=float)
+        for grp in np.unique(g):
+            sel = g == grp
+            rep = int(idx[sel][np.argmax(k[sel])])
+            lk = _lse1(k[sel]) if sc.lpost is not None else float(p[grp])
+            read = dict(names[grp])
+            out.append((rep, float(p[grp]), _law_name(block, law, read, sc.obs), block, read, lk))
+    out.sort(key=lambda e: -e[-1])
+    return [e[:5] for e in out]
+
+
+def _tied_names(tied: list[tuple], comp: _Compiled, obs) -> list[str]:
+    """The verdict's names: tied variants of one Law block are one name whose
+    parameters list every tied value (``tcp_orphan_retries=4 or 5``)."""
+    names: list[str] = []
+    merged: dict[str, dict[str, list[str]]] = {}
+    for _i, _p, name, block, read in tied:
+        if block is None:
+            names.append(name)
+            continue
+        if block not in merged:
+            merged[block] = {}
+            names.append(block)  # placeholder, in rank order
+        for k, v in read.items():
+            vals = merged[block].setdefault(k, [])
+            vals += [x for x in v.split(" or ") if x not in vals]
+    for block, read in merged.items():
+        law = comp.laws[block][0]
+        joined = {k: " or ".join(sorted(v, key=_natural)) for k, v in read.items()}
+        names[names.index(block)] = _law_name(block, law, joined, obs)
+    return names
+
+
+def _natural(v: str):
+    m = re.match(r"(\d+)", v)
+    return (int(m.group(1)) if m else 0, v)
+
+
+def _law_name(block: str, law, read: dict[str, str], obs) -> str:
+    """``Linux ... [family]: tcp_synack_retries=3; not measured: ...``"""
+    parts = []
+    for k in law.params:
+        if k not in read:
+            continue
+        v = read[k]
+        off = law.read_off.get(k) if law.read_off else None
+        seen = off([o.fp for o in obs]) if off is not None else None
+        parts.append(f"{k}{seen}" if seen else f"{k}={v}")
+    unread = [k for k in law.params if k not in read]
+    text = ", ".join(parts) if parts else "no parameter read"
+    if unread:
+        text += "; not measured: " + ", ".join(unread)
+    return f"{block}: {text}"
 
 
 def _top_order(key, top: int) -> np.ndarray:

@@ -32,6 +32,8 @@ including SIGKILL of the creating process):
 ``ctx.start_servers(ns, ports)``
                             the lab's TCP servers (``cronos.lab.servers``),
                             returning once every port listens
+``ctx.tap(tag, cidr)``      a TAP ``cr<id><tag>`` in the scanner namespace, up,
+                            with ``cidr`` on our side (user-space stacks)
 ``ctx.track_file(path)``    a file or socket path removed at teardown
 ``ctx.add_cleanup(fn)``     a callable run at teardown (LIFO) by the creating
                             process only; state-recorded objects are removed
@@ -168,6 +170,21 @@ class LabContext:
                          "gro", "off")  # fmt: skip
             self.run("ip", "-n", ns, "link", "set", dev, "up")
         return a, b
+
+    def tap(self, tag: str, address: str) -> str:
+        """A persistent TAP ``cr<id><tag>`` in the scanner namespace, with
+        ``address`` (CIDR) on our side, up: a user-space stack attaches to it
+        and answers as another address of its subnet."""
+        ns, tap = self.scanner_ns, self.ifname(tag)
+        self.record.add("interfaces", tap)  # recorded before it exists
+        self.run("ip", "-n", ns, "tuntap", "add", "mode", "tap", "name", tap)
+        self.add_cleanup(lambda: self.run("ip", "-n", ns, "link", "del", tap, check=False))
+        self.ns_exec(ns, "ethtool", "-K", tap, "tx", "off", "tso", "off", "gso", "off",
+                     check=False)  # fmt: skip
+        self.sysctl(ns, {f"net.ipv6.conf.{tap}.disable_ipv6": 1})  # no ND/RS chatter
+        self.run("ip", "-n", ns, "addr", "add", address, "dev", tap)
+        self.run("ip", "-n", ns, "link", "set", tap, "up")
+        return tap
 
     def track_file(self, path: str | os.PathLike) -> None:
         self.record.add("files", str(path))

@@ -111,6 +111,23 @@ PROFILES: dict[str, Profile] = {
             expected_ms={"SYN_RCVD": (1020, 2020), **_same_closing((25, 52, 100, 196, 404))},
             notes="rto_min only shortens data/FIN retransmissions, not SYN-ACKs",
         ),
+        Profile(
+            "linux-unlisted",
+            "Linux, tcp_synack_retries=4, tcp_orphan_retries=5, route rto_min 50ms",
+            "linux",
+            _LINUX,
+            sysctls=(("net.ipv4.tcp_synack_retries", "4"), ("net.ipv4.tcp_orphan_retries", "5")),
+            route=(("rto_min", "50ms"),),
+            # the Linux law's schedules (cronos/analysis/laws.py): 1, 2, 4, 8 s;
+            # RTO ~51 ms doubling, 7 retransmissions within 63 x 200 ms
+            expected_ms={
+                "SYN_RCVD": (1020, 2020, 4128, 8128),
+                **_same_closing((52, 104, 208, 416, 832, 1664, 3328)),
+            },  # fmt: skip
+            notes="settings no measured block lists: named by the Linux law's block, "
+            "with the values read off its timings",
+            default=False,
+        ),
         *(
             Profile(
                 f"linux-{link}",

@@ -36,14 +36,7 @@ def setup(ctx: LabContext, index: int) -> LabTarget:
         raise DependencyError("the pytcp profile needs PyPI pytcp (pip install pytcp==2.7.6)")
     net = target_subnet(index)
     ns = ctx.scanner_ns
-    tap = ctx.ifname(f"p{index}")
-    ctx.record.add("interfaces", tap)  # recorded before it exists
-    ctx.run("ip", "-n", ns, "tuntap", "add", "mode", "tap", "name", tap)
-    ctx.add_cleanup(lambda: ctx.run("ip", "-n", ns, "link", "del", tap, check=False))
-    ctx.ns_exec(ns, "ethtool", "-K", tap, "tx", "off", "tso", "off", "gso", "off", check=False)
-    ctx.sysctl(ns, {f"net.ipv6.conf.{tap}.disable_ipv6": 1})  # no ND/RS chatter
-    ctx.run("ip", "-n", ns, "addr", "add", f"{net}.1/24", "dev", tap)
-    ctx.run("ip", "-n", ns, "link", "set", tap, "up")
+    tap = ctx.tap(f"p{index}", f"{net}.1/24")
 
     env = dict(os.environ)
     pkg_root = str(Path(__file__).resolve().parents[2])
