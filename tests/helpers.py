@@ -174,3 +174,46 @@ def assert_linux_profile(rec: dict, profile: str) -> None:
         assert_linux_synack(rec, r["synack"])
     else:
         assert_linux_closing(rec, r["orphan"], r["rto_min"])
+
+
+#: each Linux lab profile's settings as the Linux law reads them: SYN-ACK
+#: retransmissions, tcp_orphan_retries (0 means 8), rto_min
+LINUX_SETTINGS = {
+    "linux-default": ("5", ("0", "8"), "~20"),
+    "linux-synack2": ("2", ("0", "8"), "~20"),
+    "linux-synack3": ("3", ("1",), "~20"),
+    "linux-orphan2": ("1", ("2",), "~20"),
+    "linux-rto20": ("2", ("2",), "~2"),
+}
+
+
+def law_reads(name: str, key: str) -> list[str]:
+    """The values a family verdict reads for ``key`` (``3 or 4`` -> both)."""
+    if f"{key}=" not in name:
+        return []
+    return name.split(f"{key}=")[1].split(",")[0].split(";")[0].split(" or ")
+
+
+def reads_settings(name: str, profile: str) -> bool:
+    """``name`` is the Linux law's block reading ``profile``'s settings: a
+    count cut short by the listening window reads as a range holding the
+    value; a parameter the states did not measure, or an rto_min that 2 RTTs
+    hide, is not read."""
+    if "[family]" not in name or profile not in LINUX_SETTINGS:
+        return False
+    synack, orphan, rto = LINUX_SETTINGS[profile]
+    unread = name.split("not measured: ")[1] if "not measured: " in name else ""
+    ok_syn = "tcp_synack_retries" in unread or synack in law_reads(name, "tcp_synack_retries")
+    ok_orphan = "tcp_orphan_retries" in unread or any(
+        o in law_reads(name, "tcp_orphan_retries") for o in orphan
+    )
+    ok_rto = "rto_min" in unread or f"rto_min{rto}" in name or "2 RTT hide it" in name
+    return ok_syn and ok_orphan and ok_rto
+
+
+def names_profile(verdict: str | None, profile: str) -> bool:
+    """A verdict naming ``profile``: its measured block, or the Linux law's
+    block reading its settings."""
+    return verdict is not None and (
+        f"[lab {profile}]" in verdict or reads_settings(verdict, profile)
+    )

@@ -91,6 +91,13 @@ BAD = [
     (["classify", "/dev/null", "--db", "{d}/syntax.db"], "{d}/syntax.db:4: "),
     (["classify", "/dev/null", "--db", "{d}/dup.db"], "{d}/dup.db:6: duplicate name 'Dup'"),
     (["classify", "/dev/null", "--db", "{d}/empty.db"], "{d}/empty.db:1: empty file"),
+    # db
+    (["db", "list", "--class", "no such os"], "no block's Class contains 'no such os'"),
+    (["db", "list", "--db", "{d}/syntax.db"], "{d}/syntax.db:4: "),
+    (["db", "show", "Plan 9 from Bell Labs"], "no block named like 'Plan 9 from Bell Labs'"),
+    (["db", "show", "x", "--db", "{d}/dup.db"], "{d}/dup.db:6: duplicate name 'Dup'"),
+    (["db", "check", "{d}/empty.db"], "{d}/empty.db:1: empty file"),
+    (["db", "check", "{d}/none.db"], "{d}/none.db:0: cannot read"),
     (["classify", "/dev/null", "--db", "{d}/binary.db"], "{d}/binary.db:1: "),
     (["classify", "/dev/null", "--db", "{d}/long.db"], "{d}/long.db:1: line longer than 4096"),
     (["classify", "/dev/null", "--db", "{d}/none.db"], "{d}/none.db:0: cannot read"),

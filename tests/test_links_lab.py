@@ -16,7 +16,7 @@ import pytest
 from cronos.net.dedupe import dedupe
 from cronos.net.pcapio import read_pcap
 
-from helpers import assert_linux_profile, by_profile, cronos, read_verdicts, scan
+from helpers import assert_linux_profile, by_profile, cronos, names_profile, read_verdicts, scan
 
 pytestmark = pytest.mark.netns
 LAB_PROFILES = ["linux-rto20", "linux-bridge", "linux-macvlan"]
@@ -60,7 +60,7 @@ def test_same_fingerprint_lines_on_veth_bridge_and_macvlan(lab, tmp_path):
     # one verdict for all three: the same stack
     verdicts = read_verdicts(out)
     for ip in ips.values():
-        assert "[lab linux-rto20]" in verdicts[ip]["verdict"], verdicts[ip]["candidates"][:2]
+        assert names_profile(verdicts[ip]["verdict"], "linux-rto20"), verdicts[ip]["candidates"][:2]
     # the capture file holds every packet once
     packets = read_pcap(pcap)
     assert list(dedupe(packets)) == packets

@@ -11,6 +11,8 @@ from cronos.errors import LabError
 from cronos.lab import state as state_mod
 from cronos.lab.scale import ScaleLab, host_address, scale_profile, split
 
+from helpers import names_profile
+
 BACKLOG = Path("/proc/sys/net/core/netdev_max_backlog")
 
 
@@ -94,7 +96,7 @@ def test_large_scan_classifies_in_workers_and_loses_no_host(tmp_path):
         verdicts = [r for r in recs if r.get("type") == "verdict"]
         assert len([r for r in recs if "arrivals_us" in r]) == 300
         assert sorted(v["target"] for v in verdicts) == sorted(big.hosts)
-        assert all("[lab linux-orphan2]" in v["verdict"] for v in verdicts), verdicts[0]
+        assert all(names_profile(v["verdict"], "linux-orphan2") for v in verdicts), verdicts[0]
         assert res.stdout.count("Cron-OS scan report for") == 300
         left = subprocess.run(["pgrep", "-f", "cronos scan --netns " + big.scanner_ns],
                               capture_output=True, text=True).stdout  # fmt: skip

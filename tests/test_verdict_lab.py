@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from helpers import assert_ran, cronos
+from helpers import assert_ran, cronos, reads_settings
 
 pytestmark = pytest.mark.netns
 LAB_PROFILES = ["linux-orphan2", "linux-rto20", "linux-synack3"]
@@ -33,38 +33,12 @@ def test_each_profile_is_named_first_with_tally_and_confidence(scanned):
         best = v["candidates"][0]
         names = [c["name"] for c in v["candidates"]]
         # its measured block, or the Linux law's block with its settings read
-        assert f"[lab {profile}]" in best["name"] or _reads(best["name"], profile), (profile, names)
+        # (a family verdict names every tied setting: a series cut short is a range)
+        named = f"[lab {profile}]" in best["name"] or reads_settings(v["verdict"], profile)
+        assert named, (profile, v["verdict"], names)
         assert best["tests"] == 6 and best["success"] >= 5, best
         assert v["confidence"] > 0.5
     assert "Remote OS guesses: " in stdout and "success/6tests" in stdout
-
-
-#: what each profile's timings must read under the Linux law: synack and
-#: orphan retries, and the start of the rto_min read off
-SETTINGS = {
-    "linux-orphan2": ("1", "2", "~20"),
-    "linux-rto20": ("2", "2", "~2"),
-    "linux-synack3": ("3", "1", "~20"),
-}
-
-
-def _read(name: str, key: str) -> list[str]:
-    """The values a family verdict reads for ``key`` (``3 or 4`` -> both)."""
-    if f"{key}=" not in name:
-        return []
-    return name.split(f"{key}=")[1].split(",")[0].split(";")[0].split(" or ")
-
-
-def _reads(name: str, profile: str) -> bool:
-    """``name`` is the Linux law's block reading ``profile``'s settings (a
-    count cut short by the listening window reads as a range holding them)."""
-    synack, orphan, rto = SETTINGS[profile]
-    return (
-        "[family]" in name
-        and synack in _read(name, "tcp_synack_retries")
-        and orphan in _read(name, "tcp_orphan_retries")
-        and f"rto_min{rto}" in name
-    )
 
 
 def test_a_profile_left_out_of_the_database_is_its_family_or_no_match(scanned, tmp_path):
@@ -81,7 +55,7 @@ def test_a_profile_left_out_of_the_database_is_its_family_or_no_match(scanned, t
                                    and "state" in r))  # fmt: skip
         res = match(obs, without)
         if res.verdict is not None and "[family]" in res.verdict:
-            assert _reads(res.verdict, profile), (profile, res.verdict)
+            assert reads_settings(res.verdict, profile), (profile, res.verdict)
             continue
         assert res.verdict is None or res.confidence < 0.5, (profile, res.verdict)
         if res.verdict is None:  # a block ready to paste into a --db file

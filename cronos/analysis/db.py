@@ -90,6 +90,18 @@ class Signature:
     law: str = ""
     params: tuple[tuple[str, str], ...] = ()
     weight: float = 1.0
+    law_text: str = ""  # the block's Law line, as written
+
+    def law_block_text(self) -> str:
+        """A variant's block as written: its lines with the Law line, no states."""
+        lines = [f"Fingerprint {self.law_block}"]
+        lines += [c.line() for c in self.classes]
+        lines += [f"CPE {c}" for c in self.cpes]
+        lines += [f"Source {s}" for s in self.sources]
+        if self.features is not None:
+            lines.append(self.features.line())
+        lines.append(f"Law {self.law_text}")
+        return "\n".join(lines) + "\n"
 
     @property
     def where(self) -> str:
@@ -321,7 +333,7 @@ def _law_variants(name, classes, cpes, sources, features, law_line, fn, first_no
         Signature(
             f"{name}: " + ", ".join(f"{k}={v}" for k, v in v.params), tuple(classes),
             tuple(cpes), tuple(sources), features, dict(v.states), dict(v.spread_us), {}, {},
-            fn, first_no, law_block=name, law=law.name, params=v.params, weight=w,
+            fn, first_no, law_block=name, law=law.name, params=v.params, weight=w, law_text=text,
         )
         for v in variants
     ]  # fmt: skip

@@ -1006,6 +1006,19 @@ class MatchResult:
         return self.verdict is None
 
     @functools.cached_property
+    def shown(self) -> tuple[Candidate, ...]:
+        """The candidates to show: beyond the tied best, one setting of each
+        Law block (the best), not every setting of a family."""
+        out, seen = [], set()
+        for k, c in enumerate(self.candidates):
+            block = c.signature.law_block
+            if block and block in seen and k >= self.ties:
+                continue
+            seen.add(block)
+            out.append(c)
+        return tuple(out)
+
+    @functools.cached_property
     def observation_block(self) -> str:
         """The observation as a pasteable database block."""
         return _observation_block(list(self._block_of))
@@ -1235,7 +1248,17 @@ def result(sc: Scored, db: Database, *, top: int = 5) -> MatchResult:
     n_obs = len(sc.obs)
     fit = float((total[best] - sc.unknown) / n_obs)
     cands = []
-    for rank, (i, p, name, *_law) in enumerate(entries[: max(top, ties)]):
+    # the first max(top, ties) entries, plus up to 20 more settings of a family
+    # so that ``shown`` (one setting per Law block) still has ``top`` of them
+    want, distinct, seen, n = max(top, ties), 0, set(), 0
+    for k, e in enumerate(entries):
+        if distinct >= want or k >= want + 20:
+            break
+        n = k + 1
+        if not (e[3] and e[3] in seen and k >= ties):
+            distinct += 1
+        seen.add(e[3])
+    for rank, (i, p, name, *_law) in enumerate(entries[: max(n, min(want, len(entries)))]):
         sig = db.signatures[i]
         how = tuple(_how(sig, i, o, tab, res, g, sc.hdr[i], sc.gen_hdr)
                     for o, tab, res, g in sc.per_obs)  # fmt: skip

@@ -24,6 +24,7 @@ SUBCOMMANDS = [
     "cleanup_cmd",
     "demo_cmd",
     "plot_cmd",
+    "db_cmd",
 ]
 
 

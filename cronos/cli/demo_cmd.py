@@ -27,7 +27,8 @@ def register(sub) -> None:
         "--profile",
         action="append",
         metavar="NAME",
-        help="lab profile to include (repeatable; default: the Linux profiles)",
+        help="lab profile to include (repeatable; default: the Linux profiles, SYNPROXY, and "
+        "lwIP, gVisor and User-Mode Linux when they can be built here)",
     )
     p.add_argument(
         "-m",
@@ -71,6 +72,24 @@ def _check(args) -> tuple[list[str], str]:
     return profiles, methods
 
 
+def _buildable_extras() -> list[str]:
+    """The compiled stacks (lwIP, gVisor, UML) that build here; one line for
+    each that cannot, and the demo goes on without it."""
+    from ..errors import CronosError
+    from ..lab.profiles import DEMO_EXTRAS, make_ready
+
+    out = []
+    for name in DEMO_EXTRAS:
+        print(f"Preparing {name} (built once, then cached) ...", flush=True)
+        try:
+            make_ready(name)
+        except CronosError as exc:
+            print(f"cron-os: skipping profile {name}: {exc}", file=sys.stderr)
+            continue
+        out.append(name)
+    return out
+
+
 def run(args) -> int:
     profiles, methods = _check(args)
     if os.geteuid() != 0:
@@ -82,6 +101,8 @@ def run(args) -> int:
         print(f"cron-os: removed lab {name} left by a killed run", file=sys.stderr)
     for name in firewall.cleanup_stale():
         print(f"cron-os: removed firewall table {name} left by a killed run", file=sys.stderr)
+    if not args.profile:
+        profiles += _buildable_extras()
     print(f"Building the lab: {', '.join(profiles)} ...", flush=True)
     with Lab.create(profiles) as lab, tempfile.TemporaryDirectory(prefix="cronos-demo-") as tmp:
         print(f"Lab {lab.id}: scanner namespace {lab.scanner_ns}")

@@ -47,10 +47,14 @@ class Profile:
     # (on a macvlan device over the veth end); Linux profiles only
     link: str = "veth"
     default: bool = True  # built by ``lab up`` / ``demo`` without --profile
+    #: "module:function" that builds or checks what the profile needs (raises
+    #: DependencyError); ``demo`` adds the profile when it succeeds
+    ready: str = ""
 
-    def resolve(self) -> Callable:
-        """The setup function; ``LabError`` if its module is not available."""
-        mod_name, _, fn_name = self.setup.partition(":")
+    def resolve(self, what: str | None = None) -> Callable:
+        """The setup function (or ``what``, another "module:function");
+        ``LabError`` if its module is not available."""
+        mod_name, _, fn_name = (what or self.setup).partition(":")
         try:
             mod = importlib.import_module(mod_name)
         except ImportError as exc:
@@ -181,6 +185,7 @@ PROFILES: dict[str, Profile] = {
             "cronos.lab.lwip:setup",
             notes="schedule given by the module",
             default=False,
+            ready="cronos.lab.lwip:build",
         ),
         Profile(
             "gvisor",
@@ -189,6 +194,7 @@ PROFILES: dict[str, Profile] = {
             "cronos.lab.gvisor:setup",
             notes="schedule given by the module",
             default=False,
+            ready="cronos.lab.gvisor:build",
         ),
         Profile(
             "uml",
@@ -197,6 +203,7 @@ PROFILES: dict[str, Profile] = {
             "cronos.lab.uml:setup",
             notes="schedule given by the module",
             default=False,
+            ready="cronos.lab.uml:prepare",
         ),
         Profile(
             "hostile",
@@ -207,6 +214,18 @@ PROFILES: dict[str, Profile] = {
         ),
     ]
 }
+
+#: What ``cron-os demo`` adds to the default profiles when they can be built
+#: here (compilers and packages present): the stacks compiled at lab start.
+DEMO_EXTRAS: tuple[str, ...] = ("lwip", "gvisor", "uml")
+
+
+def make_ready(name: str) -> None:
+    """Build what profile ``name`` needs (cached); DependencyError/LabError if it cannot."""
+    p = get(name)
+    if p.ready:
+        p.resolve(p.ready)()
+
 
 #: What ``cron-os lab up`` builds without ``--profile``: the kernel-only ones.
 DEFAULT_PROFILES: tuple[str, ...] = tuple(

@@ -124,7 +124,7 @@ def _guesses(result, top: int) -> tuple[str, str]:
             f"<h3>{title}</h3><table><tr><th>#</th><th>Signature</th><th>Tally</th>"
             "<th>Confidence</th><th>How it matched</th><th>Database line</th></tr>"
         )
-        for i, c in enumerate(result.candidates[:top], 1):
+        for i, c in enumerate(result.shown[:top], 1):
             out.append(
                 f'<tr><td class="num">{i}</td><td>{_e(c.name)}</td><td>{_e(c.tally)}</td>'
                 f'<td class="num">{c.confidence:.2f}</td><td>{_how(c)}</td>'

@@ -53,7 +53,7 @@ def osmatches_from(result, top: int = 5) -> tuple[OsMatch, ...]:
     if result is None or result.no_match:
         return ()
     out = []
-    for c in result.candidates[:top]:
+    for c in result.shown[:top]:
         acc = round(c.confidence * 100)
         sig = c.signature
         classes = tuple(

@@ -108,7 +108,7 @@ def _candidates(results, target: str):
     r = results.get(target) if isinstance(results, Mapping) else results
     if r is None:
         return ()
-    return tuple(getattr(r, "candidates", r))
+    return tuple(getattr(r, "shown", None) or getattr(r, "candidates", r))
 
 
 def _row_label(o: Observation) -> str:

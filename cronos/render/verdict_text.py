@@ -50,7 +50,7 @@ def verdict_dict(v: TargetVerdict) -> dict:
         "p_unknown": round(r.p_unknown, 3),
         "ties": r.ties,
         "fit": round(r.fit, 3) if r.fit != float("inf") else None,
-        "candidates": [candidate_dict(c) for c in r.candidates],
+        "candidates": [candidate_dict(c) for c in r.shown],
     }
     if r.verdict is None:
         d["signature"] = r.observation_block
@@ -75,7 +75,7 @@ def render(v: TargetVerdict, top: int = 5) -> str:
             lines.append(f"  Evidence: {r.candidates[0].evidence}")
         if r.p_unknown >= 0.05:
             lines.append(f"  A stack not in the database: probability {r.p_unknown:.2f}")
-    guesses = [f"{c.name} ({c.tally}, {c.confidence:.2f}) [{c.where}]" for c in r.candidates[:top]]
+    guesses = [f"{c.name} ({c.tally}, {c.confidence:.2f}) [{c.where}]" for c in r.shown[:top]]
     if guesses:
         head = "Remote OS guesses" if r.verdict else "Closest signatures"
         lines.append(f"{head}: " + ", ".join(guesses))
