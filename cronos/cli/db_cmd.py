@@ -105,11 +105,16 @@ def run_check(args) -> int:
     """Strict load (file:line errors, exit 2), then each block of FILE as an
     observation of itself against the rest: another block that names it
     with confidence >= 0.9 already explains it (exit 1)."""
-    from ..analysis.db import Database, load_db
+    from pathlib import Path
+
+    from ..analysis.db import Database, builtin_paths, load_db
     from ..analysis.match import match
     from ..model import Observation, Status
 
-    db = load_db([args.file])
+    # a built-in file is checked against the others, not against itself
+    mine_path = Path(args.file).resolve()
+    others_builtin = [p for p in builtin_paths() if p.resolve() != mine_path]
+    db = load_db([*others_builtin, args.file], builtin=False)
     mine = [s for s in db.signatures if s.file == args.file and not s.law_block]
     others = Database(tuple(s for s in db.signatures if s.file != args.file))
     covered = 0
