@@ -200,8 +200,8 @@ def law_reads(name: str, key: str) -> list[str]:
 def reads_settings(name: str, profile: str) -> bool:
     """``name`` is the Linux law's block reading ``profile``'s settings: a
     count cut short by the listening window reads as a range holding the
-    value; a parameter the states did not measure, or an rto_min that 2 RTTs
-    hide, is not read."""
+    value; a parameter the states did not measure, or an rto_min that the
+    RTT hides, is not read."""
     if "[family]" not in name or profile not in LINUX_SETTINGS:
         return False
     synack, orphan, rto = LINUX_SETTINGS[profile]
@@ -213,7 +213,7 @@ def reads_settings(name: str, profile: str) -> bool:
     read_rto = re.search(r"rto_min~(\d+)ms", name)
     ok_rto = (
         "rto_min" in unread
-        or "2 RTT hide it" in name
+        or "the RTT hides it" in name
         or (read_rto is not None and rto[0] <= int(read_rto.group(1)) <= rto[1])
     )
     return ok_syn and ok_orphan and ok_rto

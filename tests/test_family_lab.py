@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from helpers import assert_ran, cronos
+from helpers import assert_ran, cronos, law_reads
 
 pytestmark = pytest.mark.netns
 LAB_PROFILES = ["linux-unlisted"]  # tcp_synack_retries=4, tcp_orphan_retries=5, rto_min 50ms
@@ -25,9 +25,12 @@ def test_unlisted_linux_settings_are_read_off_its_timings(lab, tmp_path):
     recs = [json.loads(x) for x in out.read_text().splitlines()]
     (v,) = [x for x in recs if x.get("type") == "verdict"]
     verdict = v["verdict"]
-    assert verdict.startswith("Linux 3.1-6.x, any TCP settings [family]: "), v["candidates"][:3]
+    assert "Linux 3.1-6.x, any TCP settings [family]: " in verdict, v["candidates"][:3]
     assert "tcp_synack_retries=4," in verdict, verdict
-    # 7 FIN retransmissions: 5 (or 4 had the RTT been longer: both are said)
-    assert re.search(r"tcp_orphan_retries=(4 or )?5,", verdict), verdict
-    assert re.search(r"rto_min~5\d ?ms", verdict), verdict
+    # 7 FIN retransmissions: 5 (a neighbour that could send as many may be
+    # named beside it: both are said)
+    assert "5" in law_reads(verdict, "tcp_orphan_retries"), verdict
+    # rto_min read off the first FIN gap: an estimate (RTT, timer lateness)
+    read = re.search(r"rto_min~(\d+)ms", verdict)
+    assert read is not None and 40 <= int(read.group(1)) <= 75, verdict
     assert v["confidence"] >= 0.5 and "not measured" not in verdict

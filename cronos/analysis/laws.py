@@ -183,8 +183,12 @@ def _fmt(key: str, v: int) -> str:
 
 def _rto_min_read_off(fingerprints: Sequence[StateFingerprint]) -> str | None:
     """rto_min from the first FIN gap: RTO = RTT + max(2 RTT, rto_min), less
-    the timer's mean lateness; LAST_ACK first (in FIN_WAIT1 the FIN may wait
-    behind the response's own retransmission), the median of the tries."""
+    the timer's mean lateness. LAST_ACK first (in FIN_WAIT1 the FIN may wait
+    behind the response's own retransmission); the smallest of the tries (an
+    RTO is only ever inflated: a late RTT sample, a retransmitted handshake).
+    Our Connect is not the server's RTT sample: on a jittery path they differ
+    by up to the RTT itself, so rto_min is read only where it dominates
+    (more than 4 RTTs), else it is said to be hidden."""
     for method in (Method.LAST_ACK, Method.FIN_WAIT1):
         firsts = sorted(
             (fp.gaps_us[0], fp.connect_us)
@@ -193,11 +197,11 @@ def _rto_min_read_off(fingerprints: Sequence[StateFingerprint]) -> str | None:
         )
         if not firsts:
             continue
-        g, c = firsts[len(firsts) // 2]
+        g, c = firsts[0]
         rto = g - lateness_us(g)[0]
-        if rto > 3 * c:
+        if rto - c > 4 * c:
             return f"~{(rto - c) / 1000:.0f}ms"
-        return f"<={2 * c / 1000:.0f}ms (2 RTT hide it)"
+        return f"<={(rto - c) / 1000:.0f}ms (the RTT hides it)"
     return None
 
 

@@ -1336,7 +1336,8 @@ def _law_name(block: str, law, read: dict[str, str], obs) -> str:
             continue
         v = read[k]
         off = law.read_off.get(k) if law.read_off else None
-        seen = off([o.fp for o in obs]) if off is not None else None
+        # a retransmitted handshake leaves no RTT sample (RTO 3 s): not read there
+        seen = off([o.fp for o in obs if not o.retried]) if off is not None else None
         parts.append(f"{k}{seen}" if seen else f"{k}={v}")
     unread = [k for k in law.params if k not in read]
     text = ", ".join(parts) if parts else "no parameter read"
