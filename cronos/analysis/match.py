@@ -40,6 +40,7 @@ stacks' popularity from a batch of observations (EM) and returns a
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import itertools
 import math
@@ -1258,13 +1259,14 @@ def result(sc: Scored, db: Database, *, top: int = 5) -> MatchResult:
         if not (e[3] and e[3] in seen and k >= ties):
             distinct += 1
         seen.add(e[3])
-    for rank, (i, p, name, *_law) in enumerate(entries[: max(n, min(want, len(entries)))]):
+    for rank, e in enumerate(entries[: max(n, min(want, len(entries)))]):
+        i, p = e[0], e[1]
         sig = db.signatures[i]
         how = tuple(_how(sig, i, o, tab, res, g, sc.hdr[i], sc.gen_hdr)
                     for o, tab, res, g in sc.per_obs)  # fmt: skip
+        name = _named(e, comp, sc.obs)
         if name != sig.name:
-            sig = copy.copy(sig)
-            object.__setattr__(sig, "name", name)
+            sig = dataclasses.replace(sig, name=name)
         conf = group / ties if rank < ties else float(p)
         cands.append(Candidate(sig, -float(total[i]), conf, int(sc.success[i]), n_obs, how))
     # named unless an unknown stack is clearly likelier: a signature that fits
@@ -1283,7 +1285,7 @@ def _entries(sc: Scored, db: Database, comp: _Compiled, order, key) -> list[tupl
     out = [(int(i), float(sc.post[i]), db.signatures[i].name, None, None, float(key[i]))
            for i in order if not db.signatures[i].law_block]  # fmt: skip
     methods = frozenset(o.method for o in sc.obs)
-    for block, (law, members) in comp.laws.items():
+    for block, (_law, members) in comp.laws.items():
         gid, names = comp.law_groups(block, methods)
         ok = np.isfinite(sc.total[members])
         if not ok.any():
@@ -1295,10 +1297,16 @@ def _entries(sc: Scored, db: Database, comp: _Compiled, order, key) -> list[tupl
             sel = g == grp
             rep = int(idx[sel][np.argmax(k[sel])])
             lk = _lse1(k[sel]) if sc.lpost is not None else float(p[grp])
-            read = dict(names[grp])
-            out.append((rep, float(p[grp]), _law_name(block, law, read, sc.obs), block, read, lk))
+            # named when shown (``_named``): a target has hundreds of groups
+            out.append((rep, float(p[grp]), None, block, dict(names[grp]), lk))
     out.sort(key=lambda e: -e[-1])
     return [e[:5] for e in out]
+
+
+def _named(e: tuple, comp: _Compiled, obs) -> str:
+    """An entry's name: a signature's, or its Law block's with the values read."""
+    _i, _p, name, block, read = e
+    return name if block is None else _law_name(block, comp.laws[block][0], read, obs)
 
 
 def _tied_names(tied: list[tuple], comp: _Compiled, obs) -> list[str]:
