@@ -34,11 +34,14 @@ def assert_pytcp(rec):
     assert max(per_tick) / min(per_tick) < 1.6, (rec["state"], per_tick)
 
 
-def assert_slirp_ticks(gaps_ms, want_ticks, what):
+def assert_slirp_ticks(gaps_ms, want_ticks, what, first_phase=False):
     """Each gap lasts at least its number of 500 ms ticks (a tick is at least
-    499 ms in libslirp), at most LOAD_FACTOR times that."""
-    for g, n in zip(gaps_ms, want_ticks, strict=False):
-        assert 499 * n - 5 <= g <= LOAD_FACTOR * 500 * n, (what, gaps_ms)
+    499 ms in libslirp), at most LOAD_FACTOR times that. ``first_phase``: the
+    first gap is the first expiry after a send, counted from the tick in
+    progress, so it may be one tick short (seen: 5.5 s for 12 ticks)."""
+    for k, (g, n) in enumerate(zip(gaps_ms, want_ticks, strict=False)):
+        low = n - 1 if first_phase and k == 0 else n
+        assert 499 * low - 5 <= g <= LOAD_FACTOR * 500 * n, (what, gaps_ms)
 
 
 def test_slirp_and_pytcp_schedules(make_lab, tmp_path):
@@ -54,7 +57,8 @@ def test_slirp_and_pytcp_schedules(make_lab, tmp_path):
         assert_pytcp(by[("pytcp", state)])
     syn = by[("slirp", "SYN_RCVD")]  # libslirp: 12 ticks (6 s), then 24 ticks (the 12 s cap)
     assert syn["status"] == "ok" and syn["nb_pkt"] >= 2, syn
-    assert_slirp_ticks([g / 1000 for g in syn["gaps_us"]], [12, 24, 24, 24], "SYN_RCVD")
+    assert_slirp_ticks([g / 1000 for g in syn["gaps_us"]], [12, 24, 24, 24], "SYN_RCVD",
+                       first_phase=True)  # fmt: skip
     for state in ("LAST_ACK", "FIN_WAIT1"):  # 3 ticks (first RTO, phase), 6, 12, then 24
         r = by[("slirp", state)]
         assert r["status"] == "ok" and r["nb_pkt"] >= 3, r
