@@ -209,3 +209,45 @@ def test_recorded_lab_run_with_builtin_database():
     # without nmap, Cron-OS's own states already say so
     proxied = [o for o in observations if o.target == "10.77.2.2"]
     assert infer(proxied, match_by_state(proxied, db), None).kind == "syn-proxy"
+
+
+def _decide(observations, db, nmap=None):
+    from cronos.analysis.verdict import decide
+
+    return decide(observations[0].target, observations, db, architecture=True, nmap=nmap)
+
+
+def test_one_stack_explaining_every_state_is_not_a_proxy():
+    """lwIP in `make demo` (one try per state): its SYN_RCVD alone says lwIP,
+    its closing states alone lean to libslirp / Windows NT (one state cannot
+    tell them apart), yet the lwIP block explains all three together: one host,
+    not a SYN relay. The per-state disagreement stays in the evidence."""
+    from cronos.analysis.db import load_db
+
+    hdr = SynAckFeatures(0xFFFF, 255, False, 3, 1460, "MNW", 1)
+    lwip = [
+        obs(S, (2_889_838, 6_003_128), time_s=29, feats=hdr),
+        obs(L, (2_375_795, 5_002_653, 10_005_754), time_s=37, connect=12_641),
+        obs(F, (1_863_192, 4_000_516, 8_005_975, 16_004_526), time_s=50, connect=25_228),
+    ]
+    v = _decide(lwip, load_db())
+    assert "[lab lwip]" in v.result.verdict
+    assert v.architecture.kind == "consistent", v.architecture.evidence
+    assert any("one signature explains every state" in e for e in v.architecture.evidence)
+
+
+def test_relay_still_seen_through_the_verdict_path():
+    """The same path with the states of two stacks (Windows' SYN_RCVD, Linux's
+    closing states): no signature explains them together, so the states'
+    disagreement is a SYN relay's sign; and the recorded SYNPROXY lab run is
+    still one through ``decide``."""
+    import json
+
+    from cronos.analysis.db import load_db
+
+    mixed = [obs(S, WIN_SYN, time_s=30), obs(L, LINUX_CLOSE), obs(F, LINUX_CLOSE)]
+    assert _decide(mixed, DB).architecture.kind == "syn-proxy"
+    records = (DATA / "lab_during_cronos_scan.jsonl").read_text().splitlines()
+    observations = [Observation.from_dict(json.loads(r)) for r in records]
+    proxied = [o for o in observations if o.target == "10.77.2.2"]
+    assert _decide(proxied, load_db()).architecture.kind == "syn-proxy"

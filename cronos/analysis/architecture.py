@@ -9,6 +9,8 @@ states already disagree under a SYN proxy, so this works without nmap too.
 Kinds, most specific first (every signal found is kept as evidence):
 
     syn-proxy           SYN_RCVD answered by another box than the closing states
+                        (states that alone name other families count only when
+                        no one signature explains every state together)
     filtering-firewall  a state (or nmap) got no answer where another did
     non-ideal-network   loss or jitter the matcher had to assume
     not-in-bases        no match, in Cron-OS's database and/or nmap's
@@ -55,20 +57,56 @@ def match_by_state(observations: Sequence[Observation], db: Database, top: int =
 
 
 def infer(
-    observations: Sequence[Observation], match_by_state, nmap: NmapHost | None
+    observations: Sequence[Observation], match_by_state, nmap: NmapHost | None, joint=None
 ) -> ArchitectureVerdict:
     """The architecture verdict. ``match_by_state``: {Method: MatchResult}, or
-    one MatchResult over every state (then per-state disagreement is unseen)."""
+    one MatchResult over every state (then per-state disagreement is unseen).
+    ``joint``: the match of every state together (the target's verdict), if
+    known: when one signature explains every state, states that alone name
+    different families only lack the evidence to tell them apart."""
     per_state = _per_state(match_by_state)
+    one = _one_stack(joint, per_state)
     signals: dict[str, list[str]] = {k: [] for k in KINDS}
-    signals["syn-proxy"] += _syn_proxy(observations, per_state, nmap)
+    notes: list[str] = []
+    proxy = _syn_proxy(observations, per_state, nmap, skip_states=one is not None)
+    signals["syn-proxy"] += proxy
     signals["filtering-firewall"] += _filtering(observations, nmap)
-    signals["non-ideal-network"] += _network(observations, per_state)
+    signals["non-ideal-network"] += _network(observations, per_state, joint if one else None)
     signals["not-in-bases"] += _not_in_bases(observations, per_state, nmap)
+    if one is not None:
+        alone = _state_disagreement(per_state)
+        if alone:
+            notes.append(f"{'; '.join(alone)} alone, but one signature explains every state: {one}")
     kind = next((k for k in KINDS[:-1] if signals[k]), "consistent")
-    evidence = [line for k in KINDS for line in signals[k]]
+    evidence = [line for k in KINDS for line in signals[k]] + notes
     evidence += _views(per_state, nmap)
     return ArchitectureVerdict(kind, SUMMARIES[kind], tuple(evidence))
+
+
+def _one_stack(joint, per_state) -> str | None:
+    """The joint verdict's best signature, when it alone explains every
+    measured state (its confidence at least one half, every observation a
+    success, no packet assumed lost): then the states are one host's."""
+    if joint is None or joint.no_match or not joint.candidates or joint.confidence < 0.5:
+        return None
+    best = joint.candidates[0]
+    states = {m for m in per_state if m is not None}
+    if not best.how or best.success < best.tests or any(h.lost for h in best.how):
+        return None
+    if states - {h.method for h in best.how}:
+        return None
+    return best.name
+
+
+def _state_disagreement(per_state) -> list[str]:
+    syn_f = families(per_state.get(Method.SYN_RCVD))
+    out = []
+    for m in CLOSING:
+        f = families(per_state.get(m))
+        if _disjoint(syn_f, f):
+            says = "/".join(sorted(f))
+            out.append(f"SYN_RCVD says {'/'.join(sorted(syn_f))}, {m.state_name} says {says}")
+    return out
 
 
 # --- inputs --------------------------------------------------------------------
@@ -127,7 +165,7 @@ def _timed_ttl(o: Observation) -> int | None:
 # --- signals -------------------------------------------------------------------
 
 
-def _syn_proxy(observations, per_state, nmap) -> list[str]:
+def _syn_proxy(observations, per_state, nmap, skip_states: bool = False) -> list[str]:
     out: list[str] = []
     syn = _ok(observations, Method.SYN_RCVD)
     closing = [o for m in CLOSING for o in _ok(observations, m)]
@@ -146,14 +184,8 @@ def _syn_proxy(observations, per_state, nmap) -> list[str]:
             f"SYN-ACK TTL {feats.ttl} but closing-state packets arrive with TTL "
             f"{'/'.join(map(str, ttls))}: another box answers the SYN"
         )
-    syn_f = families(per_state.get(Method.SYN_RCVD))
-    for m in CLOSING:
-        f = families(per_state.get(m))
-        if _disjoint(syn_f, f):
-            out.append(
-                f"SYN_RCVD says {'/'.join(sorted(syn_f))}, {m.state_name} says "
-                f"{'/'.join(sorted(f))}"
-            )
+    if not skip_states:
+        out += _state_disagreement(per_state)
     if nmap is not None:
         nm = nmap.top_families()
         for m in CLOSING:
@@ -187,7 +219,7 @@ def _filtering(observations, nmap) -> list[str]:
     return out
 
 
-def _network(observations, per_state) -> list[str]:
+def _network(observations, per_state, joint=None) -> list[str]:
     out: list[str] = []
     for m in Method:
         obs = _ok(observations, m)
@@ -207,7 +239,9 @@ def _network(observations, per_state) -> list[str]:
         resent = [o.note for o in obs if "SYN sent" in o.note]
         if resent:
             out.append(f"{m.state_name}: our SYN was lost ({resent[0]})")
-    for m, result in per_state.items():
+    # the losses the verdict's own alignment assumes (the joint one when one
+    # signature explains every state, else each state's best)
+    for m, result in {None: joint}.items() if joint is not None else per_state.items():
         if result is None or result.no_match or not result.candidates:
             continue
         lost = sum(h.lost for h in result.candidates[0].how)

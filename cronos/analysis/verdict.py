@@ -62,7 +62,7 @@ def decide(
             per_state = {next(iter(methods)): result}
         else:
             per_state = match_by_state(obs, db, top=top)
-        arch = infer(obs, per_state, nmap)
+        arch = infer(obs, per_state, nmap, joint=result)
     return Verdict(target, obs, result, arch)
 
 
