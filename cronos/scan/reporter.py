@@ -136,7 +136,7 @@ class HostReporter:
         self.xml_hosts: list = []
         self.evidence: list = []  # verdict.Verdict per finished host, for -oH / --plot
         self.batch: list[tuple[str, list[Observation]]] = []  # finished, not yet submitted
-        self.pending: deque = deque()  # (batch, future)
+        self.pending: deque = deque()  # [hosts, future, pieces, emitted] (_submit)
         self.pool = None
         if n_hosts >= self.WORKER_MIN_HOSTS and nmap_future is None:
             from concurrent.futures import ProcessPoolExecutor
@@ -166,12 +166,15 @@ class HostReporter:
 
     def _submit(self) -> None:
         if self.batch:
-            batch, self.batch = self.batch, []
+            # queued before it is submitted: Ctrl-C may land inside submit(),
+            # and a batch in neither list would lose its hosts' verdicts
+            entry = [self.batch, None, None, 0]  # hosts, future, pieces, emitted
+            self.pending.append(entry)
+            self.batch = []
             try:
-                fut = self.pool.submit(_worker_compute, batch, self.opts)
+                entry[1] = self.pool.submit(_worker_compute, entry[0], self.opts)
             except Exception:  # a broken pool (a worker was killed): classify here
-                fut = None
-            self.pending.append((batch, fut))
+                entry[1] = None
 
     def pump(self, wait: bool = False) -> None:
         """Hand the hosts finished so far to a worker; emit the results that are
@@ -181,18 +184,27 @@ class HostReporter:
         self._emit_ready(wait)
 
     def _emit_ready(self, wait: bool = False) -> None:
+        """Emit the finished batches in order. A batch leaves the queue only
+        once every host of it is emitted, so an interruption anywhere (Ctrl-C
+        comes at any instruction) leaves the rest to ``finish``."""
         while self.pending and (wait or self.pending[0][1] is None or self.pending[0][1].done()):
-            batch, fut = self.pending.popleft()
-            pieces = None
-            if fut is not None:
-                try:
-                    pieces = fut.result()
-                except Exception:  # a dead worker must not lose a host
-                    pieces = None
-            if pieces is None:  # no worker: classified here
-                pieces = [self._compute(target, obs) for target, obs in batch]
-            for piece, (_target, observations) in zip(pieces, batch, strict=True):
-                self._emit(piece, observations)
+            entry = self.pending[0]
+            batch, fut = entry[0], entry[1]
+            if entry[2] is None:
+                pieces = None
+                if fut is not None:
+                    try:
+                        pieces = fut.result()
+                    except Exception:  # a dead worker must not lose a host
+                        pieces = None
+                if pieces is None:  # no worker: classified here
+                    pieces = [self._compute(target, obs) for target, obs in batch]
+                entry[2] = pieces
+            while entry[3] < len(batch):
+                k = entry[3]
+                self._emit(entry[2][k], batch[k][1])
+                entry[3] = k + 1
+            self.pending.popleft()
 
     def finish(self) -> None:
         if self.nmap_future is not None and self.nmap_hosts is None and self.nmap_error is None:
