@@ -140,3 +140,19 @@ def test_hershel_db_is_what_the_converter_writes():
     text, n = mod.render(HERSHEL)
     assert n == 116 + 420
     assert (ROOT / "cronos" / "data" / "hershel.db").read_text() == text
+
+
+def test_base_targets_of_issue_15():
+    """At least 25 blocks cover all three states and the blocks derived from
+    source or measured in the lab span at least 20 families, each block with
+    its provenance (a law counts once)."""
+    db = load_db()
+    blocks = {}
+    for s in db.signatures:
+        blocks.setdefault(s.law_block or s.name, s)
+    assert all(s.sources for s in blocks.values())
+    three = [n for n, s in blocks.items() if len(s.states) == 3]
+    assert len(three) >= 25, three
+    fams = {c.family for s in blocks.values() if s.sources[0].split()[0] in ("source", "lab")
+            for c in s.classes if c.family}  # fmt: skip
+    assert len(fams) >= 20, sorted(fams)

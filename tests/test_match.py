@@ -177,3 +177,63 @@ def test_tries_combine_and_tally(small):
     r = match([good, good, odd], small)
     assert r.candidates[0].name == "BSD-like"
     assert r.candidates[0].tally == "2success/3tests"
+
+
+TTL_DB = """
+Fingerprint Documented TTL 128 (3 s, 6 s)
+Class Microsoft | Windows | XP | general purpose
+Source test hand-written
+Ttl 128
+CronOS_Syn(nbPkt=2%Time=60%p=3000000%p=6000000)
+
+Fingerprint Documented TTL 64 (3 s, 6 s, 12 s)
+Class Linux | Linux | 2.6.X | general purpose
+Source test hand-written
+Ttl 64
+CronOS_Syn(nbPkt=3%Time=60%p=3000000%p=6000000%p=12000000)
+"""
+
+
+def test_a_documented_initial_ttl_tells_equal_timings_apart():
+    """Two blocks without a header line, one timing series cut short by the
+    window alike: the documented initial TTL (``Ttl``) decides, the other
+    header fields counting as unknown for both."""
+    db = Database(tuple(parse_db_text(TTL_DB, "ttl.db")))
+    fp = StateFingerprint(Method.SYN_RCVD, 10, (3_000_000, 6_000_000))
+    for ttl, want in ((116, "TTL 128"), (54, "TTL 64"), (64, "TTL 64")):
+        feats = SynAckFeatures(0x2000, ttl, True, 0, 1460, "MNWST", 8)
+        res = match([(fp, feats)], db)
+        assert want in res.candidates[0].name, (ttl, res.candidates[0].name)
+        assert res.candidates[0].how[0].header == "only the initial TTL in signature"
+    with pytest.raises(Exception, match="initial TTL is 32, 64, 128 or 255"):
+        parse_db_text(TTL_DB.replace("Ttl 64", "Ttl 60"), "ttl.db")
+    both = TTL_DB.replace("Ttl 64", "Ttl 64\nCronOS_Hdr(W=FAF0%TTL=64%DF=Y%ID=%MSS=1460%O=M%WS=)")
+    with pytest.raises(Exception, match="both CronOS_Hdr and Ttl"):
+        parse_db_text(both, "ttl.db")
+
+
+FALLBACK_DB = """
+Fingerprint Not Linux (LAST_ACK 6, 12, 24, 48 s)
+Class Other | Other |  | general purpose
+Source test hand-written
+CronOS_LastAck(nbPkt=4%Time=200%Connect=10000%p=6000000%p=12000000%p=24000000%p=48000000)
+
+Fingerprint Linux-like (LAST_ACK 210 ms doubling)
+Class Linux | Linux |  | general purpose
+Source test hand-written
+CronOS_LastAck(nbPkt=4%Time=60%Connect=10000%p=210000%p=420000%p=840000%p=1680000)
+"""
+
+
+def test_the_3s_fallback_after_a_retried_handshake_is_linux_only():
+    """Linux without an RTT sample (a retransmitted handshake) starts its FINs
+    at TCP_TIMEOUT_FALLBACK (3 s) doubling; another stack's block says itself
+    what it does. A series 2.5, 5, 10, 20 s (lwIP's FINs) is that fallback
+    stretched: a Linux block may explain it so, a non-Linux block may not."""
+    db = Database(tuple(parse_db_text(FALLBACK_DB, "fb.db")))
+    fp = StateFingerprint(Method.LAST_ACK, 60, (2_500_000, 5_000_000, 10_000_000, 20_000_000),
+                          1_000)  # fmt: skip
+    res = match([fp], db)
+    how = {c.signature.family: c.how[0] for c in res.candidates}
+    assert not how["Other"].success, how["Other"]
+    assert how["Linux"].success, how["Linux"]

@@ -91,6 +91,9 @@ class Signature:
     params: tuple[tuple[str, str], ...] = ()
     weight: float = 1.0
     law_text: str = ""  # the block's Law line, as written
+    #: ``Ttl N``: the initial TTL a block without a ``CronOS_Hdr`` line
+    #: documents (its other header fields unknown)
+    init_ttl: int | None = None
 
     def law_block_text(self) -> str:
         """A variant's block as written: its lines with the Law line, no states."""
@@ -100,6 +103,8 @@ class Signature:
         lines += [f"Source {s}" for s in self.sources]
         if self.features is not None:
             lines.append(self.features.line())
+        if self.init_ttl is not None:
+            lines.append(f"Ttl {self.init_ttl}")
         lines.append(f"Law {self.law_text}")
         return "\n".join(lines) + "\n"
 
@@ -115,7 +120,8 @@ class Signature:
 
     def key(self) -> tuple:
         """What makes two signatures identical (features and timings)."""
-        return (self.features, tuple(sorted(self.states.items(), key=lambda kv: kv[0].value)))
+        states = tuple(sorted(self.states.items(), key=lambda kv: kv[0].value))
+        return (self.features, self.init_ttl, states)
 
     def block(self) -> str:
         """The block in the database's own syntax, ready to paste (a law's
@@ -124,6 +130,8 @@ class Signature:
         lines += [c.line() for c in self.classes]
         lines += [f"CPE {c}" for c in self.cpes]
         lines += [f"Source {s}" for s in self.sources]
+        if self.init_ttl is not None:
+            lines.append(f"Ttl {self.init_ttl}")
         lines += fingerprint_lines(list(self.states.values()), self.features)
         spread = [f"{m.rst_key}={','.join(map(str, v))}" for m, v in self.spread_us.items() if v]
         spread += [f"{m.rst_key}Rst={v}" for m, v in self.rst_spread_us.items()]
@@ -243,6 +251,7 @@ def _parse_block(block: list[tuple[int, str]], fn: str) -> list[Signature]:
     offset_spread: dict[Method, int] = {}
     spread_line = 0
     law_line: tuple[int, str] | None = None
+    init_ttl: int | None = None
     for n, line in block[1:]:
         where = f"{fn}:{n}"
         try:
@@ -275,6 +284,10 @@ def _parse_block(block: list[tuple[int, str]], fn: str) -> list[Signature]:
                 if rsts:
                     raise DatabaseError(f"{where}: second CronOS_Rst line in block")
                 rsts = parse_rst_line(line)
+            elif line.startswith("Ttl "):
+                if init_ttl is not None:
+                    raise DatabaseError(f"{where}: second Ttl line in block")
+                init_ttl = _parse_ttl(line[4:], where)
             elif line.startswith("Spread "):
                 if spread_line:
                     raise DatabaseError(f"{where}: second Spread line in block")
@@ -289,12 +302,16 @@ def _parse_block(block: list[tuple[int, str]], fn: str) -> list[Signature]:
         raise DatabaseError(f"{where}: block {name!r} has no Source line")
     if not classes:
         raise DatabaseError(f"{where}: block {name!r} has no Class line")
+    if init_ttl is not None and features is not None:
+        raise DatabaseError(f"{where}: block {name!r} has both CronOS_Hdr and Ttl (Hdr has TTL=)")
     if law_line is not None:
         if states or rsts or spread_line:
             raise DatabaseError(
                 f"{where}: block {name!r} has a Law line: its law writes the state lines"
             )
-        return _law_variants(name, classes, cpes, sources, features, law_line, fn, first_no)
+        return _law_variants(
+            name, classes, cpes, sources, features, law_line, fn, first_no, init_ttl
+        )
     if not states:
         raise DatabaseError(f"{where}: block {name!r} has no CronOS_Syn/LastAck/FinWait line")
     for m, values in rsts.items():
@@ -319,11 +336,18 @@ def _parse_block(block: list[tuple[int, str]], fn: str) -> list[Signature]:
             raise DatabaseError(f"{fn}:{spread_line}: Spread {m.rst_key}Offset without that state")
     return [Signature(
         name, tuple(classes), tuple(cpes), tuple(sources), features, states, spread,
-        rst_spread, offset_spread, fn, first_no,
+        rst_spread, offset_spread, fn, first_no, init_ttl=init_ttl,
     )]  # fmt: skip
 
 
-def _law_variants(name, classes, cpes, sources, features, law_line, fn, first_no):
+def _parse_ttl(text: str, where: str) -> int:
+    v = text.strip()
+    if v not in ("32", "64", "128", "255"):
+        raise DatabaseError(f"{where}: Ttl {v[:20]!r}: an initial TTL is 32, 64, 128 or 255")
+    return int(v)
+
+
+def _law_variants(name, classes, cpes, sources, features, law_line, fn, first_no, init_ttl=None):
     from .laws import expand
 
     n, text = law_line
@@ -334,6 +358,7 @@ def _law_variants(name, classes, cpes, sources, features, law_line, fn, first_no
             f"{name}: " + ", ".join(f"{k}={v}" for k, v in v.params), tuple(classes),
             tuple(cpes), tuple(sources), features, dict(v.states), dict(v.spread_us), {}, {},
             fn, first_no, law_block=name, law=law.name, params=v.params, weight=w, law_text=text,
+            init_ttl=init_ttl,
         )
         for v in variants
     ]  # fmt: skip

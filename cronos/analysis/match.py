@@ -147,6 +147,10 @@ class _Table:
         self.time_us = np.zeros(m)
         self.off_sd = np.zeros(m)
         self.rule_connect = np.full(m, np.nan)  # Linux-rule closing schedules: their Connect
+        #: Linux closing schedules: after a retransmitted handshake they start
+        #: from TCP_TIMEOUT_FALLBACK (``fallback``); another stack's block
+        #: says itself what it does without an RTT sample
+        self.linux_rule = np.zeros(m, dtype=bool)
         # Linux gives up on an orphaned FIN a fixed time after its first
         # retransmission (tcp_orphan_retries): retransmissions later than what
         # the signature saw after its first one may be missing when a longer
@@ -189,6 +193,7 @@ class _Table:
                 self.rto_min[r] = max(fp.gaps_us[0] - c, 2 * c)
                 self.budget[r] = cum[-1] - cum[1] if len(cum) > 2 else 0.0
                 if s.family == "Linux":
+                    self.linux_rule[r] = True
                     self.limit_extra[r] = 1.1 * (self.budget[r] + 2 * fp.gaps_us[-1])
                 law_budget = _law_budget(s)
                 if law_budget is not None:  # a law knows its budget, not only its count
@@ -221,15 +226,15 @@ class _Table:
         self.uniq: tuple[_Table, np.ndarray] | None = None
 
     def fallback(self) -> _Table | None:
-        """The same rows, each RTT-rule schedule replaced by Linux's after a
-        retransmitted handshake: 3 s, then doubling (up to 120 s), as many
-        retransmissions, a spread of 1 % + 5 ms; None if no row follows the rule."""
-        if np.isnan(self.rule_connect).all():
+        """The same rows, each Linux closing schedule replaced by Linux's after
+        a retransmitted handshake: 3 s, then doubling (up to 120 s), as many
+        retransmissions, a spread of 1 % + 5 ms; None if no row is Linux's."""
+        if not self.linux_rule.any():
             return None
         if self._fallback is None:
             fb = copy.copy(self)
             t, sp = self.t.copy(), self.s.copy()
-            for r in np.flatnonzero(~np.isnan(self.rule_connect)):
+            for r in np.flatnonzero(self.linux_rule):
                 b, e = self.start[r], self.start[r + 1]
                 rto = np.minimum(FALLBACK_RTO_US * 2.0 ** np.arange(e - b - 1), 120e6)
                 cum = np.concatenate([[0.0], np.cumsum(rto)])
@@ -327,7 +332,11 @@ class _Header:
         f = [s.features for s in sigs]
         self.has = np.array([x is not None for x in f])
         self.win = np.array([x.window if x else -1 for x in f])
-        self.ttl = np.array([x.ttl if x else -1 for x in f])
+        #: a block without a header may still document its initial TTL (``Ttl``)
+        self.ttl = np.array(
+            [x.ttl if x else (s.init_ttl or -1) for x, s in zip(f, sigs, strict=True)]
+        )
+        self.ttl_only = ~self.has & (self.ttl > 0)
         self.df = np.array([x.df if x else False for x in f])
         self.mss = np.array([x.mss if x and x.mss is not None else -1 for x in f])
         self.ws = np.array([x.wscale if x and x.wscale is not None else -1 for x in f])
@@ -661,7 +670,7 @@ def _timing(tab: _Table, o: _Obs, model: PathModel, prune=None) -> _TimingResult
         def run_fb(v):
             res = _run(fb, np.exp(v) * np.ones(m), x, gen, params, model,
                        cost + 0.5 * (v / SCALE_SIGMA) ** 2)  # fmt: skip
-            res.standalone[np.isnan(tab.rule_connect)] = np.inf
+            res.standalone[~tab.linux_rule] = np.inf
             # for plots and early stop: the signature's schedule stretched alike
             res.scale = np.exp(v) * FALLBACK_RTO_US / np.maximum(first, 1.0)
             return res
@@ -857,6 +866,9 @@ def header_costs(db: Database, f: SynAckFeatures, model: PathModel = DEFAULT_MOD
     if f.wscale is not None:
         parts.append(_field(h, "wscale", f.wscale, ch["wscale"]))
     out = np.where(h.has, sum(parts), generic_header_cost(h, f))
+    if h.ttl_only.any():  # the TTL as documented, every other field generic
+        generic_rest = generic_header_cost(h, f) - _generic_ttl_cost(h, f.ttl)
+        out = np.where(h.ttl_only, generic_rest + parts[1], out)
     out.flags.writeable = False
     if len(h.memo) >= 20_000:
         h.memo.clear()
@@ -927,9 +939,13 @@ def generic_header_cost(h: _Header, f: SynAckFeatures) -> float:
     return hit
 
 
+def _generic_ttl_cost(h: _Header, ttl: int) -> float:
+    return -math.log(h.q_init(_initial_ttl(ttl))) + math.log(MAX_HOPS + 1)
+
+
 def _generic_header_cost(h: _Header, f: SynAckFeatures) -> float:
     cost = -math.log(h.q_win(f.window))
-    cost += -math.log(h.q_init(_initial_ttl(f.ttl))) + math.log(MAX_HOPS + 1)
+    cost += _generic_ttl_cost(h, f.ttl)
     cost += math.log(2)
     cost += -math.log(h.q_mss(f.mss))
     cost += -math.log(h.q_opt(f.options))
@@ -1463,6 +1479,10 @@ def _how(sig, i, o: _Obs, tab, res, gen, hdr_i, gen_hdr) -> StateHow:
 
 def _header_notes(s: Signature, f: SynAckFeatures | None) -> str:
     """Which header fields differ (for ``how``)."""
+    if f is not None and s.features is None and s.init_ttl is not None:
+        if not (f.ttl <= s.init_ttl and s.init_ttl - f.ttl <= MAX_HOPS):
+            return f"TTL {f.ttl} (documented initial TTL {s.init_ttl}); no other header field"
+        return "only the initial TTL in signature"
     if f is None or s.features is None:
         return "" if f is None else "no header in signature"
     g, why = s.features, []
