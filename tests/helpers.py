@@ -225,3 +225,21 @@ def names_profile(verdict: str | None, profile: str) -> bool:
     return verdict is not None and (
         f"[lab {profile}]" in verdict or reads_settings(verdict, profile)
     )
+
+
+def assert_named_first(recs: list[dict], tags: tuple[str, ...], min_conf: float = 0.9,
+                       family: str | None = None) -> None:  # fmt: skip
+    """The scan's measurement records, matched against the built-in base,
+    name one of ``tags`` first with confidence >= ``min_conf`` (issue 15's
+    live target), or, given ``family``, the family holds 90 % of the
+    posterior (stacks of one family with identical settings, e.g. UML and the
+    lab's Linux of the same sysctls, split the name, not the family)."""
+    from cronos.analysis.db import load_db
+    from cronos.analysis.match import match
+    from cronos.model import Observation
+
+    res = match([Observation.from_dict(r) for r in recs], load_db())
+    why = (res.verdict, round(res.confidence, 3), res.verdict_class,
+           [c.name for c in res.candidates[:3]])  # fmt: skip
+    assert res.verdict is not None and any(t in res.verdict for t in tags), why
+    assert res.confidence >= min_conf or (family and res.verdict_class == family), why

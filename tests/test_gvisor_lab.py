@@ -19,7 +19,7 @@ import pytest
 from cronos.errors import DependencyError
 from cronos.lab import gvisor
 
-from helpers import scan
+from helpers import assert_named_first, scan
 
 pytestmark = pytest.mark.netns
 #: a timeout may last this many times its nominal length on a busy machine
@@ -85,3 +85,4 @@ def test_gvisor_schedules(binary, make_lab, tmp_path):
     # (SACK is off by default), TTL 64, DF clear
     assert syn["ttl"] == 64 and syn["mss"] == 1460 and not syn["df"], syn
     assert syn["options"] == "MNNTNW" and syn["wscale"] is not None, syn
+    assert_named_first(recs, ("[lab gvisor]",))

@@ -22,7 +22,7 @@ import pytest
 
 from cronos.errors import DependencyError
 
-from helpers import scan
+from helpers import assert_named_first, scan
 
 pytestmark = pytest.mark.netns
 
@@ -101,3 +101,4 @@ def test_lwip_schedules_follow_its_slow_timer(lwip_lab, tmp_path):
     feats = by_state["SYN_RCVD"][0]["features"]
     assert feats["ttl"] == 255 and feats["window"] == 0xFFFF, feats
     assert feats["mss"] == 1460 and feats["df"] is False, feats
+    assert_named_first(recs, ("[lab lwip]",))

@@ -23,7 +23,7 @@ import subprocess
 
 import pytest
 
-from helpers import scan
+from helpers import assert_named_first, scan
 
 pytestmark = pytest.mark.netns
 #: ms a UML timer may fire late (its host process is scheduled like any other)
@@ -96,6 +96,8 @@ def test_uml_schedules_follow_linux_at_its_hz(uml_lab, tmp_path):
             assert_synack(r, jiffy, why)
         else:
             assert_fin(r, jiffy, hz, why)
+    # named: its own block, or a Linux of the same settings (the family holds it)
+    assert_named_first(recs, ("[lab uml]", "[lab linux-synack3]", "[family]"), family="Linux")
     # the module's documented measurement has the same shape
     assert len(target.expected_ms["SYN_RCVD"]) == 3
     assert len(target.expected_ms["LAST_ACK"]) == len(target.expected_ms["FIN_WAIT1"]) == 2

@@ -22,9 +22,10 @@ Model (``docs/matching.md`` explains it with the figures):
   distribution of that field (an MSS clamped below, options stripped, a TTL
   lowered by up to ``MAX_HOPS`` routers are the likely changes).
 * **Unknown stacks.** Beside the signatures, a generic stack (any first gap,
-  any backoff, any header) competes with prior ``unknown_prior``: "no match"
-  is the verdict when it is more probable than the best signature. So the
-  answer is a posterior probability, not a distance against a threshold.
+  any backoff, any header, or a variant of a known stack) competes with prior
+  probability ``unknown_prior`` against all signatures together: "no match"
+  is the verdict when its posterior reaches ``NO_MATCH``. So the answer is a
+  posterior probability, not a distance against a threshold.
 * **Evidence.** A signature built from N examples has its spreads widened by
   ``sqrt(1 + 1/N)`` (the uncertainty of a mean of N) and a prior weight
   ``N / (N + 1)``. Broad spreads do not help a signature explain a noisy
@@ -72,7 +73,9 @@ _THETA_PRIOR = (0.10, 0.12, 0.14, 0.14, 0.13, 0.12, 0.10, 0.08, 0.05, 0.02)
 MAX_HOPS = 40
 TIE = 0.05  # nats: candidates this close to the best are named together
 MIN_CONFIDENCE = 0.05
-NO_MATCH = 0.75  # posterior of the unknown stack above which the verdict is "no match"
+#: posterior of the unknown stack above which the verdict is "no match" (below
+#: it, a confidence under 0.5 already says the name is a guess)
+NO_MATCH = 0.85
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,11 @@ class PathModel:
             {"window": 0.03, "ttl": 0.03, "df": 0.03, "mss": 0.03, "options": 0.03, "wscale": 0.03}
         )
     )
-    unknown_prior: float = 0.3
+    #: prior probability that a target's stack is in no signature. One half:
+    #: a held-out tenth of Hershel+'s stacks was otherwise named with
+    #: confidence >= 0.5 in 46 % of cases (bench/accuracy.py, leave-stacks-out;
+    #: 17 % at one half) for a known stack's "no match" 3.0 -> 3.4 %
+    unknown_prior: float = 0.5
     #: per-signature prior weights (popularity), index-aligned with the database;
     #: None: every signature by its evidence only
     popularity: tuple[float, ...] | None = None
@@ -1137,7 +1144,7 @@ def _score_one(o: _Obs, db, comp: _Compiled, model: PathModel) -> Scored | None:
     prior, lse_prior = _prior(comp, model)
     unknown = _unknown_cost(db, feats, g, gen_hdr, variant, hdr, prior, covered, lse_prior, var)
     post_sig = prior - total
-    post_unk = math.log(model.unknown_prior) - unknown + lse_prior
+    post_unk = _log_odds(model.unknown_prior) - unknown + lse_prior
     fin = post_sig[idx]
     norm = float(np.logaddexp(_lse1(fin[np.isfinite(fin)]), post_unk))
     post = np.exp(post_sig - norm)
@@ -1215,7 +1222,7 @@ def score(observations: Sequence, db: Database, model: PathModel | None = None) 
                             lse_prior)  # fmt: skip
     post_sig = prior - total
     # the unknown stack's prior mass is relative to the signatures' total weight
-    post_unk = math.log(model.unknown_prior) - unknown + lse_prior
+    post_unk = _log_odds(model.unknown_prior) - unknown + lse_prior
     norm = _logsumexp(np.append(post_sig[np.isfinite(post_sig)], post_unk), axis=0)
     post = np.exp(post_sig - norm)
     return Scored(obs, per_obs, total, ll, hdr, post, float(math.exp(post_unk - norm)), unknown,
@@ -1417,6 +1424,12 @@ def _variant_model() -> PathModel:
         _VARIANT_MODEL = PathModel(change=MappingProxyType(dict.fromkeys(DEFAULT_MODEL.change,
                                                                           VARIANT)))  # fmt: skip
     return _VARIANT_MODEL
+
+
+def _log_odds(p: float) -> float:
+    """The unknown stack's prior against the signatures' total: p / (1 - p)."""
+    p = min(max(p, 1e-9), 1 - 1e-9)
+    return math.log(p / (1 - p))
 
 
 def _unknown_cost(db, feats, gen_timing, gen_hdr, timing, hdr, prior, covered, lse_prior,
