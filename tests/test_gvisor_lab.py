@@ -71,7 +71,9 @@ def test_gvisor_schedules(binary, make_lab, tmp_path):
             assert r["nb_pkt"] == len(want), (state, r["gaps_us"])
             g = [x / 1000 for x in r["gaps_us"]]
             for got, nominal in zip(g, want, strict=True):
-                assert 0.995 * nominal <= got <= LOAD_FACTOR * nominal, (state, g)
+                # a timer never fires early; the capture of the packet before
+                # it may be late by a millisecond or two (seen: 198.8 for 200)
+                assert 0.995 * nominal - 2.0 <= got <= LOAD_FACTOR * nominal, (state, g)
             ratios = [b / a for a, b in zip(g, g[1:], strict=False)]
             assert all(1.5 <= q <= 2.5 for q in ratios), (state, ratios)
             if state != "SYN_RCVD":
