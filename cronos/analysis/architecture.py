@@ -66,17 +66,19 @@ def infer(
     different families only lack the evidence to tell them apart."""
     per_state = _per_state(match_by_state)
     one = _one_stack(joint, per_state)
+    alone = _state_disagreement(per_state)
     signals: dict[str, list[str]] = {k: [] for k in KINDS}
     notes: list[str] = []
-    proxy = _syn_proxy(observations, per_state, nmap, skip_states=one is not None)
-    signals["syn-proxy"] += proxy
+    signals["syn-proxy"] += _syn_proxy(observations, per_state, nmap)
+    if one is None:
+        signals["syn-proxy"] += alone
+    elif alone:
+        notes.append(f"{'; '.join(alone)} alone, but one signature explains every state: {one}")
     signals["filtering-firewall"] += _filtering(observations, nmap)
-    signals["non-ideal-network"] += _network(observations, per_state, joint if one else None)
+    # the losses the verdict assumes: none when one signature explains every
+    # state (``_one_stack``), else each state's best alignment's
+    signals["non-ideal-network"] += _network(observations, per_state if one is None else {})
     signals["not-in-bases"] += _not_in_bases(observations, per_state, nmap)
-    if one is not None:
-        alone = _state_disagreement(per_state)
-        if alone:
-            notes.append(f"{'; '.join(alone)} alone, but one signature explains every state: {one}")
     kind = next((k for k in KINDS[:-1] if signals[k]), "consistent")
     evidence = [line for k in KINDS for line in signals[k]] + notes
     evidence += _views(per_state, nmap)
@@ -165,7 +167,8 @@ def _timed_ttl(o: Observation) -> int | None:
 # --- signals -------------------------------------------------------------------
 
 
-def _syn_proxy(observations, per_state, nmap, skip_states: bool = False) -> list[str]:
+def _syn_proxy(observations, per_state, nmap) -> list[str]:
+    """The relay's signs beside the states' own disagreement (``infer``)."""
     out: list[str] = []
     syn = _ok(observations, Method.SYN_RCVD)
     closing = [o for m in CLOSING for o in _ok(observations, m)]
@@ -184,8 +187,6 @@ def _syn_proxy(observations, per_state, nmap, skip_states: bool = False) -> list
             f"SYN-ACK TTL {feats.ttl} but closing-state packets arrive with TTL "
             f"{'/'.join(map(str, ttls))}: another box answers the SYN"
         )
-    if not skip_states:
-        out += _state_disagreement(per_state)
     if nmap is not None:
         nm = nmap.top_families()
         for m in CLOSING:
@@ -219,7 +220,7 @@ def _filtering(observations, nmap) -> list[str]:
     return out
 
 
-def _network(observations, per_state, joint=None) -> list[str]:
+def _network(observations, per_state) -> list[str]:
     out: list[str] = []
     for m in Method:
         obs = _ok(observations, m)
@@ -239,9 +240,7 @@ def _network(observations, per_state, joint=None) -> list[str]:
         resent = [o.note for o in obs if "SYN sent" in o.note]
         if resent:
             out.append(f"{m.state_name}: our SYN was lost ({resent[0]})")
-    # the losses the verdict's own alignment assumes (the joint one when one
-    # signature explains every state, else each state's best)
-    for m, result in {None: joint}.items() if joint is not None else per_state.items():
+    for m, result in per_state.items():
         if result is None or result.no_match or not result.candidates:
             continue
         lost = sum(h.lost for h in result.candidates[0].how)

@@ -109,6 +109,20 @@ def _worker_compute(hosts, opts) -> list[HostPiece]:
     return [compute_host(target, obs, _WORKER_DB, opts, None) for target, obs in hosts]
 
 
+@dataclass
+class _Batch:
+    """Finished hosts handed to a worker together, and how far their
+    verdicts have been emitted."""
+
+    hosts: list
+    future: object = None  # concurrent.futures.Future, None: classify here
+    pieces: list | None = None
+    emitted: int = 0
+
+    def ready(self) -> bool:
+        return self.future is None or self.future.done()
+
+
 class HostReporter:
     """Turns each finished host into verdicts, text and records, in order.
 
@@ -136,7 +150,7 @@ class HostReporter:
         self.xml_hosts: list = []
         self.evidence: list = []  # verdict.Verdict per finished host, for -oH / --plot
         self.batch: list[tuple[str, list[Observation]]] = []  # finished, not yet submitted
-        self.pending: deque = deque()  # [hosts, future, pieces, emitted] (_submit)
+        self.pending: deque[_Batch] = deque()
         self.pool = None
         if n_hosts >= self.WORKER_MIN_HOSTS and nmap_future is None:
             from concurrent.futures import ProcessPoolExecutor
@@ -168,13 +182,13 @@ class HostReporter:
         if self.batch:
             # queued before it is submitted: Ctrl-C may land inside submit(),
             # and a batch in neither list would lose its hosts' verdicts
-            entry = [self.batch, None, None, 0]  # hosts, future, pieces, emitted
+            entry = _Batch(self.batch)
             self.pending.append(entry)
             self.batch = []
             try:
-                entry[1] = self.pool.submit(_worker_compute, entry[0], self.opts)
+                entry.future = self.pool.submit(_worker_compute, entry.hosts, self.opts)
             except Exception:  # a broken pool (a worker was killed): classify here
-                entry[1] = None
+                entry.future = None
 
     def pump(self, wait: bool = False) -> None:
         """Hand the hosts finished so far to a worker; emit the results that are
@@ -187,23 +201,22 @@ class HostReporter:
         """Emit the finished batches in order. A batch leaves the queue only
         once every host of it is emitted, so an interruption anywhere (Ctrl-C
         comes at any instruction) leaves the rest to ``finish``."""
-        while self.pending and (wait or self.pending[0][1] is None or self.pending[0][1].done()):
+        while self.pending and (wait or self.pending[0].ready()):
             entry = self.pending[0]
-            batch, fut = entry[0], entry[1]
-            if entry[2] is None:
+            if entry.pieces is None:
                 pieces = None
-                if fut is not None:
+                if entry.future is not None:
                     try:
-                        pieces = fut.result()
+                        pieces = entry.future.result()
                     except Exception:  # a dead worker must not lose a host
                         pieces = None
                 if pieces is None:  # no worker: classified here
-                    pieces = [self._compute(target, obs) for target, obs in batch]
-                entry[2] = pieces
-            while entry[3] < len(batch):
-                k = entry[3]
-                self._emit(entry[2][k], batch[k][1])
-                entry[3] = k + 1
+                    pieces = [self._compute(target, obs) for target, obs in entry.hosts]
+                entry.pieces = pieces
+            while entry.emitted < len(entry.hosts):
+                k = entry.emitted
+                self._emit(entry.pieces[k], entry.hosts[k][1])
+                entry.emitted = k + 1
             self.pending.popleft()
 
     def finish(self) -> None:
