@@ -145,10 +145,12 @@ def make_lines(held, noise: Noise, tries: int, rng) -> list[tuple[int, str]]:
     for sid, samples in held:
         for k in range(0, len(samples) - tries + 1, tries):
             ident += 1
-            lines = []
+            lines, header = [], None
             for s in samples[k : k + tries]:
-                seen = observe(s, noise, rng)
+                # the tries of one target cross one path: one header rewrite
+                seen = observe(s, noise, rng, header)
                 if seen is not None:
+                    header = seen[2]
                     lines.append(hershel_line(ident, seen))
             if lines:
                 out.append((sid, "\n".join(lines)))

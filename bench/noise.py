@@ -128,9 +128,10 @@ def change_header(sample, noise: Noise, rng) -> tuple:
     return win, ttl, df, opts, mss
 
 
-def observe(sample, noise: Noise, rng: np.random.Generator):
+def observe(sample, noise: Noise, rng: np.random.Generator, header=None):
     """Arrival times from the SYN (s), the RST's (or None), and the header;
-    None if nothing arrived."""
+    None if nothing arrived. ``header``: the header as another try of the
+    same target saw it (one path: its rewrites and hop count are the same)."""
     times = np.array((0.0,) + tuple(sample.times_s))
     rst_t = None
     if sample.rst and len(sample.times_s):
@@ -150,7 +151,7 @@ def observe(sample, noise: Noise, rng: np.random.Generator):
     synacks = arr[keep]
     if not len(synacks):
         return None
-    return synacks, rst_arr, change_header(sample, noise, rng)
+    return synacks, rst_arr, header if header is not None else change_header(sample, noise, rng)
 
 
 def hershel_line(ident: int, seen) -> str:

@@ -31,6 +31,11 @@ from cronos.analysis.db import UNKNOWN_CLASS, OsClass, Signature  # noqa: E402
 from cronos.model import Method, StateFingerprint, SynAckFeatures  # noqa: E402
 
 MIN_SPREAD_US = 1000
+#: a shift this many spreads (and SLIP_MIN_US) away is a slip of the timer,
+#: when SLIP_MIN_SAMPLES samples or more show one
+SLIP_Z = 4.0
+SLIP_MIN_US = 5_000
+SLIP_MIN_SAMPLES = 2
 FILES = {  # data file -> (mapping file, tag, first time is the first SYN-ACK at 0.0)
     "HershelDB_116OS.txt": ("class-to-os-mapping_116OS.txt", "Hershel", True),
     "420OS_db.txt": ("420OS_mapping.txt", "Hershel+", False),
@@ -101,7 +106,7 @@ def stack_signature(
     t = np.array([s.times_s for s in same if len(s.times_s) == n], dtype=float).reshape(
         -1, max(n, 1)
     )[:, :n]
-    med, resid, off = _robust_schedule(t)
+    med, resid, off, slip = _robust_schedule(t)
     us = np.round(med * 1e6).astype(np.int64)
     spread = np.maximum(np.round(resid * 1e6), MIN_SPREAD_US).astype(np.int64)
     nre = n - 1 if rst and n else n  # the last time is the RST
@@ -124,11 +129,16 @@ def stack_signature(
         spread_us={Method.SYN_RCVD: tuple(int(x) for x in spread[:nre])},
         rst_spread_us={Method.SYN_RCVD: int(spread[nre])} if rst_us is not None else {},
         offset_spread_us={Method.SYN_RCVD: max(int(round(off * 1e6)), MIN_SPREAD_US)} if n else {},
+        offset_slip_us={Method.SYN_RCVD: slip} if slip is not None else {},
     )
 
 
-def _robust_schedule(t: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Median schedule, residual spread per position, spread of the common shift.
+def _robust_schedule(t: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, tuple | None]:
+    """Median schedule, residual spread per position, spread of the common
+    shift, and the shift's slips: (lo, hi, percent) of the samples whose
+    shift lies beyond SLIP_Z of its spread (and SLIP_MIN_US), or None when
+    fewer than SLIP_MIN_SAMPLES do (a coarse timer: Lexmark's first
+    retransmission 3.0, 3.4 or 4.4 s after the SYN-ACK, an old Linux's 200 ms).
 
     In many stacks the whole series moves with the first SYN-ACK (its own
     lateness), the later gaps staying precise: each sample's shift is the
@@ -139,7 +149,7 @@ def _robust_schedule(t: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """
     n = t.shape[1]
     if n == 0:
-        return np.zeros(0), np.zeros(0), 0.0
+        return np.zeros(0), np.zeros(0), 0.0, None
     med = np.median(t, axis=0)
     dev = t - med
     shift = np.median(dev, axis=1) if n > 1 else np.zeros(len(t))
@@ -152,7 +162,12 @@ def _robust_schedule(t: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         lo, hi = np.sort(resid, axis=0)[[1, -2]]
         r_spread = np.maximum(r_spread, np.std(np.clip(resid, lo, hi), axis=0))
     o_spread = 1.4826 * float(np.median(np.abs(shift - np.median(shift))))
-    return med, r_spread, o_spread
+    far = shift[np.abs(shift) > max(SLIP_Z * max(o_spread, MIN_SPREAD_US / 1e6), SLIP_MIN_US / 1e6)]
+    slip = None
+    if n > 1 and len(far) >= SLIP_MIN_SAMPLES:
+        lo, hi = (int(round(v * 1e6)) for v in (far.min(), far.max()))
+        slip = (lo, hi, max(1, int(round(100 * len(far) / len(t)))))
+    return med, r_spread, o_spread, slip
 
 
 _RULES = [  # (regex on the label, vendor, family, device type); first match wins
@@ -250,7 +265,9 @@ HEADER = """\
 #
 # p= is the gap between consecutive SYN-ACKs (median schedule). Spread: SynOffset
 # is the robust standard deviation of a shift of the whole series (the first
-# SYN-ACK's own lateness), Syn= / SynRst= what remains per arrival time.
+# SYN-ACK's own lateness), Syn= / SynRst= what remains per arrival time;
+# SynSlip=LO,HI,PCT: in PCT % of the samples the shift fell outside that
+# spread, between LO and HI us (a coarse timer's first expiry slipping).
 # The data has no IP ID and no window-scale value: ID= and WS= are empty.
 """
 

@@ -49,6 +49,25 @@ def test_good_block_round_trips(tmp_path):
     assert again.key() == sig.key() and again.spread_us == sig.spread_us
 
 
+def test_a_shift_that_slips_round_trips_and_bad_slips_are_refused(tmp_path):
+    text = GOOD.replace("SynOffset=5000", "SynOffset=5000 SynSlip=-1420000,-200000,40")
+    (sig,) = parse_db_text(text, "t.db")
+    assert sig.offset_slip_us[Method.SYN_RCVD] == (-1420000, -200000, 40)
+    (again,) = parse_db_text(sig.block(), "u.db")
+    assert again.offset_slip_us == sig.offset_slip_us
+    for bad, why in [
+        ("SynSlip=-200000,-1420000,40", "LO <= HI"),
+        ("SynSlip=-1,0,0", "1..100"),
+        ("SynSlip=-1,0", "LO,HI,PERCENT"),
+    ]:
+        with pytest.raises(DatabaseError, match=why):
+            load_db([write(tmp_path, GOOD.replace("SynOffset=5000", "SynOffset=5000 " + bad))],
+                    builtin=False)  # fmt: skip
+    with pytest.raises(DatabaseError, match="SynSlip without SynOffset"):
+        load_db([write(tmp_path, GOOD.replace("SynOffset=5000", "SynSlip=-1,0,5"))],
+                builtin=False)  # fmt: skip
+
+
 def test_user_db_adds_to_builtin(tmp_path):
     n = len(load_db())
     db = load_db([write(tmp_path, GOOD)])

@@ -42,6 +42,7 @@ _SPREAD_KEYS = (
     {m.rst_key: (m, "gaps") for m in Method}
     | {m.rst_key + "Rst": (m, "rst") for m in Method}
     | {m.rst_key + "Offset": (m, "offset") for m in Method}
+    | {m.rst_key + "Slip": (m, "slip") for m in Method}
 )
 
 
@@ -71,7 +72,10 @@ class Signature:
     common shift of the whole series relative to the first packet (the first
     packet's own lateness). ``spread_us[method]``: one value per ``p=`` gap,
     the remaining spread of that retransmission's arrival time once the shift
-    is removed; ``rst_spread_us`` likewise for the final RST."""
+    is removed; ``rst_spread_us`` likewise for the final RST.
+    ``offset_slip_us[method]``: ``(lo, hi, percent)``: in ``percent`` % of the
+    examples the shift fell outside its spread, anywhere from ``lo`` to ``hi``
+    (a coarse timer whose first expiry slips by a tick or more)."""
 
     name: str
     classes: tuple[OsClass, ...]
@@ -94,6 +98,7 @@ class Signature:
     #: ``Ttl N``: the initial TTL a block without a ``CronOS_Hdr`` line
     #: documents (its other header fields unknown)
     init_ttl: int | None = None
+    offset_slip_us: dict[Method, tuple[int, int, int]] = field(default_factory=dict)
 
     def law_block_text(self) -> str:
         """A variant's block as written: its lines with the Law line, no states."""
@@ -136,6 +141,9 @@ class Signature:
         spread = [f"{m.rst_key}={','.join(map(str, v))}" for m, v in self.spread_us.items() if v]
         spread += [f"{m.rst_key}Rst={v}" for m, v in self.rst_spread_us.items()]
         spread += [f"{m.rst_key}Offset={v}" for m, v in self.offset_spread_us.items()]
+        spread += [
+            f"{m.rst_key}Slip={','.join(map(str, v))}" for m, v in self.offset_slip_us.items()
+        ]
         if spread:
             lines.append("Spread " + " ".join(spread))
         return "\n".join(lines) + "\n"
@@ -249,6 +257,7 @@ def _parse_block(block: list[tuple[int, str]], fn: str) -> list[Signature]:
     spread: dict[Method, tuple[int, ...]] = {}
     rst_spread: dict[Method, int] = {}
     offset_spread: dict[Method, int] = {}
+    slip: dict[Method, tuple[int, int, int]] = {}
     spread_line = 0
     law_line: tuple[int, str] | None = None
     init_ttl: int | None = None
@@ -292,7 +301,7 @@ def _parse_block(block: list[tuple[int, str]], fn: str) -> list[Signature]:
                 if spread_line:
                     raise DatabaseError(f"{where}: second Spread line in block")
                 spread_line = n
-                spread, rst_spread, offset_spread = _parse_spread(line[7:], where)
+                spread, rst_spread, offset_spread, slip = _parse_spread(line[7:], where)
             else:
                 raise DatabaseError(f"{where}: unknown line {line.split('(')[0][:40]!r}")
         except FingerprintSyntaxError as exc:
@@ -334,9 +343,14 @@ def _parse_block(block: list[tuple[int, str]], fn: str) -> list[Signature]:
     for m in offset_spread:
         if m not in states:
             raise DatabaseError(f"{fn}:{spread_line}: Spread {m.rst_key}Offset without that state")
+    for m in slip:
+        if m not in offset_spread:
+            raise DatabaseError(
+                f"{fn}:{spread_line}: Spread {m.rst_key}Slip without {m.rst_key}Offset"
+            )
     return [Signature(
         name, tuple(classes), tuple(cpes), tuple(sources), features, states, spread,
-        rst_spread, offset_spread, fn, first_no, init_ttl=init_ttl,
+        rst_spread, offset_spread, fn, first_no, init_ttl=init_ttl, offset_slip_us=slip,
     )]  # fmt: skip
 
 
@@ -377,9 +391,10 @@ def parse_class(text: str, where: str) -> OsClass:
     return OsClass(*parts)
 
 
-def _parse_spread(text: str, where: str) -> tuple[dict, dict, dict]:
+def _parse_spread(text: str, where: str) -> tuple[dict, dict, dict, dict]:
     spread: dict[Method, tuple[int, ...]] = {}
     single: dict[str, dict[Method, int]] = {"rst": {}, "offset": {}}
+    slip: dict[Method, tuple[int, int, int]] = {}
     for tok in text.split():
         key, sep, val = tok.partition("=")
         if not sep or key not in _SPREAD_KEYS:
@@ -389,6 +404,13 @@ def _parse_spread(text: str, where: str) -> tuple[dict, dict, dict]:
             nums = tuple(int(v) for v in val.split(",")) if val else ()
         except ValueError:
             raise DatabaseError(f"{where}: Spread {key}: values must be integers (us)") from None
+        if kind == "slip":
+            if len(nums) != 3 or nums[0] > nums[1] or not 0 < nums[2] <= 100:
+                raise DatabaseError(
+                    f"{where}: Spread {key}: expected LO,HI,PERCENT (us, LO <= HI, 1..100)"
+                )
+            slip[method] = (nums[0], nums[1], nums[2])
+            continue
         if any(v < 0 for v in nums):
             raise DatabaseError(f"{where}: Spread {key}: negative value")
         if kind != "gaps":
@@ -397,4 +419,4 @@ def _parse_spread(text: str, where: str) -> tuple[dict, dict, dict]:
             single[kind][method] = nums[0]
         else:
             spread[method] = nums
-    return spread, single["rst"], single["offset"]
+    return spread, single["rst"], single["offset"], slip

@@ -153,6 +153,11 @@ class _Table:
         self.rst_s = np.zeros(m)
         self.time_us = np.zeros(m)
         self.off_sd = np.zeros(m)
+        # the shift's slips (``Signature.offset_slip_us``): a second, wide
+        # component of the shift's prior, fitted on its own rows (``_run``)
+        self.slip_sd = np.zeros(m)
+        self.core_cost = np.zeros(m)  # -log P(no slip)
+        self.slip_cost = np.zeros(m)  # -log P(a slip), its density beside the core's
         self.rule_connect = np.full(m, np.nan)  # Linux-rule closing schedules: their Connect
         #: Linux closing schedules: after a retransmitted handshake they start
         #: from TCP_TIMEOUT_FALLBACK (``fallback``); another stack's block
@@ -187,6 +192,13 @@ class _Table:
             self.nexp[r] = len(cum)
             self.time_us[r] = fp.time_s * 1e6
             self.off_sd[r] = max(s.offset_spread_us.get(method, 0), 1.0)
+            slip = s.offset_slip_us.get(method)
+            if slip is not None:
+                eps = min(max(slip[2] / 100.0, 0.01), 0.5)
+                # zero-centred, reaching the farthest slip: one spread beyond it
+                self.slip_sd[r] = max(abs(slip[0]), abs(slip[1])) + self.off_sd[r]
+                self.core_cost[r] = -math.log1p(-eps)
+                self.slip_cost[r] = -math.log(eps) + math.log(self.slip_sd[r] / self.off_sd[r])
             if fp.rst_us is not None:
                 self.rst_t[r] = cum[-1] + fp.rst_us
                 rs = s.rst_spread_us.get(method, 30_000 + 0.01 * fp.rst_us)
@@ -231,6 +243,15 @@ class _Table:
         # signatures sharing one schedule (a Law's variants differ in other
         # states): the kernel runs on one row each (``_timing``)
         self.uniq: tuple[_Table, np.ndarray] | None = None
+        #: the rows with slips, as a table whose shift spread is the slips'
+        self.slip: tuple[_Table, np.ndarray] | None = None
+        rows = np.flatnonzero(self.slip_sd > 0)
+        if len(rows) and not getattr(self, "_is_slip", False):
+            sub = _Table.__new__(_Table)
+            sub._is_slip = True
+            sub.__init__(sigs, [idx[r] for r in rows], method, evidence)
+            sub.off_sd = self.slip_sd[rows].copy()
+            self.slip = (sub, rows)
 
     def fallback(self) -> _Table | None:
         """The same rows, each Linux closing schedule replaced by Linux's after
@@ -255,6 +276,7 @@ class _Table:
             fb.rst_t = np.full(len(self.idx), np.nan)
             fb._fallback = None
             fb.unit_limits = None
+            fb.slip = None  # its own schedule: no slip learned for it
             self._fallback = fb
         return self._fallback
 
@@ -277,7 +299,8 @@ def _table(sigs: Sequence[Signature], idx: list[int], method: Method, evidence) 
         s = sigs[i]
         budget = _law_budget(s) if method is not Method.SYN_RCVD else None
         key = (s.states[method], s.spread_us.get(method), s.rst_spread_us.get(method),
-               s.offset_spread_us.get(method), float(evidence[i]), s.family == "Linux",
+               s.offset_spread_us.get(method), s.offset_slip_us.get(method),
+               float(evidence[i]), s.family == "Linux",
                bool(s.law_block), budget)  # fmt: skip
         inverse.append(first.setdefault(key, len(first)))
     if len(first) < len(idx):
@@ -746,6 +769,30 @@ def _limits(tab, scale):
 
 
 def _run(tab, scale, x, gen, params, model, prior_cost, prune=None) -> _TimingResult:
+    """``_run_rows``; a row whose shift may slip (``_Table.slip``) is fitted
+    both ways, with its spread and with its slips' (each way's prior cost
+    added), and keeps the likelier."""
+    if tab.slip is None:
+        return _run_rows(tab, scale, x, gen, params, model, prior_cost, prune)
+    sub, rows = tab.slip
+    res = _run_rows(tab, scale, x, gen, params, model, prior_cost + tab.core_cost, prune)
+    cost = (prior_cost[rows] if np.ndim(prior_cost) else prior_cost) + tab.slip_cost[rows]
+    alt = _run_rows(sub, None if scale is None else scale[rows], x, gen, params, model, cost)
+    take = alt.standalone < res.standalone[rows]
+    if not take.any():
+        return res
+    sel, m = rows[take], len(tab.idx)
+    out = {}
+    for f in _TimingResult.__dataclass_fields__:
+        va, vb = getattr(res, f), getattr(alt, f)
+        if isinstance(va, np.ndarray) and va.shape[:1] == (m,):
+            va = va.copy()
+            va[sel] = vb[take]
+        out[f] = va
+    return _TimingResult(**out)
+
+
+def _run_rows(tab, scale, x, gen, params, model, prior_cost, prune=None) -> _TimingResult:
     """Every row of ``tab`` at the schedule scales ``scale``. With ``prune``
     (``prune(base, info)``: rows x K costs beside the queueing, e.g. with the
     header as the signature's and as a variant's), a row whose total cannot
@@ -1178,25 +1225,23 @@ def score(observations: Sequence, db: Database, model: PathModel | None = None) 
         res = _timing(tab, o, model) if tab is not None else None
         g = generic_cost(o, model)
         gen_total += g
-        # per signature: this observation's cost, its variant's (which may
-        # stop earlier: another retries setting; half of the variants do,
-        # where is anyone's guess), its theta likelihoods (0: not timed)
+        # per signature: this observation's cost, the packets it expected
+        # after the last one seen (-1: not timed), its theta likelihoods
         own = np.full(n_sig, g)
-        own_variant = np.full(n_sig, g)
+        own_tail = np.full(n_sig, -1, dtype=np.int64)
         own_ll = np.zeros((n_sig, len(THETA_GRID_US)))
         alone = np.full(n_sig, g)
         if res is not None:
             own[tab.idx] = res.base
-            own_variant[tab.idx] = res.base - _variant_gain(model.loss, res.tail)
+            own_tail[tab.idx] = res.tail
             own_ll[tab.idx] = res.ll
             alone[tab.idx] = res.standalone
             covered[tab.idx] += 1
             a = res.standalone + (hdr[tab.idx] - gen_hdr if o.features is not None else 0.0)
             success[tab.idx] += a < g
-        timed.append((o, tab, res, g, own, own_variant, own_ll, alone))
+        timed.append((o, tab, res, g, own, own_tail, own_ll, alone))
         per_obs.append((o, tab, res, g))
     base = np.sum([t[4] for t in timed], axis=0)
-    variant_base = np.sum([t[5] for t in timed], axis=0)
     ll = np.sum([t[6] for t in timed], axis=0)
     # a signature without an observed state behaves like one of its family's
     # signatures (a Hershel "CentOS" in LAST_ACK like one of the lab's Linux
@@ -1204,12 +1249,12 @@ def score(observations: Sequence, db: Database, model: PathModel | None = None) 
     # all of them, at the cost of not knowing which (log of the family's size)
     for sigs, member, extra, which in comp.stand_ins(timed):
         for k in which:
-            _o, _tab, _res, _g, own, own_variant, own_ll, _alone = timed[k]
+            _o, _tab, _res, _g, own, own_tail, own_ll, _alone = timed[k]
             base[sigs] += own[member] - own[sigs]
-            variant_base[sigs] += own_variant[member] - own_variant[sigs]
+            own_tail[sigs] = own_tail[member]
             ll[sigs] += own_ll[member]
         base[sigs] += extra
-        variant_base[sigs] += extra
+    variant_base = base - _joint_variant_gain(model.loss, timed)
     if not covered.any():
         return None
     mix = np.empty(n_sig)
@@ -1405,14 +1450,33 @@ def _variant_gain(loss: float, tail: np.ndarray) -> np.ndarray:
     return gains[np.minimum(tail, len(gains) - 1).astype(np.intp)]
 
 
+def _joint_variant_gain(loss: float, timed) -> np.ndarray:
+    """Per signature, what a variant that stops earlier saves over every
+    observation: its retries setting is the stack's, one per state, so in
+    each state it stops no earlier than the try that saw the most packets
+    allowed (the least tail), and it saves that tail in every try of the
+    state. A signature without a timed state saves nothing there."""
+    n_sig = len(timed[0][5])
+    gain = np.zeros(n_sig)
+    by_method: dict = {}
+    for t in timed:
+        by_method.setdefault(t[0].method, []).append(t[5])
+    for tails in by_method.values():
+        least = np.min(tails, axis=0)
+        ok = least >= 0
+        gains = _variant_gains(loss, len(tails))
+        gain[ok] = gains[np.minimum(least[ok], len(gains) - 1)]
+    return gain
+
+
 @functools.lru_cache(maxsize=16)
-def _variant_gains(loss: float) -> np.ndarray:
+def _variant_gains(loss: float, tries: int = 1) -> np.ndarray:
     """By the number of expected packets missing after the last one seen
     (0..63): what a variant of the signature that stops earlier (another
     retries setting; half of the variants do, which of them is anyone's
-    guess) saves in nats."""
+    guess) saves in nats, over ``tries`` observations of the state."""
     tail = np.arange(64, dtype=float)
-    lp = -math.log(loss) * tail
+    lp = -math.log(loss) * tail * tries
     out = np.logaddexp(0.0, lp - (np.log1p(tail) + math.log(2.0))) - math.log(2.0)
     out.flags.writeable = False
     return out
