@@ -376,7 +376,7 @@ def test_a_variant_stopping_earlier_stops_alike_in_every_try(db):
     """Two tries of one state: a variant of a stack with fewer retries stops
     no later than the try that saw the most; one try that saw every packet
     leaves it nothing to save in the other."""
-    from cronos.analysis.match import _joint_variant_gain, _variant_gains
+    from cronos.analysis.match import _joint_variant_gain, _tail, _variant_gains
 
     o = read_hershel(LEXMARK_USUAL, "t")[0]
     short, full = np.array([3, -1]), np.array([0, -1])
@@ -387,3 +387,5 @@ def test_a_variant_stopping_earlier_stops_alike_in_every_try(db):
     assert one[0] == _variant_gains(0.08)[3] > 0 and one[1] == 0
     assert both[0] == _variant_gains(0.08)[0] < 0.0  # a variant that stops no earlier
     assert twice[0] == _variant_gains(0.08, 2)[3] > one[0]
+    # an RST at the signature's time (code 1): the stack went through all its retries
+    assert _tail(np.array([2, 2, 2]), np.array([1, 4, 0])).tolist() == [0, 2, 2]

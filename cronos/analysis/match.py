@@ -1173,13 +1173,13 @@ def _score_one(o: _Obs, db, comp: _Compiled, model: PathModel) -> Scored | None:
     var_rows = var[idx] if feats is not None else 0.0
 
     def beside(base, info):  # as a signature, and as a variant of one (_unknown_cost)
-        gain = _variant_gain(model.loss, info[:, 9])
+        gain = _variant_gain(model.loss, _tail(info[:, 9], info[:, 3]))
         return np.stack([base + hdr_rows, base - gain + var_rows], axis=1)
 
     res = _timing(tab, o, model, beside if o.method is Method.SYN_RCVD else None)
     g = generic_cost(o, model)
     timing_rows = res.standalone  # base - mix
-    variant_rows = timing_rows - _variant_gain(model.loss, res.tail)
+    variant_rows = timing_rows - _variant_gain(model.loss, _tail(res.tail, res.rst))
     total = np.full(n_sig, np.inf)
     total[idx] = timing_rows + hdr_rows
     variant = np.full(n_sig, np.inf)
@@ -1233,7 +1233,7 @@ def score(observations: Sequence, db: Database, model: PathModel | None = None) 
         alone = np.full(n_sig, g)
         if res is not None:
             own[tab.idx] = res.base
-            own_tail[tab.idx] = res.tail
+            own_tail[tab.idx] = _tail(res.tail, res.rst)
             own_ll[tab.idx] = res.ll
             alone[tab.idx] = res.standalone
             covered[tab.idx] += 1
@@ -1448,6 +1448,13 @@ def _variant_gain(loss: float, tail: np.ndarray) -> np.ndarray:
     (nats) on the ``tail`` expected packets missing after the last one seen."""
     gains = _variant_gains(loss)
     return gains[np.minimum(tail, len(gains) - 1).astype(np.intp)]
+
+
+def _tail(tail: np.ndarray, rst: np.ndarray) -> np.ndarray:
+    """The packets a variant that stops earlier would not have sent: none
+    when the RST came at the signature's time (``rst`` code 1): a stack with
+    fewer retries resets after its own last one, earlier."""
+    return np.where(rst == 1, 0, tail)
 
 
 def _joint_variant_gain(loss: float, timed) -> np.ndarray:
