@@ -243,6 +243,7 @@ class _Table:
         # signatures sharing one schedule (a Law's variants differ in other
         # states): the kernel runs on one row each (``_timing``)
         self.uniq: tuple[_Table, np.ndarray] | None = None
+        self._uniq_groups: tuple[np.ndarray, np.ndarray] | None = None
         #: the rows with slips, as a table whose shift spread is the slips'
         self.slip: tuple[_Table, np.ndarray] | None = None
         rows = np.flatnonzero(self.slip_sd > 0)
@@ -252,6 +253,16 @@ class _Table:
             sub.__init__(sigs, [idx[r] for r in rows], method, evidence)
             sub.off_sd = self.slip_sd[rows].copy()
             self.slip = (sub, rows)
+
+    def uniq_groups(self) -> tuple[np.ndarray, np.ndarray]:
+        """The rows ordered by their unique row, and where each unique row's
+        run starts (for ``np.minimum.reduceat``; every unique row has one)."""
+        if self._uniq_groups is None:
+            inv = self.uniq[1]
+            order = np.argsort(inv, kind="stable")
+            starts = np.flatnonzero(np.diff(inv[order], prepend=-1))
+            self._uniq_groups = (order, starts)
+        return self._uniq_groups
 
     def fallback(self) -> _Table | None:
         """The same rows, each Linux closing schedule replaced by Linux's after
@@ -652,17 +663,18 @@ def _timing(tab: _Table, o: _Obs, model: PathModel, prune=None) -> _TimingResult
         utab, inv = tab.uniq
         uprune = None
         if prune is not None:
+            order, starts = tab.uniq_groups()
 
             def uprune(base, info):
                 cost = np.asarray(prune(base[inv], info[inv]))
-                out = np.full((len(utab.idx), cost.shape[1]), np.inf)
-                np.minimum.at(out, inv, cost)
-                return out
+                return np.minimum.reduceat(cost[order], starts, axis=0)
 
         res = _timing(utab, o, model, uprune)
+        # the alignments are read for a few shown rows only: looked up when asked
         return _TimingResult(
-            **{f: getattr(res, f)[inv] for f in _TimingResult.__dataclass_fields__}
-        )
+            **{f: _Lazy(getattr(res, f).__getitem__, inv) if f in ("pos", "off")
+               else getattr(res, f)[inv] for f in _TimingResult.__dataclass_fields__}
+        )  # fmt: skip
     fp = o.fp
     m = len(tab.idx)
     x = np.array([0.0, *itertools.accumulate(float(g) for g in fp.gaps_us)])
