@@ -170,9 +170,11 @@ def test_signatures_with_a_state_beat_those_assuming_it_from_their_family(db):
 # --- the C kernel ------------------------------------------------------------------------
 
 
-def _kernel_result(gaps_us, sig_gaps_us):
+def _kernel_result(gaps_us, sig_gaps_us, spread=""):
     ps = "".join(f"%p={g}" for g in sig_gaps_us)
     line = f"CronOS_Syn(nbPkt={len(sig_gaps_us)}%Time=600{ps})"
+    if spread:
+        line += "\nSpread " + spread
     sig = parse_db_text(f"Fingerprint K\nClass unknown\nSource test\n{line}\n", "k.db")
     db = Database(tuple(sig))
     tab = _compiled(db).tables[Method.SYN_RCVD]
@@ -191,6 +193,23 @@ def test_kernel_exact_series_loss_and_shift():
     late = _kernel_result((1_000_000, 2_500_000, 3_500_000, 8_000_000), sig)
     assert late.unexpl[0] == 0 and late.base[0] < exact.base[0] + 1e-9 + 5
     assert late.standalone[0] > exact.standalone[0]
+
+
+def test_kernel_fits_a_slipped_shift_within_the_slips_only():
+    sig = (4_400_000, 6_500_000, 13_000_000)
+    early = (3_200_000, 6_500_000, 13_000_000)  # everything after the first 1.2 s early
+    tight = "Syn=1000,1000,1000 SynOffset=2000"
+    slips = tight + " SynSlip=-1500000,-1000000,20"
+    plain, slipped = _kernel_result(early, sig, tight), _kernel_result(early, sig, slips)
+    assert slipped.unexpl[0] == 0 and slipped.lost[0] == 0
+    assert slipped.standalone[0] < plain.standalone[0] - 20
+    assert abs(slipped.shift[0] + 1_200_000) < 50_000
+    # on time, the slips cost only the prior of not slipping: -log(0.8)
+    on_time = (
+        _kernel_result(sig, sig, slips).standalone[0]
+        - _kernel_result(sig, sig, tight).standalone[0]
+    )
+    assert abs(on_time + np.log(0.8)) < 1e-6
 
 
 def test_kernel_refuses_arrays_that_do_not_agree():

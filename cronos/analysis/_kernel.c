@@ -26,6 +26,7 @@ enum {
 };
 enum { I_K0, I_LOST, I_UNEXPL, I_RST, I_SHIFT, I_ALONE, I_NIN, I_S, I_SBAR, I_TAIL, I_NFIELDS };
 #define BIG 1e300
+enum { OFF_SD, OFF_SLIP_SD, OFF_CORE_COST, OFF_SLIP_COST, OFF_N };
 
 typedef struct {
     Py_ssize_t *cand, *lastj;
@@ -36,7 +37,7 @@ typedef struct {
 typedef struct {
     const double *t, *s;
     const int64_t *start;
-    const double *rst_t, *rst_s, *time_us, *off_sd, *scale, *optional, *limit;
+    const double *rst_t, *rst_s, *time_us, *off, *scale, *optional, *limit;
     const double *x, *gen;
     const double *p;
     Py_ssize_t n;  /* observed packets after the first */
@@ -65,9 +66,10 @@ static Py_ssize_t upper(const double *t, double sc, Py_ssize_t lo, Py_ssize_t hi
     return lo;
 }
 
-/* One row, one anchor. pos/off (n each) receive the alignment. */
-static void one(const Ctx *c, const Scratch *w, Py_ssize_t r, int k0, Res *out, int32_t *pos,
-                double *off) {
+/* One row, one anchor; the common offset's prior spread `sd` (the row's own,
+   or its slips'), at a prior cost `extra`. pos/off (n each) receive the alignment. */
+static void one(const Ctx *c, const Scratch *w, Py_ssize_t r, int k0, double sd, double extra,
+                Res *out, int32_t *pos, double *off) {
     const double *p = c->p;
     const double sc = c->scale[r];
     const Py_ssize_t b = c->start[r], e = c->start[r + 1];  /* row's flat range */
@@ -81,7 +83,7 @@ static void one(const Ctx *c, const Scratch *w, Py_ssize_t r, int k0, Res *out, 
     const double s_anchor = s[k0];
     const double tmax = c->time_us[r] + p[P_GATE];
     const double lam_ref = p[P_LAM_REF];
-    const double off_tol = (k0 == 0) ? c->off_sd[r] : 0.0;
+    const double off_tol = (k0 == 0) ? sd : 0.0;
     /* --- DP alignment: state = chosen expected index per packet (2 candidates) or none */
     Py_ssize_t *cand = w->cand, *lastj = w->lastj;
     double *dp = w->dp;
@@ -171,11 +173,11 @@ static void one(const Ctx *c, const Scratch *w, Py_ssize_t r, int k0, Res *out, 
     /* the common offset of everything after the first packet (anchor 0 only) */
     double delta = 0.0;
     if (k0 == 0 && n_ok > 0) {
-        double var = c->off_sd[r] * c->off_sd[r];
+        double var = sd * sd;
         double lr = 1.0 / (1.0 / lam_ref + sqrt(s2 / (double)n_ok));
         double lo = -lr * var, hi = (double)n_ok * lr * var;
         delta = u_min < lo ? lo : (u_min > hi ? hi : u_min);
-        double lim = p[P_SPREAD_Z] * c->off_sd[r];
+        double lim = p[P_SPREAD_Z] * sd;
         if (delta < -lim) delta = -lim;
         if (delta > lim) delta = lim;
     }
@@ -267,7 +269,8 @@ static void one(const Ctx *c, const Scratch *w, Py_ssize_t r, int k0, Res *out, 
     if (tail < 0) tail = 0;
     if (tail > lost) tail = lost;
     double base = (double)lost * p[P_LOST] + (double)matched * p[P_KEEP] + pen + rst_cost + early;
-    if (c->off_sd[r] > 0) base += 0.5 * (delta / c->off_sd[r]) * (delta / c->off_sd[r]);
+    if (sd > 0) base += 0.5 * (delta / sd) * (delta / sd);
+    base += extra;
     if (!isnan(p[P_A0])) {
         double rtt = p[P_A0] - anchor;
         base += (rtt < -p[P_GATE]) ? INFINITY
@@ -309,8 +312,9 @@ static PyObject *timing(PyObject *self, PyObject *args) {
                           &o[6], &o[7], &o[8], &o[9], &o[10], &o[11], &o[12], &o[13], &o[14],
                           &o[15], &o[16]))
         return NULL;
-    /* in: t s start rst_t rst_s time_us off_sd scale optional limit x gen params;
-       out: base info pos off */
+    /* in: t s start rst_t rst_s time_us off scale optional limit x gen params;
+       out: base info pos off. off: per row (OFF_N values) the offset's spread,
+       its slips' spread (0: none), the prior cost of no slip and of a slip */
     static const int sizes[NARGS] = {8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 4, 8};
     Py_buffer v[NARGS];
     int got = 0;
@@ -322,7 +326,7 @@ static PyObject *timing(PyObject *self, PyObject *args) {
     }
     Ctx c;
     c.t = v[0].buf; c.s = v[1].buf; c.start = v[2].buf; c.rst_t = v[3].buf; c.rst_s = v[4].buf;
-    c.time_us = v[5].buf; c.off_sd = v[6].buf; c.scale = v[7].buf; c.optional = v[8].buf;
+    c.time_us = v[5].buf; c.off = v[6].buf; c.scale = v[7].buf; c.optional = v[8].buf;
     c.limit = v[9].buf; c.x = v[10].buf; c.gen = v[11].buf; c.p = v[12].buf;
     Py_ssize_t rows = v[3].len / 8;
     c.n = v[10].len / 8 - 1;
@@ -334,7 +338,7 @@ static PyObject *timing(PyObject *self, PyObject *args) {
         || v[15].len / 4 < rows * n || v[16].len / 8 < rows * n || v[2].len / 8 < rows + 1
         || v[11].len / 8 < n || v[8].len / 8 < rows || v[9].len / 8 < rows
         || v[7].len / 8 < rows || v[4].len / 8 < rows || v[5].len / 8 < rows
-        || v[6].len / 8 < rows) {
+        || v[6].len / 8 < rows * OFF_N) {
         PyErr_SetString(PyExc_ValueError, "kernel: array sizes do not agree");
         goto done;
     }
@@ -348,8 +352,8 @@ static PyObject *timing(PyObject *self, PyObject *args) {
         w.beyond = malloc(sizeof(int) * k);
         w.rr = malloc(sizeof(double) * (k + 2));
         w.ss = malloc(sizeof(double) * (k + 2));
-        int32_t *pos2 = malloc(sizeof(int32_t) * 2 * k);
-        double *off2 = malloc(sizeof(double) * 2 * k);
+        int32_t *pos2 = malloc(sizeof(int32_t) * 3 * k);
+        double *off2 = malloc(sizeof(double) * 3 * k);
         double *log_n = malloc(sizeof(double) * (k + 3));
         if (!w.cand || !w.lastj || !w.dp || !w.from || !w.beyond || !w.rr || !w.ss || !pos2
             || !off2 || !log_n) {
@@ -360,19 +364,26 @@ static PyObject *timing(PyObject *self, PyObject *args) {
             c.rtt0 = isnan(c.p[P_A0]) ? 0.0 : rtt_cost(c.p[P_A0], c.p[P_RTT_MU], c.p[P_RTT_SIGMA]);
             Py_BEGIN_ALLOW_THREADS
             for (Py_ssize_t r = 0; r < rows; r++) {
-                Res a, b;
-                one(&c, &w, r, 0, &a, pos2, off2);
-                one(&c, &w, r, 1, &b, pos2 + n, off2 + n);
-                int pick = b.alone < a.alone;
-                Res *x = pick ? &b : &a;
+                Res a[3];
+                const double *of = c.off + r * OFF_N;
+                int slips = of[OFF_SLIP_SD] > 0;
+                one(&c, &w, r, 0, of[OFF_SD], slips ? of[OFF_CORE_COST] : 0.0, &a[0], pos2, off2);
+                one(&c, &w, r, 1, of[OFF_SD], 0.0, &a[1], pos2 + n, off2 + n);
+                int pick = a[1].alone < a[0].alone;
+                if (slips) {  /* the shift may have slipped: fitted within the slips' spread */
+                    one(&c, &w, r, 0, of[OFF_SLIP_SD], of[OFF_SLIP_COST], &a[2], pos2 + 2 * n,
+                        off2 + 2 * n);
+                    if (a[2].alone < a[pick].alone) pick = 2;
+                }
+                Res *x = &a[pick];
                 obase[r] = x->base;
                 double *info = oinfo + r * I_NFIELDS;
                 info[I_K0] = x->k0; info[I_LOST] = x->lost; info[I_UNEXPL] = x->unexpl;
                 info[I_RST] = x->rst; info[I_SHIFT] = x->shift; info[I_ALONE] = x->alone;
                 info[I_NIN] = x->n_in; info[I_S] = x->big_s; info[I_SBAR] = x->s_bar;
                 info[I_TAIL] = x->tail;
-                memcpy(opos + r * n, pos2 + (pick ? n : 0), sizeof(int32_t) * n);
-                memcpy(ooff + r * n, off2 + (pick ? n : 0), sizeof(double) * n);
+                memcpy(opos + r * n, pos2 + pick * n, sizeof(int32_t) * n);
+                memcpy(ooff + r * n, off2 + pick * n, sizeof(double) * n);
             }
             Py_END_ALLOW_THREADS
             ret = Py_None;

@@ -154,10 +154,12 @@ class _Table:
         self.time_us = np.zeros(m)
         self.off_sd = np.zeros(m)
         # the shift's slips (``Signature.offset_slip_us``): a second, wide
-        # component of the shift's prior, fitted on its own rows (``_run``)
+        # component of the shift's prior; the kernel fits a row both ways
+        # and keeps the likelier (``off``: spread, slips' spread, the prior
+        # cost of no slip, of a slip and its density beside the spread's)
         self.slip_sd = np.zeros(m)
-        self.core_cost = np.zeros(m)  # -log P(no slip)
-        self.slip_cost = np.zeros(m)  # -log P(a slip), its density beside the core's
+        self.core_cost = np.zeros(m)
+        self.slip_cost = np.zeros(m)
         self.rule_connect = np.full(m, np.nan)  # Linux-rule closing schedules: their Connect
         #: Linux closing schedules: after a retransmitted handshake they start
         #: from TCP_TIMEOUT_FALLBACK (``fallback``); another stack's block
@@ -244,15 +246,9 @@ class _Table:
         # states): the kernel runs on one row each (``_timing``)
         self.uniq: tuple[_Table, np.ndarray] | None = None
         self._uniq_groups: tuple[np.ndarray, np.ndarray] | None = None
-        #: the rows with slips, as a table whose shift spread is the slips'
-        self.slip: tuple[_Table, np.ndarray] | None = None
-        rows = np.flatnonzero(self.slip_sd > 0)
-        if len(rows) and not getattr(self, "_is_slip", False):
-            sub = _Table.__new__(_Table)
-            sub._is_slip = True
-            sub.__init__(sigs, [idx[r] for r in rows], method, evidence)
-            sub.off_sd = self.slip_sd[rows].copy()
-            self.slip = (sub, rows)
+        self.off = np.ascontiguousarray(
+            np.column_stack([self.off_sd, self.slip_sd, self.core_cost, self.slip_cost])
+        )
 
     def uniq_groups(self) -> tuple[np.ndarray, np.ndarray]:
         """The rows ordered by their unique row, and where each unique row's
@@ -287,7 +283,8 @@ class _Table:
             fb.rst_t = np.full(len(self.idx), np.nan)
             fb._fallback = None
             fb.unit_limits = None
-            fb.slip = None  # its own schedule: no slip learned for it
+            fb.off = self.off.copy()
+            fb.off[:, 1] = 0.0  # its own schedule: no slip learned for it
             self._fallback = fb
         return self._fallback
 
@@ -664,16 +661,19 @@ def _timing(tab: _Table, o: _Obs, model: PathModel, prune=None) -> _TimingResult
         uprune = None
         if prune is not None:
             order, starts = tab.uniq_groups()
+            if isinstance(prune, _Beside):  # the rows' least header costs per schedule
+                uprune = prune.least(order, starts)
+            else:
 
-            def uprune(base, info):
-                cost = np.asarray(prune(base[inv], info[inv]))
-                return np.minimum.reduceat(cost[order], starts, axis=0)
+                def uprune(base, info):
+                    cost = np.asarray(prune(base[inv], info[inv]))
+                    return np.minimum.reduceat(cost[order], starts, axis=0)
 
         res = _timing(utab, o, model, uprune)
-        # the alignments are read for a few shown rows only: looked up when asked
+        # what the verdict reads of a few shown rows only is looked up when asked
         return _TimingResult(
-            **{f: _Lazy(getattr(res, f).__getitem__, inv) if f in ("pos", "off")
-               else getattr(res, f)[inv] for f in _TimingResult.__dataclass_fields__}
+            **{f: getattr(res, f)[inv] if f in _EAGER else _Lazy(getattr(res, f), inv)
+               for f in _TimingResult.__dataclass_fields__}
         )  # fmt: skip
     fp = o.fp
     m = len(tab.idx)
@@ -781,30 +781,6 @@ def _limits(tab, scale):
 
 
 def _run(tab, scale, x, gen, params, model, prior_cost, prune=None) -> _TimingResult:
-    """``_run_rows``; a row whose shift may slip (``_Table.slip``) is fitted
-    both ways, with its spread and with its slips' (each way's prior cost
-    added), and keeps the likelier."""
-    if tab.slip is None:
-        return _run_rows(tab, scale, x, gen, params, model, prior_cost, prune)
-    sub, rows = tab.slip
-    res = _run_rows(tab, scale, x, gen, params, model, prior_cost + tab.core_cost, prune)
-    cost = (prior_cost[rows] if np.ndim(prior_cost) else prior_cost) + tab.slip_cost[rows]
-    alt = _run_rows(sub, None if scale is None else scale[rows], x, gen, params, model, cost)
-    take = alt.standalone < res.standalone[rows]
-    if not take.any():
-        return res
-    sel, m = rows[take], len(tab.idx)
-    out = {}
-    for f in _TimingResult.__dataclass_fields__:
-        va, vb = getattr(res, f), getattr(alt, f)
-        if isinstance(va, np.ndarray) and va.shape[:1] == (m,):
-            va = va.copy()
-            va[sel] = vb[take]
-        out[f] = va
-    return _TimingResult(**out)
-
-
-def _run_rows(tab, scale, x, gen, params, model, prior_cost, prune=None) -> _TimingResult:
     """Every row of ``tab`` at the schedule scales ``scale``. With ``prune``
     (``prune(base, info)``: rows x K costs beside the queueing, e.g. with the
     header as the signature's and as a variant's), a row whose total cannot
@@ -822,7 +798,7 @@ def _run_rows(tab, scale, x, gen, params, model, prior_cost, prune=None) -> _Tim
     info = np.empty((m, len(_INFO)))
     pos = np.empty((m, n), dtype=np.int32)
     off = np.empty((m, n))
-    _kernel.timing(tab.t, tab.s, tab.start, tab.rst_t, tab.rst_s, tab.time_us, tab.off_sd, scale,
+    _kernel.timing(tab.t, tab.s, tab.start, tab.rst_t, tab.rst_s, tab.time_us, tab.off, scale,
                    optional, limit, x, gen, params, base, info, pos, off)  # fmt: skip
     base += prior_cost
     n_in, big_s, s_bar = info[:, 6].copy(), info[:, 7].copy(), info[:, 8].copy()
@@ -871,17 +847,52 @@ def _better(a: _TimingResult, b: _TimingResult, la=None, lb=None):
     return _TimingResult(**out), np.where(take, lb, la)
 
 
+#: the fields of a unique-row result spread out to every row at once (the
+#: posterior reads them all); the others are read for the shown rows only
+_EAGER = frozenset({"base", "standalone", "tail", "rst"})
+
+
 class _Lazy:
-    """Row ``i`` of a packets x rows result, computed when asked for."""
+    """``arr[sel]``, row by row when asked for (or whole, as an array)."""
 
-    __slots__ = ("_f", "_sel")
+    __slots__ = ("_arr", "_sel")
 
-    def __init__(self, f, sel):
-        self._f = f
+    def __init__(self, arr, sel):
+        self._arr = arr
         self._sel = sel
 
     def __getitem__(self, i):
-        return self._f(self._sel[i])
+        return self._arr[self._sel[i]]
+
+    def __array__(self, dtype=None, copy=None):
+        out = self._arr[self._sel]
+        return out if dtype is None else out.astype(dtype)
+
+    @property
+    def shape(self):
+        return (len(self._sel),) + self._arr.shape[1:]
+
+
+class _Beside:
+    """The rows' costs beside the queueing, as a signature (its header) and as
+    a variant of one (the variant's header, less what stopping earlier
+    saves): ``_run``'s bound on rows that cannot come near the best."""
+
+    __slots__ = ("hdr", "var", "loss")
+
+    def __init__(self, hdr_rows, var_rows, loss):
+        self.hdr, self.var, self.loss = hdr_rows, var_rows, loss
+
+    def __call__(self, base, info):
+        gain = _variant_gain(self.loss, _tail(info[:, 9], info[:, 3]))
+        return np.stack([base + self.hdr, base - gain + self.var], axis=1)
+
+    def least(self, order, starts):
+        """The same for the unique rows of a table (``_Table.uniq_groups``):
+        each with the least header costs of the rows sharing it."""
+        hdr = np.minimum.reduceat(np.broadcast_to(self.hdr, order.shape)[order], starts)
+        var = np.minimum.reduceat(np.broadcast_to(self.var, order.shape)[order], starts)
+        return _Beside(hdr, var, self.loss)
 
 
 def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
@@ -1184,10 +1195,7 @@ def _score_one(o: _Obs, db, comp: _Compiled, model: PathModel) -> Scored | None:
     var = header_costs(db, feats, _variant_model()) if feats is not None else 0.0
     var_rows = var[idx] if feats is not None else 0.0
 
-    def beside(base, info):  # as a signature, and as a variant of one (_unknown_cost)
-        gain = _variant_gain(model.loss, _tail(info[:, 9], info[:, 3]))
-        return np.stack([base + hdr_rows, base - gain + var_rows], axis=1)
-
+    beside = _Beside(hdr_rows, var_rows, model.loss)  # (_unknown_cost)
     res = _timing(tab, o, model, beside if o.method is Method.SYN_RCVD else None)
     g = generic_cost(o, model)
     timing_rows = res.standalone  # base - mix
