@@ -442,9 +442,10 @@ class _Compiled:
         self.prior_none = None  # (log prior, its log-sum-exp) without popularity
         self.prior_memo: dict = {}
 
-    def law_groups(self, block: str, methods: frozenset) -> tuple[np.ndarray, list]:
+    def law_groups(self, block: str, methods: frozenset) -> tuple:
         """A Law block's variants grouped by the values the observed states
-        read: (group of each variant, the read values of each group)."""
+        read: (the variants in group order, where each group starts, the read
+        values of each group, the group of each variant in block order)."""
         hit = self._law_groups.get((block, methods))
         if hit is None:
             law, members = self.laws[block]
@@ -452,8 +453,17 @@ class _Compiled:
             where: dict[tuple, int] = {}
             gid = [where.setdefault(tuple((k, v) for k, v in self._sigs[i].params if k in read),
                                     len(where)) for i in members]  # fmt: skip
-            hit = self._law_groups[(block, methods)] = (np.asarray(gid, dtype=np.intp),
-                                                        list(where))  # fmt: skip
+            g = np.asarray(gid, dtype=np.intp)
+            order = np.argsort(g, kind="stable")
+            starts = np.flatnonzero(np.diff(g[order], prepend=-1))
+            # the members in group order, where each group starts, and the
+            # read values of each group (a mapping, shared: read only)
+            hit = self._law_groups[(block, methods)] = (
+                members[order],
+                starts,
+                [dict(k) for k in where],
+                g,
+            )
         return hit
 
     def stand_ins(self, timed):
@@ -1373,20 +1383,24 @@ def _entries(sc: Scored, db: Database, comp: _Compiled, order, key) -> list[tupl
     out = [(int(i), float(sc.post[i]), db.signatures[i].name, None, None, float(key[i]))
            for i in order if not db.signatures[i].law_block]  # fmt: skip
     methods = frozenset(o.method for o in sc.obs)
-    for block, (_law, members) in comp.laws.items():
-        gid, names = comp.law_groups(block, methods)
-        ok = np.isfinite(sc.total[members])
+    for block in comp.laws:
+        sorted_members, starts, names, _g = comp.law_groups(block, methods)
+        ok = np.isfinite(sc.total[sorted_members])
         if not ok.any():
             continue
-        idx, g = members[ok], gid[ok]
-        p = np.bincount(g, weights=sc.post[idx], minlength=len(names))
-        k = np.asarray(key[idx], dtype=float)
-        for grp in np.unique(g):
-            sel = g == grp
-            rep = int(idx[sel][np.argmax(k[sel])])
-            lk = _lse1(k[sel]) if sc.lpost is not None else float(p[grp])
+        p = np.add.reduceat(np.where(ok, sc.post[sorted_members], 0.0), starts)
+        k = np.where(ok, np.asarray(key[sorted_members], dtype=float), -np.inf)
+        best = np.maximum.reduceat(k, starts)
+        has = np.logical_or.reduceat(ok, starts)
+        # each group's representative: its first member of the highest key
+        n = np.diff(np.append(starts, len(k)))
+        at = np.where(ok & (k == np.repeat(best, n)), np.arange(len(k)), len(k))
+        rep = sorted_members[np.minimum(np.minimum.reduceat(at, starts), len(k) - 1)]
+        with np.errstate(invalid="ignore"):
+            lk = np.logaddexp.reduceat(k, starts) if sc.lpost is not None else p
+        for grp in np.flatnonzero(has):
             # named when shown (``_named``): a target has hundreds of groups
-            out.append((rep, float(p[grp]), None, block, dict(names[grp]), lk))
+            out.append((int(rep[grp]), float(p[grp]), None, block, names[grp], float(lk[grp])))
     out.sort(key=lambda e: -e[-1])
     return [e[:5] for e in out]
 
