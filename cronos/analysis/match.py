@@ -246,9 +246,22 @@ class _Table:
         # states): the kernel runs on one row each (``_timing``)
         self.uniq: tuple[_Table, np.ndarray] | None = None
         self._uniq_groups: tuple[np.ndarray, np.ndarray] | None = None
+        self._rows_of: tuple[np.ndarray, np.ndarray] | None = None
         self.off = np.ascontiguousarray(
             np.column_stack([self.off_sd, self.slip_sd, self.core_cost, self.slip_cost])
         )
+
+    def rows_of(self, n_sig: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per signature: 1 if it has a row here, and its row (-1: none);
+        read only."""
+        if self._rows_of is None or len(self._rows_of[0]) != n_sig:
+            covered = np.zeros(n_sig, dtype=np.int64)
+            covered[self.idx] = 1
+            row_of = np.full(n_sig, -1, dtype=np.int64)
+            row_of[self.idx] = np.arange(len(self.idx))
+            covered.flags.writeable = row_of.flags.writeable = False
+            self._rows_of = (covered, row_of)
+        return self._rows_of
 
     def uniq_groups(self) -> tuple[np.ndarray, np.ndarray]:
         """The rows ordered by their unique row, and where each unique row's
@@ -1216,8 +1229,7 @@ def _score_one(o: _Obs, db, comp: _Compiled, model: PathModel) -> Scored | None:
     variant[idx] = variant_rows
     success = np.zeros(n_sig, dtype=np.int64)
     success[idx] = (timing_rows + (hdr_rows - gen_hdr if feats is not None else 0.0)) < g
-    covered = np.zeros(n_sig, dtype=np.int64)
-    covered[idx] = 1
+    covered, row_of = tab.rows_of(n_sig)
     prior, lse_prior = _prior(comp, model)
     unknown = _unknown_cost(db, feats, g, gen_hdr, variant, hdr, prior, covered, lse_prior, var)
     post_sig = prior - total
@@ -1225,8 +1237,6 @@ def _score_one(o: _Obs, db, comp: _Compiled, model: PathModel) -> Scored | None:
     fin = post_sig[idx]
     norm = float(np.logaddexp(_lse1(fin[np.isfinite(fin)]), post_unk))
     post = np.exp(post_sig - norm)
-    row_of = np.full(n_sig, -1, dtype=np.int64)
-    row_of[idx] = np.arange(len(idx))
     return Scored([o], [(o, tab, res, g)], total, res.ll, hdr, post,
                   float(math.exp(post_unk - norm)), unknown, success, gen_hdr, feats,
                   row_of, post_sig)  # fmt: skip
