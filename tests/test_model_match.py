@@ -41,6 +41,21 @@ def test_a_database_line_and_the_same_line_as_an_observation_agree(db):
     assert a.verdict == b.verdict and "[Hershel+ id 167]" in a.candidates[0].name
 
 
+def test_syn_acks_listed_out_of_arrival_order_are_read_in_it(db):
+    """A simulator may write each SYN-ACK with its own delay in the order sent:
+    a late first one, or a retransmission overtaking another, is the path's
+    doing; the RST is the last field whatever its time."""
+    ordered = "9,8192,121,1,MNWST,0,1460,1,0,0,0,0.400000,3.300000,9.100000,21.100000"
+    swapped = "9,8192,121,1,MNWST,0,1460,1,0,0,0,3.300000,0.400000,9.100000,21.100000"
+    (a,), (b,) = read_hershel(ordered, "a"), read_hershel(swapped, "b")
+    assert a.fingerprint.gaps_us == b.fingerprint.gaps_us == (2_900_000, 5_800_000)
+    assert a.arrivals_us == b.arrivals_us and b.fingerprint.rst_us == 12_000_000
+    early_rst = "9,8192,121,1,MNWST,0,1460,1,0,0,0,0.400000,3.300000,9.100000,9.000000"
+    (c,) = read_hershel(early_rst, "c")
+    assert c.fingerprint.rst_us == 0 and c.fingerprint.gaps_us == (2_900_000, 5_800_000)
+    assert match([a], db).verdict == match([b], db).verdict is not None
+
+
 def test_hershel_116_format_observation_line():
     # rst_seq is there (12 fields before the times); the RTT column is 0.05 s
     line = "2,8192,128,1,MNWST,7331,1460,1,0,0,1,1,0.050000,3.037629,9.037994,21.038720"

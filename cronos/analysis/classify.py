@@ -227,7 +227,8 @@ def _iter_hershel(lines: Iterable[str], source: str) -> Iterator[Observation]:
     all measured from the SYN: the first is the first SYN-ACK's (its RTT; 0 in
     the database files, whose times start at the first SYN-ACK), then each
     retransmission, then the RST when ``rst_present=1`` (see
-    docs/database.md). Every time is re-based on the first SYN-ACK; the RTT is
+    docs/database.md); the SYN-ACKs' times may be listed in any order (they are
+    sorted). Every time is re-based on the first SYN-ACK; the RTT is
     kept as the first arrival. Lines with the same first column are tries at
     one target (the live fingerprinter numbers its targets). A line that could
     be either layout follows the file's first LAYOUT_LINES lines."""
@@ -260,11 +261,15 @@ def _iter_hershel(lines: Iterable[str], source: str) -> Iterator[Observation]:
             )
         except ValueError as exc:
             raise FingerprintSyntaxError(f"{source}:{n}: not a Hershel line: {exc}") from exc
-        rtt = times[0] if times else 0.0
-        rel = [t - rtt for t in times[1:]]
-        if any(b < a for a, b in zip([0.0, *rel], rel, strict=False)):
-            raise FingerprintSyntaxError(f"{source}:{n}: not a Hershel line: times go back")
-        rst = f[7] == "1" and bool(rel)
+        rst = f[7] == "1" and len(times) > 1
+        # the SYN-ACKs in arrival order (a simulator may list them as sent,
+        # each with its own delay: the copies are alike, their order is the
+        # path's); an RST overtaking the last SYN-ACK comes 0 s after it
+        synacks = sorted(times[:-1] if rst else times)
+        if rst:
+            synacks.append(max(times[-1], synacks[-1]))
+        rtt = synacks[0] if synacks else 0.0
+        rel = [t - rtt for t in synacks[1:]]
         us = [round(t * 1e6) for t in rel]
         cum = us[:-1] if rst else us
         gaps = tuple(b - a for a, b in zip([0, *cum], cum, strict=False))  # none: no retransmission
