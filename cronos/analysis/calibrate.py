@@ -94,6 +94,7 @@ def calibrate(
         return Calibration(model, len(chosen), 0, ())
     n_sig = len(db.signatures)
     group, n_group = _groups(db)
+    mass = _prior_mass(db)
     history = []
     steps = 0
     for _ in range(iterations):
@@ -148,7 +149,7 @@ def calibrate(
             if seen[f] > 0 else model.change[f]
             for f in FIELDS
         }  # fmt: skip
-        popularity = _family_popularity(pop, group, n_group)
+        popularity = _family_popularity(pop, group, n_group, mass)
         unk = float(np.clip((unknown + 1.0) / (len(chosen) + 10.0), 0.01, 0.5))
         new = replace(
             model,
@@ -175,17 +176,26 @@ def _groups(db: Database) -> tuple[np.ndarray, int]:
     return np.array([where.get(s.family, len(fams)) for s in db.signatures]), len(fams) + 1
 
 
-def _family_popularity(pop: np.ndarray, group: np.ndarray, n_group: int) -> np.ndarray:
+def _prior_mass(db: Database) -> np.ndarray:
+    """Each signature's share of the prior (a Law's variants share their
+    block's: a family of 500 settings weighs one block, not 500)."""
+    from .match import _compiled
+
+    w = np.exp(_compiled(db).log_prior)
+    return w / w.sum()
+
+
+def _family_popularity(pop: np.ndarray, group: np.ndarray, n_group: int,
+                       mass: np.ndarray) -> np.ndarray:  # fmt: skip
     """Per signature, its family's share of the batch over the family's share
-    of the signatures (mean 1 over the signatures), one pseudo-target per
-    family. A batch of a thousand targets against hundreds of signatures says
+    of the prior (``mass``), one pseudo-target per family. A batch of a thousand targets against hundreds of signatures says
     how common Linux or Windows is, not which of near-identical signatures is
     the common one: estimated per signature, the weights followed the batch's
     own noise (a signature that won a near tie once won the next ones), which
     lowered top-1 in bench/accuracy.py by up to a point."""
     share = (np.bincount(group, weights=pop, minlength=n_group) + 1.0) / (pop.sum() + n_group)
-    size = np.bincount(group, minlength=n_group)
-    return share[group] / (size[group] / len(group))
+    size = np.bincount(group, weights=mass, minlength=n_group)
+    return share[group] / np.maximum(size[group], 1e-12)
 
 
 #: µs: a stack whose timer spread is at most this keeps exact time: its
