@@ -188,8 +188,9 @@ def _prior_mass(db: Database) -> np.ndarray:
 def _family_popularity(pop: np.ndarray, group: np.ndarray, n_group: int,
                        mass: np.ndarray) -> np.ndarray:  # fmt: skip
     """Per signature, its family's share of the batch over the family's share
-    of the prior (``mass``), one pseudo-target per family. A batch of a thousand targets against hundreds of signatures says
-    how common Linux or Windows is, not which of near-identical signatures is
+    of the prior (``mass``), one pseudo-target per family. A batch of a
+    thousand targets against hundreds of signatures says how common Linux or
+    Windows is, not which of near-identical signatures is
     the common one: estimated per signature, the weights followed the batch's
     own noise (a signature that won a near tie once won the next ones), which
     lowered top-1 in bench/accuracy.py by up to a point."""
