@@ -121,6 +121,10 @@ def test_hershel_line_without_retransmission(db):
         ('{"method": "s"}\n', "f:1: not a Cron-OS observation record"),
         ("{oops\n", "f:1: not JSON"),
         ("1,2,3\n", "f:1: not a Hershel line"),
+        ("1,8192,300,1,MNWST,0,1460,0,0,0,0,0.1,3.1\n", "f:1: not a Hershel line: TTL 300"),
+        ("1,-5,64,1,MNWST,0,1460,0,0,0,0,0.1,3.1\n", "f:1: not a Hershel line: window -5"),
+        ("1,8192,64,1,M,0,99999,0,0,0,0,0.1,3.1\n", "f:1: not a Hershel line: MSS 99999"),
+        ("1,8192,64,1,M,0,1460,0,0,0,0,0.1,1e12\n", "f:1: not a Hershel line: times must"),
         ("", "f:1: no observation"),
     ],
 )

@@ -215,6 +215,10 @@ def _logical_lines(lines: Iterable[str], source: str) -> Iterable[tuple[int, str
         raise FingerprintSyntaxError(f"{source}:{start}: unterminated {buf.split('(')[0]}(...)")
 
 
+#: a Hershel time beyond a day after the SYN is not a measurement
+MAX_TIME_S = 86_400
+
+
 def read_hershel(text: str, source: str = "<input>") -> list[Observation]:
     return list(_iter_hershel(text.splitlines(), source))
 
@@ -245,8 +249,11 @@ def _iter_hershel(lines: Iterable[str], source: str) -> Iterator[Observation]:
             if len(f) < skip:
                 raise ValueError(f"fewer than {skip} fields")
             times = [float(x) for x in f[skip:] if x]
-            if any(not math.isfinite(t) or t < 0 for t in times):
-                raise ValueError("times must be finite and >= 0")
+            if any(not math.isfinite(t) or t < 0 or t > MAX_TIME_S for t in times):
+                raise ValueError(f"times must be 0 to {MAX_TIME_S} s")
+            for name, k, top in (("window", 1, 65535), ("TTL", 2, 255), ("MSS", 6, 65535)):
+                if f[k] and not 0 <= int(f[k]) <= top:
+                    raise ValueError(f"{name} {f[k]} out of range 0..{top}")
             opts = "" if f[4] == "X" else f[4]
             if not set(opts) <= set("MNWSTE"):
                 raise ValueError(f"options {f[4]!r}")
