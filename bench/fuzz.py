@@ -7,7 +7,8 @@
 Two targets share one input (the first byte picks one):
 
 ``parse``  ``parse_ip(data, verify_checksum=True)`` on raw bytes, or on a
-           well-formed IPv4/TCP header built from fuzzed fields followed by
+           well-formed IPv4 or IPv6 (with extension headers, or quoted in
+           an ICMPv6 error) TCP header built from fuzzed fields followed by
            fuzzed options and payload (so the fuzzer gets past the header at
            once). It must return ``None`` or a sane ``Segment``, never raise.
 ``probe``  one of ``SynProbe``, ``LastAckProbe``, ``FinWaitProbe`` in the scan
@@ -49,7 +50,19 @@ _instrument = (
 )
 with _instrument:
     from cronos.model import Method, Observation, Status, parse_state_line
-    from cronos.packet import ACK, FIN, PSH, RST, SYN, Segment, parse_ip
+    from cronos.packet import (
+        ACK,
+        FIN,
+        PSH,
+        RST,
+        SYN,
+        Segment,
+        parse_icmp6,
+        parse_ip,
+        peek_flow,
+        repeat_key,
+        tcp_checksum_ok,
+    )
     from cronos.probes import PROBES, ProbeConfig
     from cronos.probes.closing import ClosingProbe
     from cronos.probes.syn import SynProbe
@@ -94,15 +107,20 @@ class Data:
 # -- target (a): the parser -----------------------------------------------------------
 
 
-def structured_packet(d: Data) -> bytes:
-    """A plausible IPv4/TCP packet from fuzzed fields; options/payload fuzzed."""
+def _fuzzed_tcp(d: Data) -> bytes:
+    """A TCP header of fuzzed fields (checksum 0), fuzzed options and payload."""
     opts = d.bytes(d.range(0, 44))
     payload = d.bytes(d.range(0, 64))
     dataofs = d.pick((5 + (len(opts) + 3) // 4, 5, 15, d.range(0, 15)))
     opts = opts.ljust((dataofs - 5) * 4, b"\0")[: max(0, dataofs - 5) * 4]
     tcp = struct.pack("!HHIIBBHHH", d.uint(2), d.uint(2), d.uint(4), d.uint(4),
                       (dataofs & 0xF) << 4, d.uint(1), d.uint(2), 0, d.uint(2))  # fmt: skip
-    seg = tcp + opts + payload
+    return tcp + opts + payload
+
+
+def structured_packet(d: Data) -> bytes:
+    """A plausible IPv4/TCP packet from fuzzed fields; options/payload fuzzed."""
+    seg = _fuzzed_tcp(d)
     total = d.pick((20 + len(seg), d.uint(2), 20 + len(seg) - d.range(0, 8)))
     flags_frag = d.pick((0x4000, 0, d.uint(2)))
     ihl = d.pick((5, 5, d.range(0, 15)))
@@ -138,9 +156,56 @@ def check_segment(seg: Segment | None) -> None:
     seg.option_letters, seg.flag_str(), seg.seg_len  # noqa: B018 -- must not raise
 
 
+def structured_packet6(d: Data) -> bytes:
+    """A plausible IPv6/TCP packet from fuzzed fields: up to three extension
+    headers (hop-by-hop, routing, destination options, fragment) of fuzzed
+    lengths before TCP, or an ICMPv6 error quoting such a packet."""
+    body, nh = _fuzzed_tcp(d), d.pick((6, 6, 6, d.uint(1)))
+    for _ in range(d.range(0, 3)):
+        kind = d.pick((0, 43, 60, 44, d.uint(1)))
+        if kind == 44:  # fragment: offset and M flag fuzzed (0: atomic)
+            ext = struct.pack("!BBHI", nh, 0, d.pick((0, 0, d.uint(2))), d.uint(4))
+        else:
+            n = d.range(0, 3)
+            ext = bytes((nh, d.pick((n, n, d.uint(1))))) + d.bytes(6 + 8 * n).ljust(
+                6 + 8 * n, b"\0"
+            )
+        body, nh = ext + body, kind
+    src, dst = d.bytes(16).ljust(16, b"\0"), d.bytes(16).ljust(16, b"\0")
+    plen = d.pick((len(body), d.uint(2), len(body) - d.range(0, 8)))
+    raw = (
+        struct.pack("!IHBB", (6 << 28) | d.uint(3), plen & 0xFFFF, nh, d.uint(1)) + src + dst + body
+    )
+    if d.bool() and nh == 6:  # a correct TCP checksum, so verify_checksum passes
+        pseudo = src + dst + len(body).to_bytes(4, "big") + b"\0\0\0\x06"
+        raw = raw[:56] + struct.pack("!H", _csum(pseudo + body)) + raw[58:]
+    if d.bool():  # an ICMPv6 error quoting it (too big, unreachable, ...)
+        icmp = struct.pack("!BBHI", d.pick((1, 2, 3, 4, d.uint(1))), d.uint(1), 0, d.uint(4))
+        quoted = raw[: d.range(0, len(raw))]
+        raw = (struct.pack("!IHBB", 6 << 28, 8 + len(quoted), 58, 64) + d.bytes(32).ljust(32, b"\0")
+               + icmp + quoted)  # fmt: skip
+    return raw
+
+
 def fuzz_parse(d: Data) -> None:
-    raw = structured_packet(d) if d.bool() else d.bytes(d.remaining())
-    check_segment(parse_ip(raw, verify_checksum=True))
+    kind = d.uint(1) % 3
+    if kind == 0:
+        raw = structured_packet(d)
+    elif kind == 1:
+        raw = structured_packet6(d)
+    else:
+        raw = d.bytes(d.remaining())
+    seg = parse_ip(raw, verify_checksum=True)
+    check_segment(seg)
+    flow = peek_flow(raw)
+    if seg is not None:  # the fast path reads what the full parse read
+        assert flow == (seg.src, seg.sport, seg.dst, seg.dport), (flow, seg)
+        assert seg.checksum_ok == tcp_checksum_ok(raw), seg
+    if raw[:1] and raw[0] >> 4 in (4, 6) and len(raw) >= 20:
+        repeat_key(raw)
+    err = parse_icmp6(raw)
+    if err is not None:
+        assert err.kind and 0 <= err.flow[1] <= 0xFFFF and 0 <= err.flow[3] <= 0xFFFF, err
 
 
 # -- target (b): the probes ------------------------------------------------------------

@@ -1,8 +1,15 @@
-"""TCP/IPv4 segments: parsing (scapy) and building, without any I/O.
+"""TCP segments over IPv4 and IPv6: parsing (scapy) and building, no I/O.
 
 A ``Segment`` is the only packet type probes see. ``parse_ip`` turns captured
-IPv4 bytes into one (or ``None`` for anything that is not a well-formed TCP
-segment); ``build_ip`` turns one into bytes for the raw socket.
+IPv4 or IPv6 bytes into one (or ``None`` for anything that is not a
+well-formed TCP segment); ``build_ip`` turns one into bytes for the raw
+socket. The family follows the addresses (an IPv6 address has a colon); in
+IPv6 ``ttl`` is the hop limit, ``df`` is False and ``ip_id`` 0 (no such
+fields), and ``flow_label`` / ``tclass`` are the IPv6 header's. IPv6
+extension headers (hop-by-hop, routing, destination options, an atomic
+fragment header) are skipped; a fragment, an ICMPv6 message (which quotes a
+TCP header) or anything else is not a segment: ``parse_icmp6`` reads the
+ICMPv6 errors that concern a flow.
 """
 
 from __future__ import annotations
@@ -17,7 +24,11 @@ from struct import error as struct_error
 logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
 
 from scapy.error import Scapy_Exception  # noqa: E402
-from scapy.layers.inet import IP, TCP  # noqa: E402
+from scapy.layers.inet import IP, TCP, TCPerror  # noqa: E402
+from scapy.layers.inet6 import (  # noqa: E402
+    IPerror6,
+    IPv6,
+)
 from scapy.packet import Raw  # noqa: E402
 
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
@@ -52,6 +63,12 @@ class Segment:
     df: bool = True
     ip_id: int = 0
     checksum_ok: bool = True
+    flow_label: int = 0  # IPv6 only
+    tclass: int = 0  # IPv6 only
+
+    @property
+    def v6(self) -> bool:
+        return ":" in self.src
 
     @property
     def seg_len(self) -> int:
@@ -74,9 +91,54 @@ class Segment:
         )
 
 
+#: IPv6 extension headers skipped before TCP: hop-by-hop, routing,
+#: destination options (length in 8-octet units after the first 8), and the
+#: fragment header (8 octets; only an atomic fragment: offset 0, no M flag)
+_EXT6 = (0, 43, 60)
+_FRAG6 = 44
+MAX_EXT6 = 8
+
+
+def tcp_offset6(data: bytes) -> tuple[int, int] | None:
+    """(offset of the TCP header, end of the segment) in IPv6 bytes, past the
+    extension headers; None if not one whole, unfragmented TCP segment."""
+    if len(data) < 60 or data[0] >> 4 != 6:
+        return None
+    end = 40 + int.from_bytes(data[4:6], "big")
+    if end > len(data):
+        return None
+    nh, off = data[6], 40
+    for _ in range(MAX_EXT6 + 1):
+        if nh == 6:
+            return (off, end) if off + 20 <= end else None
+        if off + 8 > end:
+            return None
+        if nh in _EXT6:
+            nh, off = data[off], off + (data[off + 1] + 1) * 8
+        elif nh == _FRAG6:
+            if int.from_bytes(data[off + 2 : off + 4], "big") & 0xFFF9:  # offset or M
+                return None
+            nh, off = data[off], off + 8
+        else:
+            return None
+    return None
+
+
+def _checksum_ok6(data: bytes) -> bool:
+    where = tcp_offset6(data)
+    if where is None:
+        return False
+    off, end = where
+    seg = data[off:end]
+    pseudo = data[8:40] + len(seg).to_bytes(4, "big") + b"\0\0\0\x06"
+    return _fold(_sum16(pseudo + seg)) == 0xFFFF
+
+
 def tcp_checksum_ok(data: bytes) -> bool:
-    """Check the TCP checksum of raw IPv4 bytes (RFC 1071 sum over the
+    """Check the TCP checksum of raw IPv4 or IPv6 bytes (RFC 1071 sum over the
     pseudo-header and the segment, checksum field included, must be 0xFFFF)."""
+    if data[:1] and data[0] >> 4 == 6:
+        return _checksum_ok6(data)
     ihl = (data[0] & 0x0F) * 4
     total = int.from_bytes(data[2:4], "big")
     seg = data[ihl:total] if ihl <= total <= len(data) else data[ihl:]
@@ -94,10 +156,17 @@ _FLOW = struct.Struct("!4s4sHH")
 
 
 def peek_flow(data: bytes) -> tuple[str, int, str, int] | None:
-    """(src, sport, dst, dport) of an unfragmented IPv4/TCP packet, or None.
+    """(src, sport, dst, dport) of an unfragmented IPv4 or IPv6 TCP packet,
+    or None.
 
     Only the fixed header fields, to route a captured packet to its probe (or
     drop it) before any full parse."""
+    if data[:1] and data[0] >> 4 == 6:
+        where = tcp_offset6(data)
+        if where is None:
+            return None
+        sport, dport = struct.unpack_from("!HH", data, where[0])
+        return _ntop6(data[8:24]), sport, _ntop6(data[24:40]), dport
     if len(data) < 40 or data[0] >> 4 != 4 or data[9] != 6:
         return None
     ihl = (data[0] & 0x0F) * 4
@@ -105,6 +174,10 @@ def peek_flow(data: bytes) -> tuple[str, int, str, int] | None:
         return None
     src, dst, sport, dport = _FLOW.unpack_from(data, 12)[:2] + struct.unpack_from("!HH", data, ihl)
     return socket.inet_ntoa(src), sport, socket.inet_ntoa(dst), dport
+
+
+def _ntop6(b: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET6, b)
 
 
 def repeat_key(data: bytes) -> bytes | None:
@@ -117,7 +190,18 @@ def repeat_key(data: bytes) -> bytes | None:
     copy only there (a new timestamp option, so a new checksum): the engine
     gives it the Segment that ``parse_ip`` made of the first copy, instead of
     dissecting it again, once its own checksum is checked. Nothing is read
-    out of these bytes; they are only compared."""
+    out of these bytes; they are only compared. In IPv6: the whole header
+    chain up to TCP (hop limit and flow label included)."""
+    if data[:1] and data[0] >> 4 == 6:
+        where = tcp_offset6(data)
+        if where is None:
+            return None
+        off, end = where
+        doff = (data[off + 12] >> 4) * 4
+        if doff < 20 or off + doff > end:
+            return None
+        return b"".join((data[:off], data[off : off + 16], data[off + 18 : off + 20],
+                         data[off + doff : end]))  # fmt: skip
     ihl = (data[0] & 0x0F) * 4
     total = int.from_bytes(data[2:4], "big")
     if ihl < 20 or total > len(data) or total < ihl + 20:
@@ -136,6 +220,15 @@ def own_segment(data: bytes) -> Segment:
     only (no options), by struct. Foreign input always goes through
     ``parse_ip`` (scapy); this is our own bytes, and it keeps the ACK of a
     SYN-ACK from waiting behind a scapy parse of our own SYNs."""
+    if data[0] >> 4 == 6:
+        off, end = tcp_offset6(data) or (40, len(data))
+        sport, dport, seq, ack, doff, flags, window = struct.unpack_from("!HHIIBBH", data, off)
+        return Segment(
+            src=_ntop6(data[8:24]), dst=_ntop6(data[24:40]), sport=sport, dport=dport, seq=seq,
+            ack=ack, flags=flags, window=window, payload=bytes(data[off + (doff >> 4) * 4 : end]),
+            ttl=data[7], df=False, ip_id=0, flow_label=int.from_bytes(data[1:4], "big") & 0xFFFFF,
+            tclass=(int.from_bytes(data[0:2], "big") >> 4) & 0xFF,
+        )  # fmt: skip
     ihl = (data[0] & 0x0F) * 4
     total = int.from_bytes(data[2:4], "big")
     sport, dport, seq, ack, off, flags, window = struct.unpack_from("!HHIIBBH", data, ihl)
@@ -157,12 +250,14 @@ def _val(pkt, fields: dict, name: str):
 
 
 def parse_ip(data: bytes, verify_checksum: bool = False) -> Segment | None:
-    """Parse IPv4 bytes into a Segment; ``None`` if not a sane TCP segment.
+    """Parse IPv4 or IPv6 bytes into a Segment; ``None`` if not a sane TCP segment.
 
     Never raises on hostile input: every scapy failure means "not ours".
     """
-    if len(data) < 40 or data[0] >> 4 != 4:
-        return None
+    if data[:1] and data[0] >> 4 == 6:
+        return _parse_ip6(data, verify_checksum)
+    if len(data) < 40 or data[0] >> 4 != 4 or data[0] & 0x0F < 5:
+        return None  # an IHL below 5 is malformed (scapy would read options into it)
     try:
         ip = IP(data)
         f = ip.fields  # dissected values: read directly (scapy's __getattr__ is slow)
@@ -176,14 +271,7 @@ def parse_ip(data: bytes, verify_checksum: bool = False) -> Segment | None:
         dataofs = _val(tcp, t, "dataofs")
         if dataofs is None or dataofs < 5:
             return None
-        opts = []
-        for opt in _val(tcp, t, "options"):
-            if not isinstance(opt, tuple) or len(opt) != 2:
-                continue
-            name, value = opt
-            if isinstance(name, int):
-                name = f"opt{name}"
-            opts.append((str(name), value))
+        opts = _options(_val(tcp, t, "options"))
         pl = tcp.payload
         payload = pl.load if isinstance(pl, Raw) else bytes(pl) if pl else b""
         ok = tcp_checksum_ok(data) if verify_checksum else True
@@ -193,14 +281,9 @@ def parse_ip(data: bytes, verify_checksum: bool = False) -> Segment | None:
         return Segment(
             src=_val(ip, f, "src"),
             dst=_val(ip, f, "dst"),
-            sport=int(_val(tcp, t, "sport")),
-            dport=int(_val(tcp, t, "dport")),
-            seq=int(_val(tcp, t, "seq")),
-            ack=int(_val(tcp, t, "ack")),
-            flags=int(_val(tcp, t, "flags")),
-            window=int(_val(tcp, t, "window")),
+            **_tcp_fields(tcp, t),
             payload=payload,
-            options=tuple(opts),
+            options=opts,
             ttl=int(_val(ip, f, "ttl")),
             df=bool(ip_flags & 0x2),
             ip_id=int(_val(ip, f, "id")),
@@ -210,15 +293,65 @@ def parse_ip(data: bytes, verify_checksum: bool = False) -> Segment | None:
         return None
 
 
+def _parse_ip6(data: bytes, verify_checksum: bool) -> Segment | None:
+    """The extension headers are walked by ``tcp_offset6`` (the one reading
+    that ``peek_flow`` and the checksum share: scapy's own chain follows
+    malformed headers its own way); scapy dissects the fixed header and TCP."""
+    where = tcp_offset6(data)
+    if where is None:  # a fragment, ICMPv6, truncated...: not a segment
+        return None
+    off, end = where
+    try:
+        ip = IPv6(data[:40])
+        f = ip.fields
+        layer = TCP(data[off:end])
+        tcp, t = layer, layer.fields
+        dataofs = _val(tcp, t, "dataofs")
+        if dataofs is None or dataofs < 5:
+            return None
+        pl = tcp.payload
+        payload = pl.load if isinstance(pl, Raw) else bytes(pl) if pl else b""
+        payload = payload[: max(0, end - off - dataofs * 4)]
+        return Segment(
+            src=_val(ip, f, "src"),
+            dst=_val(ip, f, "dst"),
+            **_tcp_fields(tcp, t),
+            payload=payload,
+            options=_options(_val(tcp, t, "options")),
+            ttl=int(_val(ip, f, "hlim")),
+            df=False,
+            ip_id=0,
+            checksum_ok=_checksum_ok6(data) if verify_checksum else True,
+            flow_label=int(_val(ip, f, "fl")),
+            tclass=int(_val(ip, f, "tc")),
+        )
+    except (Scapy_Exception, ValueError, TypeError, IndexError, AttributeError, struct_error):
+        return None
+
+
+def _tcp_fields(tcp, t: dict) -> dict[str, int]:
+    return {k: int(_val(tcp, t, k)) for k in ("sport", "dport", "seq", "ack", "flags", "window")}
+
+
+def _options(raw) -> tuple[tuple[str, object], ...]:
+    opts = []
+    for opt in raw:
+        if not isinstance(opt, tuple) or len(opt) != 2:
+            continue
+        name, value = opt
+        if isinstance(name, int):
+            name = f"opt{name}"
+        opts.append((str(name), value))
+    return tuple(opts)
+
+
 def build_ip_scapy(seg: Segment) -> bytes:
     """Serialise a Segment with scapy (the reference ``build_ip`` is tested against)."""
-    pkt = IP(
-        src=seg.src,
-        dst=seg.dst,
-        ttl=seg.ttl,
-        id=seg.ip_id,
-        flags="DF" if seg.df else 0,
-    ) / TCP(
+    if seg.v6:
+        net = IPv6(src=seg.src, dst=seg.dst, hlim=seg.ttl, fl=seg.flow_label, tc=seg.tclass)
+    else:
+        net = IP(src=seg.src, dst=seg.dst, ttl=seg.ttl, id=seg.ip_id, flags="DF" if seg.df else 0)
+    pkt = net / TCP(
         sport=seg.sport,
         dport=seg.dport,
         seq=seg.seq & 0xFFFFFFFF,
@@ -269,17 +402,25 @@ def _sum16(buf: bytes) -> int:
 def build_ip(seg: Segment) -> bytes:
     """Serialise a Segment to IPv4 bytes, checksums computed (struct: ~20x faster
     than scapy on the send path, where it delays our ACKs; byte-identical to
-    ``build_ip_scapy``, which the tests check)."""
+    ``build_ip_scapy``, which the tests check). IPv6: no extension header."""
     opts = _option_bytes(seg.options)
     offset = (20 + len(opts)) // 4
-    src, dst = socket.inet_aton(seg.src), socket.inet_aton(seg.dst)
+    v6 = seg.v6
+    fam = socket.AF_INET6 if v6 else socket.AF_INET
+    src, dst = socket.inet_pton(fam, seg.src), socket.inet_pton(fam, seg.dst)
     tcp = struct.pack(
         "!HHIIBBHHH", seg.sport, seg.dport, seg.seq & 0xFFFFFFFF, seg.ack & 0xFFFFFFFF,
         offset << 4, seg.flags & 0xFF, seg.window, 0, 0,
     ) + opts + seg.payload  # fmt: skip
-    pseudo = src + dst + struct.pack("!BBH", 0, 6, len(tcp))
+    if v6:
+        pseudo = src + dst + struct.pack("!I3xB", len(tcp), 6)
+    else:
+        pseudo = src + dst + struct.pack("!BBH", 0, 6, len(tcp))
     csum = ~_fold(_sum16(pseudo + tcp)) & 0xFFFF
     tcp = tcp[:16] + struct.pack("!H", csum) + tcp[18:]
+    if v6:
+        first = (6 << 28) | ((seg.tclass & 0xFF) << 20) | (seg.flow_label & 0xFFFFF)
+        return struct.pack("!IHBB", first, len(tcp), 6, seg.ttl) + src + dst + tcp
     total = 20 + len(tcp)
     ip = struct.pack(
         "!BBHHHBBH4s4s", 0x45, 0, total, seg.ip_id, 0x4000 if seg.df else 0, seg.ttl, 6, 0,
@@ -300,3 +441,41 @@ def parse_packets(packets: Iterable[tuple[float, bytes | Segment]]) -> list[tupl
         if seg is not None:
             out.append((ts, seg))
     return out
+
+
+@dataclass(frozen=True)
+class Icmp6Error:
+    """An ICMPv6 error about one of our segments: what it says and the flow
+    of the segment it quotes (as that segment went: src, sport, dst, dport)."""
+
+    kind: str  # "too big", "unreachable", "time exceeded", "parameter problem"
+    code: int
+    mtu: int | None  # "packet too big" only
+    reporter: str  # who sent the error (a router, or the target)
+    flow: tuple[str, int, str, int]
+
+
+_ICMP6_KINDS = {1: "unreachable", 2: "too big", 3: "time exceeded", 4: "parameter problem"}
+
+
+def parse_icmp6(data: bytes) -> Icmp6Error | None:
+    """The ICMPv6 error in IPv6 bytes that quotes a TCP segment, else None
+    (never raises: hostile input is "not ours")."""
+    if len(data) < 48 or data[0] >> 4 != 6 or data[6] != 58 or data[40] not in _ICMP6_KINDS:
+        return None
+    try:
+        ip = IPv6(data)
+        icmp = ip.payload
+        quoted = icmp.payload
+        if not isinstance(quoted, IPerror6):
+            return None
+        tcp = quoted.payload
+        if not isinstance(tcp, TCPerror):
+            return None
+        kind = _ICMP6_KINDS[int(icmp.fields.get("type", data[40]))]
+        mtu = int(icmp.fields["mtu"]) if kind == "too big" and "mtu" in icmp.fields else None
+        flow = (str(quoted.src), int(tcp.sport), str(quoted.dst), int(tcp.dport))
+        return Icmp6Error(kind, int(icmp.fields.get("code", 0)), mtu, str(ip.src), flow)
+    except (Scapy_Exception, ValueError, TypeError, IndexError, AttributeError, KeyError,
+            struct_error):  # fmt: skip
+        return None
