@@ -87,7 +87,13 @@ class StateFingerprint:
 
 @dataclass(frozen=True)
 class SynAckFeatures:
-    """Header features of the first SYN-ACK (Hershel's non-timing features)."""
+    """Header features of the first SYN-ACK (Hershel's non-timing features).
+
+    Over IPv6 ``ttl`` is the hop limit, ``df`` False and ``ip_id`` None (no
+    such fields), and ``flow`` says whether the flow label was zero ("0") or
+    not ("R": Linux's per-flow hash, or any other non-zero label); ``flow`` is
+    None over IPv4. ``v4_equivalent`` gives the header the same stack would
+    have sent over IPv4, which the database's signatures describe."""
 
     window: int
     ttl: int
@@ -96,18 +102,49 @@ class SynAckFeatures:
     mss: int | None
     options: str  # option letters in wire order: M N W S T E (as Hershel)
     wscale: int | None
+    flow: str | None = None  # IPv6: "0" or "R"; None: IPv4
+
+    @property
+    def v6(self) -> bool:
+        return self.flow is not None
 
     def line(self) -> str:
-        parts = [
-            f"W={self.window:X}",
-            f"TTL={self.ttl}",
-            f"DF={'Y' if self.df else 'N'}",
-            f"ID={'' if self.ip_id is None else self.ip_id}",
+        if self.v6:
+            parts = [f"W={self.window:X}", f"HL={self.ttl}", f"FL={self.flow}"]
+        else:
+            parts = [
+                f"W={self.window:X}",
+                f"TTL={self.ttl}",
+                f"DF={'Y' if self.df else 'N'}",
+                f"ID={'' if self.ip_id is None else self.ip_id}",
+            ]
+        parts += [
             f"MSS={'' if self.mss is None else self.mss}",
             f"O={self.options}",
             f"WS={'' if self.wscale is None else self.wscale}",
         ]
         return f"CronOS_Hdr({'%'.join(parts)})"
+
+    def v4_equivalent(self) -> SynAckFeatures:
+        """The SYN-ACK the stack would send over IPv4 on the same link: an MSS
+        20 bytes larger (a 40-byte IPv6 header instead of 20), and a window
+        that is a whole number of segments (Linux: 45 x 1428 = 64260 over IPv6
+        for 45 x 1448 = 65160 over IPv4, timestamps on) rescaled the same way,
+        within 16 bits.
+        DF and the IP ID stay unknown to the caller (``df`` False here)."""
+        if not self.v6:
+            return self
+        mss = self.mss + 20 if self.mss is not None else None
+        window = self.window
+        if self.mss:
+            seg = self.mss - (12 if "T" in self.options else 0)
+            if seg > 0 and window % seg == 0 and 1 <= window // seg <= 64:
+                # as many segments, or as many as fit 16 bits (Linux rounds
+                # 65535 down to whole segments: 45 x 1440 = 64800 over IPv6,
+                # 44 x 1460 = 64240 over IPv4, timestamps off)
+                k = min(window // seg, 0xFFFF // (seg + 20))
+                window = k * (seg + 20)
+        return SynAckFeatures(window, self.ttl, False, None, mss, self.options, self.wscale)
 
 
 def fingerprint_lines(fps: Sequence[StateFingerprint],
@@ -294,30 +331,38 @@ _OPT_LETTERS = set("MNWSTE")
 
 
 def parse_hdr_line(line: str) -> SynAckFeatures:
-    """Parse ``CronOS_Hdr(W=FAF0%TTL=64%DF=Y%ID=0%MSS=1460%O=MSTNW%WS=7)``."""
+    """Parse ``CronOS_Hdr(W=FAF0%TTL=64%DF=Y%ID=0%MSS=1460%O=MSTNW%WS=7)``, or
+    its IPv6 form ``CronOS_Hdr(W=FB04%HL=64%FL=R%MSS=1440%O=MSTNW%WS=7)``."""
     name, pairs = _split_line(line)
     if name != "CronOS_Hdr":
         raise FingerprintSyntaxError(f"expected CronOS_Hdr(...), got {name!r}")
     d = dict(pairs)
-    missing = {"W", "TTL", "DF", "ID", "MSS", "O", "WS"} - d.keys()
+    v6 = "HL" in d
+    need = {"W", "HL", "FL", "MSS", "O", "WS"} if v6 else {"W", "TTL", "DF", "ID", "MSS", "O", "WS"}
+    missing = need - d.keys()
     if missing:
         raise FingerprintSyntaxError(f"CronOS_Hdr: missing {', '.join(sorted(missing))}")
+    if v6 and d.keys() & {"TTL", "DF", "ID"}:
+        raise FingerprintSyntaxError("CronOS_Hdr: HL and FL (IPv6) go without TTL, DF and ID")
     try:
         window = int(d["W"], 16)
     except ValueError:
         raise FingerprintSyntaxError(f"CronOS_Hdr: W={d['W']!r} is not hex") from None
-    if d["DF"] not in ("Y", "N"):
+    if not v6 and d["DF"] not in ("Y", "N"):
         raise FingerprintSyntaxError("CronOS_Hdr: DF must be Y or N")
+    if v6 and d["FL"] not in ("0", "R"):
+        raise FingerprintSyntaxError("CronOS_Hdr: FL must be 0 (zero) or R (non-zero)")
     if not set(d["O"]) <= _OPT_LETTERS:
         raise FingerprintSyntaxError(f"CronOS_Hdr: O={d['O']!r} has letters outside MNWSTE")
     return SynAckFeatures(
         window=window,
-        ttl=_int(name, "TTL", d["TTL"], 0, 255),
-        df=d["DF"] == "Y",
-        ip_id=_int(name, "ID", d["ID"], 0, 65535) if d["ID"] else None,
+        ttl=_int(name, "HL" if v6 else "TTL", d["HL" if v6 else "TTL"], 0, 255),
+        df=False if v6 else d["DF"] == "Y",
+        ip_id=None if v6 or not d["ID"] else _int(name, "ID", d["ID"], 0, 65535),
         mss=_int(name, "MSS", d["MSS"], 0, 65535) if d["MSS"] else None,
         options=d["O"],
         wscale=_int(name, "WS", d["WS"], 0, 255) if d["WS"] else None,
+        flow=d["FL"] if v6 else None,
     )
 
 

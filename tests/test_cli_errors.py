@@ -28,7 +28,7 @@ BAD = [
     (["scan", "127.0.0.1", "--timeout", "-1"], "--timeout must be > 0"),
     (["scan", "127.0.0.1", "--tries", "0"], "--tries"),
     (["scan", "127.0.0.1", "-m", "x"], "bad method"),
-    (["scan", "::1"], "IPv6"),
+    (["scan", "fe80::1"], "link-local address needs its zone"),
     (["scan", "127.0.0.1", "--timeout", "abc"], "invalid float value"),
     (["scan", "127.0.0.1", "--netns", "cronos-does-not-exist"], "no such network namespace"),
     (["scan", "127.0.0.1", "-oJ", "/nonexistent-dir/x.jsonl"], "does not exist"),

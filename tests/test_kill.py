@@ -2,8 +2,8 @@
 a random moment, then check the machine: no nft table, process, namespace or
 interface of ours left, exit codes as documented, JSON Lines valid.
 
-45 scan trials against one lab (three targets, ports 80 and 1234, a random
-subset of the states) and 5 demo trials that each build their own lab. The
+45 scan trials against one lab (three targets over IPv4 and IPv6, ports 80
+and 1234, a random subset of the states) and 5 demo trials that each build their own lab. The
 moments are drawn from a seeded RNG (``CRONOS_KILL_SEED`` to change it); a
 quarter of them fall in the first 0.3 s, while the process is still starting.
 
@@ -128,7 +128,8 @@ def report(lab):
 
 def _scan_trial(lab, tmp_path, sig, delay, methods):
     out = tmp_path / "o.jsonl"
-    ips = [t.ip for t in lab.targets]
+    ips = [a for t in lab.targets for a in (t.ip, t.ip6) if a]  # both families: two sets
+    assert len(ips) == 2 * len(lab.targets)
     p = spawn("scan", "--netns", lab.scanner_ns, *ips, "-p", "80,1234", "-m", methods,
               "--timeout", "3", "-q", "-oJ", str(out), stdout=subprocess.DEVNULL,
               stderr=subprocess.PIPE)  # fmt: skip

@@ -143,10 +143,10 @@ def test_ports_and_methods():
 def test_targets():
     assert resolve("127.0.0.1") == "127.0.0.1"
     assert resolve("localhost") == "127.0.0.1"
+    assert resolve("::1") == "::1" and resolve("FD00:0::1") == "fd00::1"
     for bad, msg in [
-        ("::1", "IPv6"),
         ("no-such-host.invalid", "cannot resolve"),
-        ("10.0.0.0/24", "CIDR"),
+        ("10.0.0.0/24", "a range is not one host"),
     ]:
         with pytest.raises(UsageError, match=msg):
             resolve(bad)

@@ -60,6 +60,9 @@ def _differs(field: str, f, g) -> bool | None:
     """Did the path change ``field`` (None: not comparable)?"""
     if g is None:
         return None
+    if field == "df" and (f.v6 or g.v6):
+        return None  # no DF bit in IPv6
+    f, g = f.v4_equivalent(), g.v4_equivalent()  # IPv6 fields as over IPv4
     if field == "window":
         return f.window != g.window
     if field == "ttl":

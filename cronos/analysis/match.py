@@ -381,6 +381,9 @@ class _Header:
 
     def __init__(self, sigs: Sequence[Signature]):
         f = [s.features for s in sigs]
+        #: DF is known for a signature measured over IPv4 only
+        self.df_known = np.array([x is not None and not x.v6 for x in f])
+        f = [x.v4_equivalent() if x is not None else None for x in f]
         self.has = np.array([x is not None for x in f])
         self.win = np.array([x.window if x else -1 for x in f])
         #: a block without a header may still document its initial TTL (``Ttl``)
@@ -951,6 +954,7 @@ def header_costs(db: Database, f: SynAckFeatures, model: PathModel = DEFAULT_MOD
     hit = h.memo.get(key)
     if hit is not None:
         return hit
+    given, f = f, f.v4_equivalent()  # IPv6: compared as the same stack over IPv4
     mss = _field(h, "mss", f.mss, ch["mss"])
     if mss_went_with_options(f):
         # the MSS is an option: where the signature has one, its absence is
@@ -959,15 +963,17 @@ def header_costs(db: Database, f: SynAckFeatures, model: PathModel = DEFAULT_MOD
     parts = [
         _field(h, "window", f.window, ch["window"]),
         _field(h, "ttl", f.ttl, ch["ttl"]),
-        _field(h, "df", f.df, ch["df"]),
+        _field(h, "df", f.df, ch["df"])
+        if not given.v6
+        else np.full(len(h.df), -math.log(1 - ch["df"])),
         mss,
         _field(h, "options", f.options, ch["options"]),
     ]
     if f.wscale is not None:
         parts.append(_field(h, "wscale", f.wscale, ch["wscale"]))
-    out = np.where(h.has, sum(parts), generic_header_cost(h, f))
+    out = np.where(h.has, sum(parts), generic_header_cost(h, given))
     if h.ttl_only.any():  # the TTL as documented, every other field generic
-        generic_rest = generic_header_cost(h, f) - _generic_ttl_cost(h, f.ttl)
+        generic_rest = generic_header_cost(h, given) - _generic_ttl_cost(h, f.ttl)
         out = np.where(h.ttl_only, generic_rest + parts[1], out)
     out.flags.writeable = False
     if len(h.memo) >= 20_000:
@@ -1020,7 +1026,7 @@ def _cost_options(h: _Header, opts: str, c: float) -> np.ndarray:
 _FIELD_COST = {
     "window": lambda h, v, c: _keep_or(c, h.win == v, h.q_win(v)),
     "ttl": _cost_ttl,
-    "df": lambda h, v, c: _keep_or(c, h.df == v, 1.0),
+    "df": lambda h, v, c: np.where(h.df_known, _keep_or(c, h.df == v, 1.0), -math.log(1 - c)),
     "mss": _cost_mss,
     "options": _cost_options,
     "wscale": lambda h, v, c: np.where(h.ws < 0, 0.0, _keep_or(c, h.ws == v, 1 / 15)),
@@ -1044,9 +1050,10 @@ def _generic_ttl_cost(h: _Header, ttl: int) -> float:
 
 
 def _generic_header_cost(h: _Header, f: SynAckFeatures) -> float:
+    v6, f = f.v6, f.v4_equivalent()
     cost = -math.log(h.q_win(f.window))
     cost += _generic_ttl_cost(h, f.ttl)
-    cost += math.log(2)
+    cost += 0.0 if v6 else math.log(2)  # DF: no such bit in IPv6
     cost += -math.log(h.q_mss(f.mss))
     cost += -math.log(h.q_opt(f.options))
     return cost
@@ -1614,9 +1621,11 @@ def _header_notes(s: Signature, f: SynAckFeatures | None) -> str:
     if f is None or s.features is None:
         return "" if f is None else "no header in signature"
     g, why = s.features, []
+    df_known = not (f.v6 or g.v6)
+    f, g = f.v4_equivalent(), g.v4_equivalent()  # IPv6 fields as over IPv4
     if not (f.ttl <= g.ttl and g.ttl - f.ttl <= MAX_HOPS):
         why.append(f"TTL {f.ttl}>{g.ttl}" if f.ttl > g.ttl else f"TTL {f.ttl}<<{g.ttl}")
-    if f.df != g.df:
+    if df_known and f.df != g.df:
         why.append("DF")
     if f.window != g.window:
         why.append(f"W {f.window:X}!={g.window:X}")

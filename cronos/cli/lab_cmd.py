@@ -77,14 +77,17 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     lab = Lab.create(args.profiles or [], persistent=True, impair=_impair_spec(args))
     print(f"lab {lab.id} up; scanner namespace {lab.scanner_ns}")
-    rows = [("PROFILE", "ADDRESS", "PORTS", "EXPECTED SYN-ACK GAPS")]
-    rows += [(t.profile, t.ip, ",".join(map(str, t.ports)),
+    rows = [("PROFILE", "ADDRESS", "IPv6", "PORTS", "EXPECTED SYN-ACK GAPS")]
+    rows += [(t.profile, t.ip, t.ip6 or "-", ",".join(map(str, t.ports)),
               _schedule(t.expected_ms.get("SYN_RCVD"))) for t in lab.targets]  # fmt: skip
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
-        print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[3])
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[4])
     ips = " ".join(t.ip for t in lab.targets)
     print(f"scan it: cron-os scan --netns {lab.scanner_ns} {ips} -p 80")
+    ip6s = " ".join(t.ip6 for t in lab.targets if t.ip6)
+    if ip6s:
+        print(f"over IPv6: cron-os scan --netns {lab.scanner_ns} {ip6s} -p 80")
     print(f"remove it: cron-os lab down {lab.id}")
     return 0
 
@@ -125,5 +128,6 @@ def cmd_status(args: argparse.Namespace) -> int:
             # a target without its own namespace (slirp, pytcp): all the lab's processes
             up = alive.get(t.netns) if t.netns else (all(alive.values()) if alive else None)
             state = "servers up" if up else "servers DOWN" if up is False else "-"
-            print(f"  {t.profile:<15} {t.ip:<12} {','.join(map(str, t.ports)):<8} {state}")
+            print(f"  {t.profile:<15} {t.ip:<12} {t.ip6 or '-':<16} "
+                  f"{','.join(map(str, t.ports)):<8} {state}")  # fmt: skip
     return 0

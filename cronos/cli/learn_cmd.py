@@ -18,7 +18,10 @@ def register(sub) -> None:
         description="Measure TARGET:PORT in each state --tries times and print the "
         "signature in the database's syntax; --db-out FILE appends it to FILE.",
     )
-    p.add_argument("target", metavar="TARGET")
+    p.add_argument("target", metavar="TARGET", help="IPv4 or IPv6 address, or name")
+    from .scan_cmd import family_flags
+
+    family_flags(p, four=False)
     p.add_argument("-p", "--port", default="80", help="one port (default 80)")
     p.add_argument("-m", "--method", default="slf", help="states to learn (default slf)")
     p.add_argument("--label", required=True, metavar="NAME", help="the signature's name")
@@ -60,7 +63,7 @@ def run(args) -> int:
     from .scan_cmd import check_interface
 
     check_interface(args.interface)
-    target = resolve(args.target)
+    target = resolve(args.target, args.family)
     from ..analysis.learn import build_signature
     from ..net import firewall
     from ..net.engine import Engine, EngineConfig

@@ -21,7 +21,13 @@ def register(sub) -> None:
         description="Put TCP connections to TARGET:PORT into the chosen states, never "
         "answer, and time the target's retransmissions.",
     )
-    p.add_argument("targets", nargs="*", metavar="TARGET", help="IPv4 address, name or CIDR")
+    p.add_argument(
+        "targets",
+        nargs="*",
+        metavar="TARGET",
+        help="IPv4 or IPv6 address (fe80::1%%eth0 for link-local), name, CIDR, or FIRST-LAST",
+    )
+    family_flags(p)
     p.add_argument("-iL", dest="input_list", metavar="FILE", help="read targets from FILE")
     p.add_argument("-p", "--ports", default="80", help="ports, e.g. 80,1234 (default 80)")
     p.add_argument(
@@ -144,6 +150,27 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def family_flags(p, four: bool = True) -> None:
+    """``-4`` / ``-6`` (as nmap). argparse takes any ``-N`` argument for an
+    option once a parser has such an option: ``--timeout -1`` would then be
+    "expected one argument" instead of the option's own check; values that
+    look like negative numbers stay values."""
+    fam = p.add_mutually_exclusive_group()
+    if four:
+        fam.add_argument(
+            "-4", dest="family", action="store_const", const=4, help="IPv4 only: names resolve to A"
+        )
+    fam.add_argument(
+        "-6",
+        dest="family",
+        action="store_const",
+        const=6,
+        help="IPv6 only: names resolve to AAAA (as nmap -6)",
+    )
+    if hasattr(p, "_has_negative_number_optionals"):
+        p._has_negative_number_optionals.clear()
+
+
 def scan_config(args) -> ScanConfig:
     """The typed configuration of ``cron-os scan ARGS`` (UsageError if bad)."""
     specs = list(args.targets)
@@ -163,6 +190,7 @@ def scan_config(args) -> ScanConfig:
         payload=parse_payload(args.payload), sack=args.sack, early_stop=args.early_stop,
         max_rate_pps=args.max_rate, max_in_flight=args.max_hosts, interface=args.interface,
         exclude=tuple(exclude), allow_special=args.allow_special, allow_large=args.yes,
+        family=args.family,
         db_files=tuple(str(f) for f in args.db), nmap=bool(args.nmap), outputs=outputs,
     )  # fmt: skip
 

@@ -2,7 +2,8 @@
 
 A profile builds its target with a ``setup(ctx, index) -> LabTarget``
 callable. ``ctx`` is the ``LabContext`` of the lab being created; ``index``
-(1, 2, ...) is the target's number, which gives it the subnet 10.77.<index>.0/24.
+(1, 2, ...) is the target's number, which gives it the subnet 10.77.<index>.0/24
+(and, for targets reachable over IPv6, fd77:0:0:<index in hex>::/64).
 A setup function may live in any module and be registered in
 ``cronos.lab.profiles.PROFILES`` as a ``"module:function"`` string, e.g.
 ``"cronos.lab.slirp:setup"``; it is imported only when the profile is used.
@@ -88,6 +89,7 @@ class LabTarget:
     expected_ms: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     notes: str = ""
     gateway_ns: str | None = None
+    ip6: str | None = None  # the same target over IPv6 (a ULA), if it has one
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -108,6 +110,12 @@ def target_subnet(index: int) -> str:
     if not 1 <= index <= 254:
         raise LabError(f"target index {index} out of range 1..254")
     return f"10.77.{index}"
+
+
+def target_subnet6(index: int) -> str:
+    """The IPv6 /64 of target ``index`` (a ULA: scanner side ::1, target ::2)."""
+    target_subnet(index)  # the same range check
+    return f"fd77:0:0:{index:x}"
 
 
 class LabContext:

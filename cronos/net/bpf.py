@@ -61,9 +61,25 @@ def attach(sock: socket.socket, prog: list[tuple[int, int, int, int]]) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, raw)  # the kernel copies `arr`
 
 
+#: ICMPv6 errors (destination unreachable, packet too big, time exceeded,
+#: parameter problem: types 1-4) that may quote one of our segments
+ICMP6_ERRORS = "(icmp6 and ip6[40] >= 1 and ip6[40] <= 4)"
+
+
 def flows_filter(targets: list[str], max_hosts: int = 64) -> str:
-    """Filter for TCP to/from the probed hosts (both directions: our sends too)."""
-    if not targets or len(targets) > max_hosts:
-        return "ip and tcp"
-    hosts = " or ".join(f"host {t}" for t in sorted(set(targets)))
-    return f"ip and tcp and ({hosts})"
+    """Filter for TCP to/from the probed hosts (both directions: our sends
+    too), and the ICMPv6 errors sent to us when any target is IPv6. No
+    targets known: every TCP segment of either family. (A TCP segment behind
+    IPv6 extension headers does not pass: pcap's ``tcp`` reads the fixed
+    header's next-header field.)"""
+    addrs = sorted({t.partition("%")[0] for t in targets})
+    has6 = not addrs or any(":" in a for a in addrs)
+    has4 = not addrs or any(":" not in a for a in addrs)
+    fam = "(ip or ip6)" if has4 and has6 else "ip6" if has6 else "ip"
+    icmp = f" or {ICMP6_ERRORS}" if has6 else ""
+    if not addrs or len(addrs) > max_hosts:
+        return f"({fam} and tcp){icmp}" if icmp else f"{fam} and tcp"
+    hosts = " or ".join(f"host {a}" for a in addrs)
+    if not icmp:
+        return f"{fam} and tcp and ({hosts})"
+    return f"({fam} and tcp and ({hosts})){icmp}"  # an error may come from any router

@@ -26,7 +26,7 @@ from ..errors import NetError, PrivilegeError
 from . import bpf
 from .dedupe import CopyFilter
 
-ETH_P_ALL = 0x0003  # ETH_P_IP sockets are not given outgoing packets; the filter keeps IPv4
+ETH_P_ALL = 0x0003  # ETH_P_IP sockets are not given outgoing packets; the filter keeps ours
 SO_TIMESTAMPNS = 35
 SO_RCVBUFFORCE = 33
 SOL_PACKET = 263
@@ -40,7 +40,7 @@ _CMSG_SPACE = 256
 @dataclass(frozen=True)
 class Captured:
     ts: float  # kernel capture time, seconds since the epoch
-    data: bytes  # the IPv4 packet
+    data: bytes  # the IP packet (IPv4 or IPv6)
     outgoing: bool
     ifname: str
     csum_not_ready: bool

@@ -11,9 +11,10 @@ decides (flows, ISN validation, probes, timers, budgets, early stop) is in
 from __future__ import annotations
 
 import selectors
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .. import interrupts
 from ..model import Observation
@@ -48,6 +49,7 @@ class EngineStats:
     rst_dropped: int = 0
     send_errors: int = 0
     early_stops: int = 0
+    icmp6_errors: int = 0  # ICMPv6 errors about our flows (noted in their measurement)
     copies: int = 0  # captured packets dropped as exact copies (bridge and port, ...)
     capture_filter: str = ""
     interfaces: tuple[str, ...] = ()  # where the capture listened
@@ -79,6 +81,9 @@ class Engine:
         self._tokens = 0.0
         self._last_refill = 0.0
         self._to_discard: list[tuple[str, int, int]] = []
+        # an IPv6 target as the job gave it (a link-local one with its zone,
+        # fe80::1%eth0), by the address the core and the capture see (fe80::1)
+        self._as_given: dict[str, str] = {}
 
     # -- public ---------------------------------------------------------------
     def run(self, jobs: Iterable[Job], targets_hint: list[str] | None = None) -> EngineStats:
@@ -168,6 +173,7 @@ class Engine:
             if job is None:
                 exhausted = True
                 break
+            job = self._core_job(job)
             batch.append((job, *self._reserve(job)))
             self._tokens -= 1.0
         if batch:
@@ -178,12 +184,28 @@ class Engine:
                 self._send(sender, self.core.start(job, time.time(), src, res.port))
         return exhausted
 
+    def _core_job(self, job: Job) -> Job:
+        """The job with its target as captured packets spell it (an IPv6
+        address in inet_ntop's form, without a zone)."""
+        if ":" not in job.target:
+            return job
+        base = job.target.partition("%")[0]
+        canon = socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, base))
+        if canon == job.target:
+            return job
+        self._as_given[canon] = job.target
+        return replace(job, target=canon)
+
     def _reserve(self, job: Job) -> tuple[str, PortReservation]:
-        route = self._routes.lookup(job.target)
+        given = self._as_given.get(job.target, job.target)
+        route = self._routes.lookup(given)
         new = self._capture.ensure(route.ifname)  # listening before the first SYN leaves
         if new is not None:
             self._sel.register(new.fileno(), selectors.EVENT_READ)
-        return route.src, PortReservation(route.src)
+        bind = route.src
+        if route.src.startswith("fe80:"):  # a link-local source binds with its zone
+            bind = f"{route.src}%{route.ifname}"
+        return route.src, PortReservation(bind)
 
     def _refill(self, now: float) -> None:
         rate = self.cfg.max_rate_pps
@@ -208,8 +230,9 @@ class Engine:
                 self._send(sender, out)
 
     def _send(self, sender: RawSender, segs: list[Segment]) -> None:
+        given = self._as_given
         for s in segs:
-            if sender.send(build_ip(s), s.dst):
+            if sender.send(build_ip(s), given.get(s.dst, s.dst) if given else s.dst):
                 self.stats.packets_out += 1
             else:
                 self.stats.send_errors += 1
@@ -222,13 +245,16 @@ class Engine:
             if res is not None:
                 res.release()
             self._to_discard.append((target, port, sport))
-            self.on_result(done.observation)
+            obs = done.observation
+            if obs.target in self._as_given:
+                obs = replace(obs, target=self._as_given[obs.target])
+            self.on_result(obs)
 
     def _sync_stats(self) -> None:
         c = self.core.stats
         st = self.stats
         st.probes, st.packets_in, st.bad_checksum = c.probes, c.packets_in, c.bad_checksum
-        st.early_stops = c.early_stops
+        st.early_stops, st.icmp6_errors = c.early_stops, c.icmp
 
     def _flush_discards(self) -> None:
         if self._to_discard:

@@ -11,9 +11,11 @@ next start (or by ``cron-os cleanup``).
 
     table inet cronos_<pid>_<start>_<rand> {
         set flows { type ipv4_addr . inet_service . inet_service; }
+        set flows6 { type ipv6_addr . inet_service . inet_service; }
         chain out {
             type filter hook output priority filter; policy accept;
             tcp flags & rst == rst ip daddr . tcp dport . tcp sport @flows counter drop
+            tcp flags & rst == rst ip6 daddr . tcp dport . tcp sport @flows6 counter drop
         }
     }
 """
@@ -155,6 +157,17 @@ def _elements(flows: Iterable[tuple[str, int, int]]) -> str:
     return ", ".join(f"{d} . {dp} . {sp}" for d, dp, sp in flows)
 
 
+def _by_set(flows: Iterable[tuple[str, int, int]]) -> dict[str, list[tuple[str, int, int]]]:
+    """Flows split by family: ``flows`` (IPv4) and ``flows6`` (IPv6, zone dropped)."""
+    out: dict[str, list[tuple[str, int, int]]] = {}
+    for d, dp, sp in flows:
+        if ":" in d:
+            out.setdefault("flows6", []).append((d.partition("%")[0], dp, sp))
+        else:
+            out.setdefault("flows", []).append((d, dp, sp))
+    return out
+
+
 class RstGuard:
     """Context manager owning the run's table; add/remove flows as probes run."""
 
@@ -179,9 +192,11 @@ class RstGuard:
         script = (
             f"table inet {self.name} {{\n"
             "  set flows { type ipv4_addr . inet_service . inet_service; }\n"
+            "  set flows6 { type ipv6_addr . inet_service . inet_service; }\n"
             "  chain out {\n"
             "    type filter hook output priority filter; policy accept;\n"
             "    tcp flags & rst == rst ip daddr . tcp dport . tcp sport @flows counter drop\n"
+            "    tcp flags & rst == rst ip6 daddr . tcp dport . tcp sport @flows6 counter drop\n"
             "  }\n"
             "}\n"
         )
@@ -190,20 +205,25 @@ class RstGuard:
 
     def add(self, flows: Iterable[tuple[str, int, int]]) -> None:
         """Start dropping our RSTs for (target, target_port, our_port) flows."""
-        flows = list(flows)
-        if flows:
-            _nft(["-f", "-"], f"add element inet {self.name} flows {{ {_elements(flows)} }}\n")
+        script = "".join(
+            f"add element inet {self.name} {name} {{ {_elements(part)} }}\n"
+            for name, part in _by_set(flows).items()
+        )
+        if script:
+            _nft(["-f", "-"], script)
 
     def discard(self, flows: Iterable[tuple[str, int, int]]) -> None:
-        flows = list(flows)
-        if flows and self.active:
-            _nft(["-f", "-"], f"delete element inet {self.name} flows {{ {_elements(flows)} }}\n")
+        script = "".join(
+            f"delete element inet {self.name} {name} {{ {_elements(part)} }}\n"
+            for name, part in _by_set(flows).items()
+        )
+        if script and self.active:
+            _nft(["-f", "-"], script)
 
     def dropped(self) -> int:
-        """RSTs dropped so far (the rule's counter)."""
+        """RSTs dropped so far (the rules' counters, both families)."""
         out = _nft(["list", "chain", "inet", self.name, "out"])
-        m = re.search(r"counter packets (\d+)", out)
-        return int(m.group(1)) if m else 0
+        return sum(int(n) for n in re.findall(r"counter packets (\d+)", out))
 
     def remove(self) -> None:
         if self.active:

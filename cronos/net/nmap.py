@@ -141,7 +141,9 @@ def run_nmap(
     timeout_s: float = 600,
     netns: str | None = None,
 ) -> dict[str, NmapHost]:
-    """Run nmap once for every target; {address: NmapHost}.
+    """Run nmap for every target, once per address family (``nmap -6`` for
+    the IPv6 ones: nmap scans one family per run); {address: NmapHost}, a
+    link-local target under its zoned spelling too.
 
     Raises ``DependencyError`` (one-line cause) if nmap is missing, fails,
     times out or prints something that is not nmap XML.
@@ -152,6 +154,23 @@ def run_nmap(
         raise DependencyError("nmap is not installed (apt install nmap)")
     if netns and shutil.which("ip") is None:
         raise DependencyError("ip (iproute2) is not installed (apt install iproute2)")
+    v4 = [t for t in targets if ":" not in t]
+    v6 = [t for t in targets if ":" in t]
+    hosts: dict[str, NmapHost] = {}
+    for group, flag in ((v4, ()), (v6, ("-6",))):
+        if group:
+            hosts.update(_run_once(group, ports, (*flag, *extra_args), timeout_s, netns))
+    for t in v6:
+        base = t.partition("%")[0]
+        if base != t and base in hosts:
+            hosts[t] = hosts[base]
+    return hosts
+
+
+def _run_once(
+    targets: list[str], ports: list[int], extra_args: Sequence[str], timeout_s: float,
+    netns: str | None,
+) -> dict[str, NmapHost]:  # fmt: skip
     argv = nmap_command(targets, ports, extra_args, netns)
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)

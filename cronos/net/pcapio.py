@@ -1,7 +1,7 @@
 """Packet files: write what a scan captured, read what anyone captured.
 
 ``PcapWriter`` writes classic pcap with nanosecond timestamps (magic
-``0xa1b23c4d``) and link type RAW (101: IPv4 packets, no link header), one
+``0xa1b23c4d``) and link type RAW (101: IPv4 and IPv6 packets, no link header), one
 unbuffered ``write()`` per record, so a killed scan loses at most the record
 being written. The timestamps are the engine's kernel capture times, written
 so that reading them back gives the very same floats (``sec + nsec * 1e-9``,
@@ -11,8 +11,8 @@ gaps to the microsecond (STYLE rule 2).
 ``read_pcap`` reads classic pcap (microsecond or nanosecond, either byte
 order) and pcapng, with link types RAW (101, 12, 14), EN10MB (1, VLAN tags
 skipped), LINUX_SLL (113, ``tcpdump -i any``), LINUX_SLL2 (276), NULL (0) and
-LOOP (108). It returns ``(ts, ipv4_bytes)`` in file order; everything that is
-not IPv4 is skipped. A malformed file raises ``PcapError`` (one line:
+LOOP (108), and LINKTYPE_IPV6 (229). It returns ``(ts, ip_bytes)`` in file
+order, IPv4 and IPv6; everything else is skipped. A malformed file raises ``PcapError`` (one line:
 ``FILE: reason``).
 
 Why not scapy's ``RawPcapReader``/``RawPcapNgReader``/``RawPcapWriter``
@@ -56,14 +56,20 @@ SNAPLEN = 262144
 MAX_RECORD = 1 << 20  # a larger record length means a corrupt file
 
 _ETH_IPV4 = 0x0800
+_ETH_IPV6 = 0x86DD
+_ETH_IP = (_ETH_IPV4, _ETH_IPV6)
+#: BSD loopback (NULL, LOOP): AF_INET is 2 everywhere; AF_INET6 is 24 (NetBSD,
+#: OpenBSD), 28 (FreeBSD) or 30 (macOS)
+_BSD_AF = (2, 24, 28, 30)
 _VLAN_TYPES = (0x8100, 0x88A8, 0x9100)
-_RAW_TYPES = (101, 12, 14, 228)  # 228: LINKTYPE_IPV4
+_RAW_TYPES = (101, 12, 14, 228, 229)  # 228: LINKTYPE_IPV4, 229: LINKTYPE_IPV6
 LINK_NAMES = {
     0: "NULL",
     1: "EN10MB",
     12: "RAW",
     14: "RAW",
     228: "IPV4",
+    229: "IPV6",
     101: "RAW",
     108: "LOOP",
     113: "LINUX_SLL",
@@ -150,7 +156,7 @@ def open_pcap_sink(
 
 @dataclass(frozen=True)
 class PcapData:
-    packets: list[tuple[float, bytes]]  # (capture time, IPv4 bytes) in file order
+    packets: list[tuple[float, bytes]]  # (capture time, IP bytes) in file order
     linktypes: tuple[int, ...]  # link types met (pcapng may have several)
     fmt: str  # "pcap-us", "pcap-ns" or "pcapng"
     truncated: bool = False  # the last record was cut (only with strict=False)
@@ -162,7 +168,7 @@ class PcapData:
 
 
 def read_pcap(path: str | os.PathLike, *, strict: bool = True) -> list[tuple[float, bytes]]:
-    """``[(ts, ipv4_bytes)]`` of every IPv4 packet in a pcap or pcapng file."""
+    """``[(ts, ip_bytes)]`` of every IPv4 and IPv6 packet in a pcap or pcapng file."""
     return load_pcap(path, strict=strict).packets
 
 
@@ -295,23 +301,31 @@ def _scale(units: int) -> float:
 
 
 def _link_stripper(name: str, linktype: int) -> Callable[[bytes], bytes | None]:
-    """Function: frame -> IPv4 bytes, or None for anything else."""
+    """Function: frame -> IPv4 or IPv6 bytes, or None for anything else."""
     if linktype in _RAW_TYPES:
-        return lambda f: f if f and f[0] >> 4 == 4 else None
+        return lambda f: f if f and f[0] >> 4 in (4, 6) else None
     if linktype == 1:
         return _ether
     if linktype == 113:
-        return lambda f: f[16:] if len(f) > 16 and f[14:16] == b"\x08\x00" else None
+        return lambda f: f[16:] if len(f) > 16 and _u16(f, 14) in _ETH_IP else None
     if linktype == 276:
-        return lambda f: f[20:] if len(f) > 20 and f[0:2] == b"\x08\x00" else None
-    if linktype == 0:  # BSD loopback: AF_INET (2) in host byte order
-        return lambda f: f[4:] if len(f) > 4 and f[:4] in (b"\x02\0\0\0", b"\0\0\0\x02") else None
-    if linktype == 108:
-        return lambda f: f[4:] if len(f) > 4 and f[:4] == b"\0\0\0\x02" else None
+        return lambda f: f[20:] if len(f) > 20 and _u16(f, 0) in _ETH_IP else None
+    if linktype == 0:  # the family in the writer's byte order
+        return lambda f: f[4:] if len(f) > 4 and _bsd_af(f, "<") | _bsd_af(f, ">") else None
+    if linktype == 108:  # the family in network byte order
+        return lambda f: f[4:] if len(f) > 4 and _bsd_af(f, ">") else None
     raise PcapError(
-        f"{name}: unsupported link type {linktype} (supported: RAW 101/12/14/228, EN10MB 1, "
+        f"{name}: unsupported link type {linktype} (supported: RAW 101/12/14/228/229, EN10MB 1, "
         "LINUX_SLL 113, LINUX_SLL2 276, NULL 0, LOOP 108)"
     )
+
+
+def _u16(f: bytes, off: int) -> int:
+    return struct.unpack_from("!H", f, off)[0]
+
+
+def _bsd_af(f: bytes, order: str) -> bool:
+    return struct.unpack_from(order + "I", f)[0] in _BSD_AF
 
 
 def _ether(f: bytes) -> bytes | None:
@@ -321,5 +335,5 @@ def _ether(f: bytes) -> bytes | None:
         if etype in _VLAN_TYPES:
             off += 4
             continue
-        return f[off + 2 :] if etype == _ETH_IPV4 else None
+        return f[off + 2 :] if etype in _ETH_IP else None
     return None

@@ -1,4 +1,4 @@
-"""Raw IPv4 send path and source address/port bookkeeping."""
+"""Raw IPv4 and IPv6 send paths and source address/port bookkeeping."""
 
 from __future__ import annotations
 
@@ -8,32 +8,53 @@ import socket
 from ..errors import NetError, PrivilegeError
 
 
+def split_zone(addr: str) -> tuple[str, str | None]:
+    """``fe80::1%eth0`` -> (``fe80::1``, ``eth0``); no zone -> (addr, None)."""
+    base, sep, zone = addr.partition("%")
+    return base, (zone if sep else None)
+
+
 class RawSender:
-    """``SOCK_RAW``/``IPPROTO_RAW``: we write the whole IP packet.
+    """``SOCK_RAW``/``IPPROTO_RAW``: we write the whole IP packet (in IPv6 too:
+    an ``AF_INET6`` raw socket of protocol ``IPPROTO_RAW`` includes the header).
 
     Packets go through the kernel's routing and netfilter OUTPUT hook (so the
     tool's own nft table sees them; it only drops RSTs, which we never send).
+    The IPv6 socket is opened on the first IPv6 packet.
     """
 
     def __init__(self, interface: str | None = None):
         """``interface``: packets leave only through it (``-e``, SO_BINDTODEVICE)."""
-        try:
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-        except PermissionError:
-            raise PrivilegeError("sending raw packets needs root (CAP_NET_RAW)") from None
-        if interface is not None:
-            try:
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
-                                     interface.encode())  # fmt: skip
-            except OSError as exc:
-                self.sock.close()
-                raise NetError(f"-e {interface}: {exc.strerror}") from exc
+        self.interface = interface
+        self._socks: dict[int, socket.socket] = {}
+        self._open(socket.AF_INET)  # fails now, not at the first probe, without root
         self.sent = 0
         self.errors = 0
 
-    def send(self, packet: bytes, dst: str) -> bool:
+    def _open(self, family: int) -> socket.socket:
         try:
-            self.sock.sendto(packet, (dst, 0))
+            sock = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        except PermissionError:
+            raise PrivilegeError("sending raw packets needs root (CAP_NET_RAW)") from None
+        except OSError as exc:  # IPv6 disabled on this machine
+            raise NetError(f"cannot open a raw socket: {exc.strerror}") from exc
+        if self.interface is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
+                                self.interface.encode())  # fmt: skip
+            except OSError as exc:
+                sock.close()
+                raise NetError(f"-e {self.interface}: {exc.strerror}") from exc
+        self._socks[family] = sock
+        return sock
+
+    def send(self, packet: bytes, dst: str) -> bool:
+        """Send one IP packet to ``dst`` (an IPv6 link-local one with its zone)."""
+        v6 = packet[0] >> 4 == 6
+        family = socket.AF_INET6 if v6 else socket.AF_INET
+        sock = self._socks.get(family) or self._open(family)
+        try:
+            sock.sendto(packet, (dst, 0))  # a zone in dst gives the scope id
         except OSError as exc:
             self.errors += 1
             if exc.errno in (errno.ENOBUFS, errno.EAGAIN, errno.EHOSTUNREACH, errno.ENETUNREACH):
@@ -43,7 +64,9 @@ class RawSender:
         return True
 
     def close(self) -> None:
-        self.sock.close()
+        for sock in self._socks.values():
+            sock.close()
+        self._socks.clear()
 
 
 class PortReservation:
@@ -51,11 +74,13 @@ class PortReservation:
 
     Nothing else on the machine can use the port while we probe from it, and
     the kernel, which knows no connection there, answers the target with RST,
-    which our nft table drops.
+    which our nft table drops. ``src_ip`` may be IPv6 (a link-local one with
+    its zone).
     """
 
     def __init__(self, src_ip: str):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        family = socket.AF_INET6 if ":" in src_ip else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             self.sock.bind((src_ip, 0))
         except OSError as exc:

@@ -7,6 +7,7 @@ The capture socket is bound to that interface, so that a packet crossing a
 bridge and its port, a macvlan and its lower device, or a VLAN device and its
 parent is seen once, as it leaves or reaches the routing layer.
 
+An IPv6 link-local target's zone (``fe80::1%eth0``) is its interface.
 With ``-e IFACE`` the request carries ``RTA_OIF`` (``ip route get X oif
 IFACE``): the kernel answers with that interface's route and source, or with
 an error when the target cannot be reached through it.
@@ -127,8 +128,18 @@ class RouteTable:
 
     def _ask(self, dst: str) -> Route:
         seq = next(self._seq)
+        dst, _, zone = dst.partition("%")  # fe80::1%eth0: through eth0
+        oif = self.oif
+        if zone:
+            try:
+                zif = int(zone) if zone.isdigit() else socket.if_nametoindex(zone)
+            except OSError:
+                raise UsageError(f"{dst}%{zone}: no interface {zone!r}") from None
+            if oif is not None and zif != oif:
+                raise UsageError(f"{dst}%{zone}: the zone is not -e {self.interface}")
+            oif = zif
         try:
-            self.sock.send(build_request(dst, seq, self.oif))
+            self.sock.send(build_request(dst, seq, oif))
             while True:
                 err, oif, src = parse_reply(self.sock.recv(65536), seq)
                 if err != errno.EPROTO or oif is not None:

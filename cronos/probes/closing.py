@@ -77,6 +77,11 @@ RCV_WINDOW = 65535  # our advertised window, unscaled (we offer no WScale)
 CLIENT_MSS = 1460
 
 
+def client_mss(v6: bool) -> int:
+    """Our SYN's MSS: 1460, or 1440 over IPv6 (a 40-byte IP header)."""
+    return CLIENT_MSS - 20 if v6 else CLIENT_MSS
+
+
 def seq_diff(a: int, b: int) -> int:
     """``a - b`` in 32-bit sequence space, in [-2**31, 2**31)."""
     return ((a - b + 0x80000000) & MASK) - 0x80000000
@@ -174,7 +179,7 @@ class ClosingProbe(Probe):
 
     # -- handshake ----------------------------------------------------------------
     def _syn(self) -> Segment:
-        opts: list[tuple[str, object]] = [("MSS", CLIENT_MSS)]
+        opts: list[tuple[str, object]] = [("MSS", client_mss(":" in self.cfg.target))]
         if self.cfg.sack:
             opts.append(("SAckOK", b""))
         return self.seg(SYN, self.cfg.isn, 0, options=opts, window=RCV_WINDOW)

@@ -23,17 +23,25 @@ SYN_OPTIONS = (
 SYN_WINDOW = 64240
 
 
+def syn_options(v6: bool) -> tuple[tuple[str, object], ...]:
+    """Our SYN's options; over IPv6 the MSS is 20 bytes smaller (1440: a
+    40-byte IP header)."""
+    return (("MSS", 1440), *SYN_OPTIONS[1:]) if v6 else SYN_OPTIONS
+
+
 def features_of(seg: Segment) -> SynAckFeatures:
     ws = seg.option("WScale")
     mss = seg.option("MSS")
+    v6 = seg.v6
     return SynAckFeatures(
         window=seg.window,
         ttl=seg.ttl,
-        df=seg.df,
-        ip_id=seg.ip_id,
+        df=False if v6 else seg.df,
+        ip_id=None if v6 else seg.ip_id,
         mss=int(mss) if isinstance(mss, int) else None,
         options=seg.option_letters,
         wscale=int(ws) if isinstance(ws, int) else None,
+        flow=("R" if seg.flow_label else "0") if v6 else None,
     )
 
 
@@ -63,7 +71,8 @@ class SynProbe(Probe):
         self._goto("SYN_SENT")
         self.t_start = now
         self.deadline = now + min(self.cfg.timeout_s, self.cfg.window_s)
-        return [self.seg(SYN, self.cfg.isn, 0, options=SYN_OPTIONS, window=SYN_WINDOW)]
+        opts = syn_options(":" in self.cfg.target)
+        return [self.seg(SYN, self.cfg.isn, 0, options=opts, window=SYN_WINDOW)]
 
     def on_packet(self, ts: float, seg: Segment, outgoing: bool) -> list[Segment]:
         if self.done:

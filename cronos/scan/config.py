@@ -76,6 +76,7 @@ class ScanConfig:
     exclude: tuple[str, ...] = ()
     allow_special: bool = False
     allow_large: bool = False  # --yes
+    family: int | None = None  # -4 / -6: one address family only (names: A or AAAA)
     db_files: tuple[str, ...] = ()  # --db, beside the built-in database
     nmap: bool = False
     outputs: ScanOutputs = field(default_factory=ScanOutputs)
@@ -95,6 +96,8 @@ class ScanConfig:
             raise UsageError("--max-rate must be > 0")
         if self.max_in_flight < 1:
             raise UsageError("--max-hosts must be >= 1")
+        if self.family not in (None, 4, 6):
+            raise UsageError(f"bad address family {self.family!r}: 4 or 6")
         if not 1 <= len(self.payload) <= 1400:
             raise UsageError("--payload must be 1 to 1400 bytes")
 

@@ -42,6 +42,7 @@ from ..packet import (
     SYN,
     Segment,
     own_segment,
+    parse_icmp6,
     parse_ip,
     peek_flow,
     repeat_key,
@@ -50,6 +51,8 @@ from ..packet import (
 from ..probes import PROBES, Probe, ProbeConfig
 
 FlowKey = tuple[str, int, str, int]  # our address, our port, target, target port
+
+MAX_ICMP_NOTES = 4  # per flow: a peer cannot grow a note without bound
 
 # heap entry kinds: a probe's deadline, a look after a reply, a recheck the
 # early stopper asked for
@@ -90,6 +93,7 @@ class CoreStats:
     bad_checksum: int = 0
     invalid: int = 0  # SYN-ACKs of our flows not acknowledging our ISN
     early_stops: int = 0
+    icmp: int = 0  # ICMPv6 errors about our flows
 
 
 @dataclass(frozen=True)
@@ -103,10 +107,11 @@ class Finished:
 
 class _Flow:
     __slots__ = ("probe", "key", "timed_seen", "verdict_s", "pkts", "events", "partial",
-                 "last_in", "early_at", "armed")  # fmt: skip
+                 "last_in", "early_at", "armed", "icmp", "t0")  # fmt: skip
 
-    def __init__(self, probe: Probe, key: FlowKey):
+    def __init__(self, probe: Probe, key: FlowKey, t0: float = 0.0):
         self.probe = probe
+        self.t0 = t0  # when the probe started
         self.key = key
         self.timed_seen = 0  # timed packets when the early stopper last looked
         self.verdict_s: float | None = None
@@ -116,6 +121,7 @@ class _Flow:
         self.last_in: tuple[bytes, Segment] | None = None  # (repeat_key, Segment) of the last reply
         self.early_at: float | None = None  # capture time of the newest reply to look at
         self.armed: float | None = None  # the deadline last pushed on the heap
+        self.icmp: list[str] = []  # ICMPv6 errors about this flow, noted in its observation
 
 
 class ScanCore:
@@ -160,7 +166,7 @@ class ScanCore:
         key = (cfg.src_ip, cfg.src_port, cfg.target, cfg.port)
         if key in self._flows:
             raise ValueError(f"flow {key} is already running")
-        flow = self._flows[key] = _Flow(probe, key)
+        flow = self._flows[key] = _Flow(probe, key, now)
         self.stats.probes += 1
         out = probe.start(now)
         self._arm(flow)
@@ -192,6 +198,8 @@ class ScanCore:
             return self._receive_segment(ts, data)
         key = peek_flow(data)
         if key is None:
+            if len(data) > 48 and data[0] >> 4 == 6 and data[6] == 58:
+                return self._icmp6(ts, data)
             return None
         flow = self._flows.get(key)
         if flow is not None:  # our own segment: its capture time is the send time
@@ -218,6 +226,22 @@ class ScanCore:
             if rkey is not None:
                 flow.last_in = (rkey, seg)
         return self._reply(flow, ts, seg)
+
+    def _icmp6(self, ts: float, data: bytes) -> list[Segment] | None:
+        """An ICMPv6 error quoting one of our segments: noted in the flow's
+        observation (at most ``MAX_ICMP_NOTES``), nothing else changes. []
+        when it was about one of our flows (so a ``-w`` file keeps it)."""
+        err = parse_icmp6(data)
+        flow = None if err is None else self._flows.get(err.flow)
+        if flow is None:
+            return None
+        self.stats.icmp += 1
+        if len(flow.icmp) < MAX_ICMP_NOTES:
+            at = (ts - flow.t0) * 1000
+            mtu = f", MTU {err.mtu}" if err.mtu is not None else ""
+            flow.icmp.append(f"ICMPv6 {err.kind} (code {err.code}{mtu}) from {err.reporter} "
+                             f"at +{at:.0f} ms")  # fmt: skip
+        return []
 
     def _receive_segment(self, ts: float, seg: Segment) -> list[Segment] | None:
         flow = self._flows.get((seg.src, seg.sport, seg.dst, seg.dport))
@@ -345,6 +369,8 @@ class ScanCore:
         if self._flows.pop(flow.key, None) is None:
             return
         obs = flow.probe.result()
+        if flow.icmp:
+            obs = replace(obs, note="; ".join(x for x in (obs.note, *flow.icmp) if x))
         if flow.verdict_s is not None:
             obs = replace(obs, verdict_s=round(flow.verdict_s, 3))
         self._done.append(Finished(flow.key, obs))

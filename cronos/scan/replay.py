@@ -25,8 +25,8 @@ from dataclasses import dataclass, field, replace
 from ..model import Method, Observation
 from ..packet import ACK, FIN, RST, SYN, Segment, parse_packets
 from ..probes import ProbeConfig
-from ..probes.closing import CLIENT_MSS, RCV_WINDOW, seq_diff
-from ..probes.syn import SYN_OPTIONS, SYN_WINDOW
+from ..probes.closing import RCV_WINDOW, client_mss, seq_diff
+from ..probes.syn import SYN_WINDOW, syn_options
 from .core import CoreConfig, ScanCore, isn_for
 from .passive import passive
 
@@ -42,12 +42,12 @@ def probe_kind(seg: Segment) -> str | None:
     """'s' or 'closing' for a SYN one of our probes sent, None for anything else."""
     if seg.flags & (SYN | ACK | RST | FIN) != SYN:
         return None
-    if seg.window == SYN_WINDOW and seg.options == SYN_OPTIONS:
+    if seg.window == SYN_WINDOW and seg.options == syn_options(seg.v6):
         return "s"
     names = tuple(k for k, _ in seg.options)
     if (
         seg.window == RCV_WINDOW
-        and seg.option("MSS") == CLIENT_MSS
+        and seg.option("MSS") == client_mss(seg.v6)
         and names
         in (
             ("MSS",),

@@ -37,35 +37,86 @@ def parse_ports(spec: str) -> list[int]:
     return sorted(ports)
 
 
-def resolve(target: str) -> str:
-    """An IPv4 address for a literal or a host name."""
-    target = target.strip()
-    if not target:
-        raise UsageError("empty target")
+def family_of(spec: str) -> int | None:
+    """4 or 6 for an address literal (a zone allowed), else None."""
+    try:
+        return ipaddress.ip_address(spec.strip()).version
+    except ValueError:
+        return None
+
+
+def _zone_ok(zone: str) -> bool:
+    try:
+        if zone.isdigit():
+            socket.if_indextoname(int(zone))
+        else:
+            socket.if_nametoindex(zone)
+    except (OSError, ValueError, OverflowError):
+        return False
+    return True
+
+
+def _literal(target: str, family: int | None) -> str | None:
+    """The canonical text of an address literal, checked; None for a name."""
     try:
         addr = ipaddress.ip_address(target)
     except ValueError:
-        addr = None
-    if addr is not None:
-        if addr.version != 4:
-            raise UsageError(f"{target}: IPv6 targets are not supported yet")
-        return str(addr)
+        if "%" in target:  # only an IPv6 literal takes a zone
+            raise UsageError(
+                f"malformed target {target!r}: a zone (%IFACE) follows an IPv6 address"
+            ) from None
+        return None
+    if family and addr.version != family:
+        raise UsageError(f"{target}: an IPv{addr.version} address, but -{family} was given")
+    if addr.version == 6:
+        base = ipaddress.IPv6Address(str(addr).split("%")[0])
+        if addr.scope_id is not None:
+            if not base.is_link_local:
+                raise UsageError(
+                    f"{target}: a zone (%{addr.scope_id}) is only for a link-local (fe80::/10) "
+                    "address"
+                )
+            if not _zone_ok(addr.scope_id):
+                raise UsageError(f"{target}: no interface {addr.scope_id!r} on this machine")
+        elif base.is_link_local:
+            raise UsageError(f"{target}: a link-local address needs its zone, as in {base}%eth0")
+        if base.ipv4_mapped is not None:
+            raise UsageError(
+                f"{target}: an IPv4-mapped address; give the IPv4 address {base.ipv4_mapped}"
+            )
+    return str(addr)
+
+
+def resolve(target: str, family: int | None = None) -> str:
+    """An address for a literal or a host name: IPv4 or IPv6 literals as given
+    (an IPv6 link-local one with its zone, ``fe80::1%eth0``); a name resolves
+    to IPv4 (A), or to IPv6 (AAAA) with ``family=6`` (nmap's ``-6``)."""
+    target = target.strip()
+    if not target:
+        raise UsageError("empty target")
+    lit = _literal(target, family)
+    if lit is not None:
+        return lit
     if "/" in target:
-        raise UsageError(f"{target}: CIDR ranges are not supported yet; list addresses")
+        raise UsageError(f"{target}: a range is not one host; give one address or name")
+    if ":" in target:
+        raise UsageError(f"malformed IPv6 address {target!r}")
+    af = socket.AF_INET6 if family == 6 else socket.AF_INET
     try:
-        infos = socket.getaddrinfo(target, None, socket.AF_INET, socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(target, None, af, socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
-        raise UsageError(f"cannot resolve {target!r}: {reason}") from None
-    return infos[0][4][0]
+        kind = " to an IPv6 address (AAAA)" if family == 6 else ""
+        raise UsageError(f"cannot resolve {target!r}{kind}: {reason}") from None
+    return _literal(infos[0][4][0], family)
 
 
-def resolve_all(targets: list[str]) -> list[str]:
+def resolve_all(targets: list[str], family: int | None = None) -> list[str]:
     if not targets:
         raise UsageError("no target given")
     out: list[str] = []
     for t in targets:
-        ip = resolve(t)
+        ip = resolve(t, family)
         if ip not in out:
             out.append(ip)
     return out
@@ -82,22 +133,31 @@ def parse_methods(spec: str) -> list[str]:
 
 # --- many targets: CIDR ranges, -iL files, exclusions, safe defaults ----------
 
-_SPECIAL = [
-    ipaddress.ip_network(n)
-    for n in ("255.255.255.255/32", "0.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4")
-]
-_SPECIAL_WHY = {
-    "0.0.0.0/8": "'this network'",
-    "224.0.0.0/4": "multicast",
-    "240.0.0.0/4": "reserved",
-    "255.255.255.255/32": "broadcast",
+_SPECIAL = {
+    4: [
+        (ipaddress.ip_network("255.255.255.255/32"), "broadcast"),
+        (ipaddress.ip_network("0.0.0.0/8"), "'this network'"),
+        (ipaddress.ip_network("224.0.0.0/4"), "multicast"),
+        (ipaddress.ip_network("240.0.0.0/4"), "reserved"),
+    ],
+    6: [
+        (ipaddress.ip_network("::/128"), "unspecified"),
+        (ipaddress.ip_network("ff00::/8"), "multicast"),
+    ],
 }
 
+#: the largest IPv6 prefix ever enumerated, even with --yes (a /104: as many
+#: addresses as an IPv4 /8); a /64 holds 2**64 addresses: scan a list of
+#: addresses (-iL, a hitlist) instead
+MAX_V6_PREFIX_ADDRESSES = 1 << 24
 
-def special_reason(addr: ipaddress.IPv4Address) -> str | None:
-    for net in _SPECIAL:
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def special_reason(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    for net, why in _SPECIAL[addr.version]:
         if addr in net:
-            return _SPECIAL_WHY[str(net)]
+            return why
     return None
 
 
@@ -122,40 +182,112 @@ def read_list_file(path: str, what: str) -> list[str]:
     return items
 
 
-class TargetSet:
-    """The scan's targets, expanded lazily (a /8 is not put in a list)."""
+def _range(spec: str) -> list[Network] | None:
+    """``A-B`` (two addresses of one family) or nmap's ``10.0.0.1-20`` (the
+    last IPv4 octet) as networks; None if ``spec`` is not a range (a host
+    name may hold a dash)."""
+    if "%" in spec:  # a zone may hold a dash (fe80::1%br-lan): no range
+        if "-" in spec.partition("%")[0]:
+            raise UsageError(f"range {spec!r}: a zone goes on one address, not on a range")
+        return None
+    lo, sep, hi = spec.partition("-")
+    if not sep:
+        return None
+    try:
+        a = ipaddress.ip_address(lo)
+    except ValueError:
+        return None  # a name such as my-host.example
+    try:
+        if a.version == 4 and hi.isdigit():
+            b = ipaddress.ip_address(lo.rsplit(".", 1)[0] + "." + hi)
+        else:
+            b = ipaddress.ip_address(hi)
+    except ValueError:
+        raise UsageError(f"malformed range {spec!r}: expected FIRST-LAST addresses") from None
+    if a.version != b.version:
+        raise UsageError(f"range {spec!r} mixes IPv4 and IPv6: one family per range")
+    if b < a:
+        raise UsageError(f"range {spec!r}: the last address is before the first")
+    return list(ipaddress.summarize_address_range(a, b))
 
-    def __init__(self, specs: list[str], exclude: list[str] = (), allow_special: bool = False):
+
+class TargetSet:
+    """The scan's targets, expanded lazily (a /8 is not put in a list).
+
+    IPv4 and IPv6 may be mixed; ``family`` (4 or 6: ``-4``/``-6``) refuses the
+    other family's literals and prefixes and picks A or AAAA for names. An
+    IPv6 prefix larger than ``MAX_V6_PREFIX_ADDRESSES`` is never enumerated."""
+
+    def __init__(
+        self,
+        specs: list[str],
+        exclude: list[str] = (),
+        allow_special: bool = False,
+        family: int | None = None,
+    ):
         if not specs:
             raise UsageError("no target given")
+        if family not in (None, 4, 6):
+            raise UsageError(f"bad address family {family!r}: 4 or 6")
         self.allow_special = allow_special
-        self.exclude = [self._network(e, "--exclude-file entry") for e in exclude]
-        self.parts: list[ipaddress.IPv4Network] = []
+        self.family = family
+        self.exclude = [self._network(e, "--exclude-file entry", None) for e in exclude]
+        self.parts: list[Network] = []
+        self.zoned: list[str] = []  # link-local addresses with their zone, in order
         self.skipped: dict[str, int] = {}
         for spec in specs:
-            if "/" in spec:
-                self.parts.append(self._network(spec, "target"))
+            spec = spec.strip()
+            nets = _range(spec)
+            if nets is not None:
+                for net in nets:
+                    self._check_family(spec, net.version)
+                self.parts.extend(nets)
+            elif "/" in spec:
+                self.parts.append(self._network(spec, "target", family))
             else:
-                ip = ipaddress.ip_address(resolve(spec))
+                text = resolve(spec, family)
+                ip = ipaddress.ip_address(text)
                 why = special_reason(ip)
                 if why and not allow_special:
                     raise UsageError(f"{spec}: {why} address refused (use --allow-special)")
-                self.parts.append(ipaddress.ip_network(f"{ip}/32"))
+                if ip.version == 6 and ip.scope_id is not None:
+                    self.zoned.append(text)
+                    continue
+                self.parts.append(ipaddress.ip_network(ip))
+        for net in self.parts:
+            if net.version == 6 and net.num_addresses > MAX_V6_PREFIX_ADDRESSES:
+                raise UsageError(
+                    f"{net}: {net.num_addresses} addresses; Cron-OS never enumerates an IPv6 "
+                    "prefix larger than a /104: list the addresses to scan (-iL FILE)"
+                )
 
-    @staticmethod
-    def _network(spec: str, what: str) -> ipaddress.IPv4Network:
+    def _check_family(self, spec: str, version: int) -> None:
+        if self.family and version != self.family:
+            raise UsageError(f"{spec}: an IPv{version} target, but -{self.family} was given")
+
+    def _network(self, spec: str, what: str, family: int | None) -> Network:
+        spec = spec.strip()
+        if "%" in spec:
+            raise UsageError(f"{what} {spec!r}: a zone goes on one address, not on a prefix")
+        nets = _range(spec)
+        if nets is not None and what != "target":
+            if len(nets) == 1:
+                return nets[0]
+            raise UsageError(f"{what} {spec!r}: give a prefix (ADDRESS/PREFIX)")
         try:
-            net = ipaddress.ip_network(spec.strip(), strict=False)
+            net = ipaddress.ip_network(spec, strict=False)
         except ValueError:
             raise UsageError(
                 f"malformed {what} {spec!r}: expected ADDRESS or ADDRESS/PREFIX"
             ) from None
-        if net.version != 4:
-            raise UsageError(f"{spec}: IPv6 targets are not supported yet")
+        if family:
+            self._check_family(spec, net.version)
+        if net.version == 6 and net.network_address.ipv4_mapped is not None:
+            raise UsageError(f"{what} {spec!r}: an IPv4-mapped prefix; give the IPv4 prefix")
         return net
 
     def upper_bound(self) -> int:
-        return sum(n.num_addresses for n in self.parts)
+        return sum(n.num_addresses for n in self.parts) + len(self.zoned)
 
     def count(self, limit: int = 1 << 18) -> int | None:
         """How many addresses the scan will probe (edges, special and excluded
@@ -168,31 +300,46 @@ class TargetSet:
         self.skipped = saved
         return n
 
+    def _excluded(self, addr) -> bool:
+        # ipaddress does not compare families in ``in``: an IPv4 address is
+        # "in" an IPv6 prefix of the same low bits
+        return any(addr.version == e.version and addr in e for e in self.exclude)
+
     def __iter__(self):
         seen_small: set[str] = set()
         for net in self.parts:
             edges = set()
-            if net.prefixlen < 31 and not self.allow_special:
-                edges = {net.network_address, net.broadcast_address}
+            if not self.allow_special:
+                if net.version == 4 and net.prefixlen < 31:
+                    edges = {net.network_address, net.broadcast_address}
+                elif net.version == 6 and net.prefixlen < 127:
+                    edges = {net.network_address}  # the subnet-router anycast address
             for addr in net if net.num_addresses > 1 else [net.network_address]:
                 if addr in edges:
-                    self._skip("network/broadcast")
+                    self._skip("network/broadcast" if net.version == 4 else "subnet-router anycast")
                     continue
                 if net.num_addresses > 1 and not self.allow_special:
                     why = special_reason(addr)
                     if why:
                         self._skip(why)
                         continue
-                if any(addr in e for e in self.exclude):
+                if self._excluded(addr):
                     self._skip("excluded")
                     continue
                 s = str(addr)
-                if len(self.parts) > 1 or net.num_addresses == 1:
+                if len(self.parts) + len(self.zoned) > 1 or net.num_addresses == 1:
                     if s in seen_small:
                         continue
                     if len(seen_small) < 1_000_000:
                         seen_small.add(s)
                 yield s
+        for text in self.zoned:  # a link-local address: only an exact entry excludes it
+            if self._excluded(ipaddress.ip_address(text.split("%")[0])):
+                self._skip("excluded")
+                continue
+            if text not in seen_small:
+                seen_small.add(text)
+                yield text
 
     def _skip(self, why: str) -> None:
         self.skipped[why] = self.skipped.get(why, 0) + 1
