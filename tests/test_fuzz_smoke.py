@@ -54,3 +54,20 @@ def test_both_targets_and_every_probe_are_reached(fuzz):
     assert kinds == {"parse", "probe"}
     assert {m for m, _ in methods} == set(fuzz.METHODS)
     assert len({s for _, s in methods}) >= 4  # filtered, closed, ok, reset/no-close...
+
+
+def test_the_ipv6_parser_target_parses_some_inputs(fuzz):
+    from cronos.packet import parse_ip
+
+    parsed = 0
+    for i, data in enumerate(_inputs(61616, 5000)):
+        d = fuzz.Data(data)
+        try:
+            fuzz.fuzz_parse6(d)
+        except Exception as exc:
+            raise AssertionError(f"input #{i} crashed: {data.hex()}") from exc
+        d = fuzz.Data(data)
+        if d.bool():
+            seg = parse_ip(fuzz.structured_packet6(d))
+            parsed += seg is not None and seg.v6
+    assert parsed > 100  # the structured packets get past the headers

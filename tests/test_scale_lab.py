@@ -9,7 +9,7 @@ import pytest
 
 from cronos.errors import LabError
 from cronos.lab import state as state_mod
-from cronos.lab.scale import ScaleLab, host_address, scale_profile, split
+from cronos.lab.scale import ScaleLab, host_address, host_address6, scale_profile, split
 
 from helpers import names_profile
 
@@ -21,6 +21,7 @@ def test_addresses_split_and_profiles():
     assert host_address(1, 0) == "10.101.0.1"
     assert host_address(2, 253) == "10.102.0.254"
     assert host_address(2, 254) == "10.102.1.1"  # never .0 nor .255
+    assert host_address6(10, 0) == "fd78:0:0:a::1" and host_address6(1, 254) == "fd78:0:0:1::ff"
     p = scale_profile("linux-synack4")
     assert dict(p.sysctls)["net.ipv4.tcp_synack_retries"] == "4"
     assert p.expected_ms["SYN_RCVD"] == (1020, 2020, 4128, 8128)  # timer-wheel middles
@@ -36,7 +37,7 @@ def lab():
 
 
 @pytest.mark.netns
-def test_scan_64_addresses(lab, tmp_path):
+def test_scan_64_addresses_of_each_family(lab, tmp_path):
     assert len(lab.hosts) == 64 and len(set(lab.hosts)) == 64
     assert lab.hosts[:2] == ("10.101.0.1", "10.102.0.1")  # interleaved
     for g in lab.groups:
@@ -44,7 +45,8 @@ def test_scan_64_addresses(lab, tmp_path):
         assert out.strip() == "0"
     assert int(BACKLOG.read_text()) >= 65536
     hosts = tmp_path / "hosts.txt"
-    lab.write_targets(hosts)
+    lab.write_targets(hosts, n6=64)  # as many IPv6 addresses: one mixed scan
+    assert len(lab.hosts6) == 64 and lab.hosts6[:2] == ("fd78:0:0:1::1", "fd78:0:0:2::1")
     out = tmp_path / "out.jsonl"
     before = lab.counters()
     res = subprocess.run(
@@ -54,7 +56,7 @@ def test_scan_64_addresses(lab, tmp_path):
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     recs = [r for r in map(json.loads, out.read_text().splitlines()) if "arrivals_us" in r]
-    assert sorted(r["target"] for r in recs) == sorted(lab.hosts)
+    assert sorted(r["target"] for r in recs) == sorted(lab.hosts + lab.hosts6)
     for r in recs:
         want = lab.group_of(r["target"]).synack_retries
         assert r["status"] == "ok" and r["nb_pkt"] == want, r

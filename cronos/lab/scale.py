@@ -7,12 +7,14 @@
 
 One scanner namespace and one target namespace per profile, joined by veth
 exactly like a ``Lab`` (``10.77.k.1`` scanner side, ``10.77.k.2`` target
-side). Target namespace *k* also owns the whole of ``10.<100+k>.0.0/16``
-through an AnyIP route (``ip route add local 10.<100+k>.0.0/16 dev lo``):
+side; ``fd77:0:0:k::1`` and ``::2`` over IPv6). Target namespace *k* also
+owns the whole of ``10.<100+k>.0.0/16`` and of ``fd78:0:0:k::/64`` (k in hex)
+through AnyIP routes (``ip route add local 10.<100+k>.0.0/16 dev lo``):
 every address of the range is local, so thousands of hosts cost no interface
 and no address (this kernel has no ``dummy`` module). The scanner routes the
-range via ``10.77.k.2``. One listener (``cronos.lab.scale_listener``) serves
-port 80 on 0.0.0.0 with a backlog of 262144.
+ranges via ``10.77.k.2`` and ``fd77:0:0:k::2``. One listener
+(``cronos.lab.scale_listener``) serves port 80 on both families with a
+backlog of 262144. ``hosts6`` lists as many IPv6 addresses as ``hosts``.
 
 Each target namespace gets its profile's sysctls plus
 ``tcp_syncookies=0`` (a full SYN queue must drop, never answer with a cookie,
@@ -47,6 +49,7 @@ from . import profiles as _profiles
 from . import state as _state
 from .core import LabContext, LabTarget, require_tools, wait_listening
 from .lab import RecordedLab, _new_id, require_root
+from .linux import add_ula
 
 PORT = 80
 LISTEN_BACKLOG = 262144
@@ -76,6 +79,8 @@ class ScaleGroup:
     expected_synack_ms: tuple[int, ...]
     scan_if: str
     target_if: str
+    hosts6: tuple[str, ...] = ()  # the same number of IPv6 addresses, in subnet6
+    subnet6: str = ""  # the IPv6 AnyIP range, e.g. "fd78:0:0:1::/64"
 
 
 def scale_profile(name: str) -> _profiles.Profile:
@@ -106,6 +111,12 @@ def host_address(index: int, i: int) -> str:
     return f"10.{100 + index}.{i // 254}.{1 + i % 254}"
 
 
+def host_address6(index: int, i: int) -> str:
+    """IPv6 address ``i`` (0-based) of target namespace ``index``: never the
+    subnet-router anycast address (``::0``)."""
+    return f"fd78:0:0:{index:x}::{i + 1:x}"
+
+
 def split(n_hosts: int, groups: int) -> list[int]:
     base, extra = divmod(n_hosts, groups)
     return [base + (1 if k < extra else 0) for k in range(groups)]
@@ -121,6 +132,11 @@ def setup_group(ctx: LabContext, index: int, count: int) -> ScaleGroup:
     ctx.run("ip", "-n", ns, "addr", "add", f"{net}.2/24", "dev", tgt_if)
     ctx.run("ip", "-n", ns, "route", "add", "local", rng, "dev", "lo")
     ctx.run("ip", "-n", ctx.scanner_ns, "route", "add", rng, "via", f"{net}.2")
+    # the same over IPv6: a ULA on the veth, an AnyIP /64 behind it
+    net6 = add_ula(ctx, ctx.scanner_ns, scan_if, ns, tgt_if, index)
+    rng6 = f"fd78:0:0:{index:x}::/64"
+    ctx.run("ip", "-6", "-n", ns, "route", "add", "local", rng6, "dev", "lo")
+    ctx.run("ip", "-6", "-n", ctx.scanner_ns, "route", "add", rng6, "via", f"{net6}::2")
     ctx.sysctl(ns, profile.sysctls)
     ctx.sysctl(ns, SCALE_SYSCTLS)
     env = dict(os.environ)
@@ -131,8 +147,10 @@ def setup_group(ctx: LabContext, index: int, count: int) -> ScaleGroup:
     proc = ctx.spawn(ns, argv, env=env)
     wait_listening(ctx, ns, [PORT], proc)
     hosts = tuple(host_address(index, i) for i in range(count))
+    hosts6 = tuple(host_address6(index, i) for i in range(count))
     return ScaleGroup(profile.name, ns, rng, hosts, synack_retries(profile),
-                      tuple(profile.expected_ms.get("SYN_RCVD", ())), scan_if, tgt_if)  # fmt: skip
+                      tuple(profile.expected_ms.get("SYN_RCVD", ())), scan_if, tgt_if,
+                      hosts6, rng6)  # fmt: skip
 
 
 class ScaleLab(RecordedLab):
@@ -144,6 +162,7 @@ class ScaleLab(RecordedLab):
         super().__init__(record, ctx)
         self.groups = tuple(groups)
         self._by_subnet = {g.subnet.split(".")[1]: g for g in self.groups}
+        self._by_subnet6 = {g.subnet6.split("::")[0]: g for g in self.groups}
 
     @property
     def hosts(self) -> tuple[str, ...]:
@@ -152,15 +171,27 @@ class ScaleLab(RecordedLab):
         return tuple(g.hosts[i] for i in range(longest) for g in self.groups
                      if i < len(g.hosts))  # fmt: skip
 
+    @property
+    def hosts6(self) -> tuple[str, ...]:
+        """Every IPv6 target address, interleaved across the namespaces."""
+        longest = max((len(g.hosts6) for g in self.groups), default=0)
+        return tuple(g.hosts6[i] for i in range(longest) for g in self.groups
+                     if i < len(g.hosts6))  # fmt: skip
+
     def group_of(self, ip: str) -> ScaleGroup:
         try:
+            if ":" in ip:
+                return self._by_subnet6[ip.split("::")[0]]
             return self._by_subnet[ip.split(".")[1]]
         except (KeyError, IndexError):
             raise LabError(f"{ip} is not an address of scale lab {self.id}") from None
 
-    def write_targets(self, path: str | os.PathLike, n: int | None = None) -> list[str]:
-        """Write the first ``n`` hosts (all by default), one a line, for ``-iL``."""
-        hosts = list(self.hosts[:n] if n is not None else self.hosts)
+    def write_targets(
+        self, path: str | os.PathLike, n: int | None = None, n6: int = 0
+    ) -> list[str]:
+        """Write the first ``n`` hosts (all by default), one a line, for ``-iL``,
+        then the first ``n6`` IPv6 hosts."""
+        hosts = list(self.hosts[:n] if n is not None else self.hosts) + list(self.hosts6[:n6])
         Path(path).write_text("".join(h + "\n" for h in hosts))
         return hosts
 

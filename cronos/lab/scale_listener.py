@@ -24,9 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backlog", type=int, default=262144)
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)  # both families
+    lsock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    lsock.bind(("0.0.0.0", args.port))
+    lsock.bind(("::", args.port))
     lsock.listen(args.backlog)
     while True:
         try:
