@@ -69,7 +69,7 @@ def _gone(lab: Lab, pids: list[dict]) -> None:
 def _clients(lab: Lab) -> dict:
     res = subprocess.run(
         ["ip", "netns", "exec", lab.scanner_ns, sys.executable, "-c", CLIENT,
-         *(t.ip for t in lab.targets)],
+         *(a for t in lab.targets for a in (t.ip, t.ip6) if a)],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
@@ -155,7 +155,9 @@ def test_servers_answer_from_scanner_ns(labs, which):
     lab = labs[which]
     results = _clients(lab)
     for t in lab.targets:  # synproxy included: a kernel connect() through the proxy
-        assert results[t.ip] == {"http": "HTTP/1.0 200 OK", "sink_eof": True}, t.profile
+        assert t.ip6, t.profile  # every kernel profile over IPv6 too
+        for addr in (t.ip, t.ip6):
+            assert results[addr] == {"http": "HTTP/1.0 200 OK", "sink_eof": True}, t.profile
 
 
 @needs_netns
