@@ -92,6 +92,41 @@ def _existing_blocks(path: Path) -> dict[str, str]:
     return out
 
 
+def ipv6_headers(profiles: list[str], out: Path) -> int:
+    """One ``scan -m s`` of each profile's IPv6 address (the first SYN-ACK is
+    all it needs), its header written as the block's IPv6 ``CronOS_Hdr`` line."""
+    import json
+    import tempfile
+
+    from cronos.model import SynAckFeatures
+
+    blocks = _existing_blocks(out)
+    with Lab.create(profiles) as lab, tempfile.TemporaryDirectory() as tmp:
+        targets = [t for t in lab.targets if t.ip6 and t.profile in blocks]
+        rec = Path(tmp) / "h.jsonl"
+        subprocess.run([sys.executable, "-m", "cronos", "scan", "--netns", lab.scanner_ns,
+                        *(t.ip6 for t in targets), "-p", "80", "-m", "s", "--full",
+                        "--timeout", "1", "--window", "2", "-q", "-oJ", str(rec)],
+                       check=True)  # fmt: skip
+        feats = {}
+        for line in rec.read_text().splitlines():
+            r = json.loads(line)
+            if r.get("features"):
+                feats[r["target"]] = SynAckFeatures(**r["features"])
+        for t in targets:
+            if t.ip6 not in feats:
+                print(f"no IPv6 SYN-ACK from {t.profile}", file=sys.stderr)
+                return 1
+            lines = [ln for ln in blocks[t.profile].splitlines() if "%HL=" not in ln]
+            at = next(i for i, ln in enumerate(lines) if ln.startswith("CronOS_Hdr("))
+            lines.insert(at + 1, feats[t.ip6].line())
+            blocks[t.profile] = "\n".join(lines) + "\n"
+            print(f"{t.profile}: {feats[t.ip6].line()}")
+    names = [n for n in LABELS if n in blocks]
+    out.write_text(HEADER + "\n" + "\n".join(blocks[n] for n in names), encoding="utf-8")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tries", type=int, default=3)
@@ -100,12 +135,20 @@ def main() -> int:
     ap.add_argument("--profile", action="append", help="default: every profile")
     ap.add_argument("--out", default=str(ROOT / "cronos" / "data" / "lab.db"))
     ap.add_argument(
+        "--ipv6-headers",
+        action="store_true",
+        help="keep the blocks of --out; add (or renew) each reachable profile's IPv6 "
+        "CronOS_Hdr line, read from one SYN-ACK over IPv6",
+    )
+    ap.add_argument(
         "--replace",
         action="store_true",
         help="replace only the given profiles' blocks in --out, keep the others",
     )
     args = ap.parse_args()
     profiles = args.profile or list(LABELS)
+    if args.ipv6_headers:
+        return ipv6_headers(profiles, Path(args.out))
     blocks: dict[str, str] = {}
     with Lab.create(profiles) as lab:
         procs = {}

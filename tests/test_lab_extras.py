@@ -204,6 +204,8 @@ def test_slirp_answers_http_and_synack_is_libslirp(user_stacks):
     slirp, linux = _target(lab, "slirp"), _target(lab, "linux")
     assert slirp.ip == "10.0.2.2" and slirp.netns is None
     assert in_ns(lab.scanner_ns, HTTP_GET, slirp.ip).startswith("HTTP/1.0 200")
+    assert slirp.ip6 == "fd00::2"  # libslirp's IPv6 gateway: its own stack over IPv6 too
+    assert in_ns(lab.scanner_ns, HTTP_GET, slirp.ip6).startswith("HTTP/1.0 200")
     s = json.loads(in_ns(lab.scanner_ns, SYNACK, slirp.ip))
     k = json.loads(in_ns(lab.scanner_ns, SYNACK, linux.ip))
     # Linux echoes every offered option and scales its window; libslirp only

@@ -113,7 +113,7 @@ def _parse_by_attributes(data: bytes):
     from scapy.layers.inet import IP, TCP
     from scapy.packet import Raw
 
-    if len(data) < 40 or data[0] >> 4 != 4:
+    if len(data) < 40 or data[0] >> 4 != 4 or data[0] & 0x0F < 5:  # IHL < 5: malformed
         return None
     try:
         ip = IP(data)

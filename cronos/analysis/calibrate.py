@@ -138,7 +138,7 @@ def calibrate(
                 spread.append(s_bar)
                 if sc.feats is not None:
                     for f in FIELDS:
-                        d = _differs(f, sc.feats, sig.features)
+                        d = _differs(f, sc.feats, sig.header_for(sc.feats.v6))
                         if d is not None:
                             seen[f] += wi
                             diff[f] += wi * d

@@ -99,6 +99,14 @@ class Signature:
     #: documents (its other header fields unknown)
     init_ttl: int | None = None
     offset_slip_us: dict[Method, tuple[int, int, int]] = field(default_factory=dict)
+    #: the stack's IPv6 SYN-ACK header, for a block with a ``CronOS_Hdr`` line
+    #: of each family (``features`` is then the IPv4 one); an IPv6
+    #: observation is compared with it, else with ``features`` as over IPv4
+    features6: SynAckFeatures | None = None
+
+    def header_for(self, v6: bool) -> SynAckFeatures | None:
+        """The header an observation of that family is compared with."""
+        return self.features6 if v6 and self.features6 is not None else self.features
 
     def law_block_text(self) -> str:
         """A variant's block as written: its lines with the Law line, no states."""
@@ -108,6 +116,8 @@ class Signature:
         lines += [f"Source {s}" for s in self.sources]
         if self.features is not None:
             lines.append(self.features.line())
+        if self.features6 is not None:
+            lines.append(self.features6.line())
         if self.init_ttl is not None:
             lines.append(f"Ttl {self.init_ttl}")
         lines.append(f"Law {self.law_text}")
@@ -126,7 +136,7 @@ class Signature:
     def key(self) -> tuple:
         """What makes two signatures identical (features and timings)."""
         states = tuple(sorted(self.states.items(), key=lambda kv: kv[0].value))
-        return (self.features, self.init_ttl, states)
+        return (self.features, self.features6, self.init_ttl, states)
 
     def block(self) -> str:
         """The block in the database's own syntax, ready to paste (a law's
@@ -138,6 +148,8 @@ class Signature:
         if self.init_ttl is not None:
             lines.append(f"Ttl {self.init_ttl}")
         lines += fingerprint_lines(list(self.states.values()), self.features)
+        if self.features6 is not None:  # after the IPv4 header line
+            lines.insert(lines.index(self.features.line()) + 1, self.features6.line())
         spread = [f"{m.rst_key}={','.join(map(str, v))}" for m, v in self.spread_us.items() if v]
         spread += [f"{m.rst_key}Rst={v}" for m, v in self.rst_spread_us.items()]
         spread += [f"{m.rst_key}Offset={v}" for m, v in self.offset_spread_us.items()]
@@ -252,6 +264,7 @@ def _parse_block(block: list[tuple[int, str]], fn: str) -> list[Signature]:
     cpes: list[str] = []
     sources: list[str] = []
     features: SynAckFeatures | None = None
+    features6: SynAckFeatures | None = None
     states: dict[Method, StateFingerprint] = {}
     rsts: dict[Method, int] = {}
     spread: dict[Method, tuple[int, ...]] = {}
@@ -281,9 +294,15 @@ def _parse_block(block: list[tuple[int, str]], fn: str) -> list[Signature]:
             elif line.startswith("Source "):
                 sources.append(line[7:].strip())
             elif line.startswith("CronOS_Hdr("):
-                if features is not None:
-                    raise DatabaseError(f"{where}: second CronOS_Hdr line in block")
-                features = parse_hdr_line(line)
+                hdr = parse_hdr_line(line)
+                if features is None:
+                    features = hdr
+                elif features6 is not None or features.v6 == hdr.v6:
+                    raise DatabaseError(
+                        f"{where}: second CronOS_Hdr line in block (one per family at most)"
+                    )
+                else:  # one of each family: the IPv4 one is the block's header
+                    features, features6 = (hdr, features) if features.v6 else (features, hdr)
             elif line.startswith(_STATE_PREFIXES):
                 fp = parse_state_line(line)
                 if fp.method in states:
@@ -319,7 +338,7 @@ def _parse_block(block: list[tuple[int, str]], fn: str) -> list[Signature]:
                 f"{where}: block {name!r} has a Law line: its law writes the state lines"
             )
         return _law_variants(
-            name, classes, cpes, sources, features, law_line, fn, first_no, init_ttl
+            name, classes, cpes, sources, features, law_line, fn, first_no, init_ttl, features6
         )
     if not states:
         raise DatabaseError(f"{where}: block {name!r} has no CronOS_Syn/LastAck/FinWait line")
@@ -351,6 +370,7 @@ def _parse_block(block: list[tuple[int, str]], fn: str) -> list[Signature]:
     return [Signature(
         name, tuple(classes), tuple(cpes), tuple(sources), features, states, spread,
         rst_spread, offset_spread, fn, first_no, init_ttl=init_ttl, offset_slip_us=slip,
+        features6=features6,
     )]  # fmt: skip
 
 
@@ -361,7 +381,8 @@ def _parse_ttl(text: str, where: str) -> int:
     return int(v)
 
 
-def _law_variants(name, classes, cpes, sources, features, law_line, fn, first_no, init_ttl=None):
+def _law_variants(name, classes, cpes, sources, features, law_line, fn, first_no, init_ttl=None,
+                  features6=None):  # fmt: skip
     from .laws import expand
 
     n, text = law_line
@@ -372,7 +393,7 @@ def _law_variants(name, classes, cpes, sources, features, law_line, fn, first_no
             f"{name}: " + ", ".join(f"{k}={v}" for k, v in v.params), tuple(classes),
             tuple(cpes), tuple(sources), features, dict(v.states), dict(v.spread_us), {}, {},
             fn, first_no, law_block=name, law=law.name, params=v.params, weight=w, law_text=text,
-            init_ttl=init_ttl,
+            init_ttl=init_ttl, features6=features6,
         )
         for v in variants
     ]  # fmt: skip

@@ -379,8 +379,11 @@ def _evidence_text(sig: Signature) -> str:
 class _Header:
     """Header fields of every signature, and the database's distribution of each."""
 
-    def __init__(self, sigs: Sequence[Signature]):
-        f = [s.features for s in sigs]
+    def __init__(self, sigs: Sequence[Signature], v6: bool = False):
+        """``v6``: the table IPv6 observations are compared with (a block's
+        IPv6 header where it has one, else its IPv4 one), every header as the
+        stack's IPv4 equivalent."""
+        f = [s.header_for(v6) for s in sigs]
         #: DF is known for a signature measured over IPv4 only
         self.df_known = np.array([x is not None and not x.v6 for x in f])
         f = [x.v4_equivalent() if x is not None else None for x in f]
@@ -450,6 +453,7 @@ class _Compiled:
             if idx:
                 self.tables[m] = _table(sigs, idx, m, self.evidence)
         self.header = _Header(sigs)
+        self._header6: _Header | None = None
         self.families = [s.family for s in sigs]
         fams = sorted({f for f in self.families if f})
         self.fam_index = np.array([fams.index(f) if f else -1 for f in self.families])
@@ -457,6 +461,17 @@ class _Compiled:
         self.fam_members = [np.flatnonzero(self.fam_index == f) for f in range(self.n_fam)]
         self.prior_none = None  # (log prior, its log-sum-exp) without popularity
         self.prior_memo: dict = {}
+
+    def header_for(self, v6: bool) -> _Header:
+        """The header table of an observation's family (IPv6's built once, if
+        ever needed, and the IPv4 one when no block has an IPv6 header)."""
+        if not v6:
+            return self.header
+        if self._header6 is None:
+            sigs = self._sigs
+            own = any(s.features6 is not None for s in sigs)
+            self._header6 = _Header(sigs, v6=True) if own else self.header
+        return self._header6
 
     def law_groups(self, block: str, methods: frozenset) -> tuple:
         """A Law block's variants grouped by the values the observed states
@@ -948,7 +963,7 @@ def header_costs(db: Database, f: SynAckFeatures, model: PathModel = DEFAULT_MOD
     """-log P(observed SYN-ACK header | signature), per signature; signatures
     without a header line get the generic cost. Each field's cost vector is
     memoised by its value: a fleet shares a few values per field."""
-    h = _compiled(db).header
+    h = _compiled(db).header_for(f.v6)
     ch = model.change
     key = ("total", f, tuple(ch.values()))
     hit = h.memo.get(key)
@@ -1217,7 +1232,7 @@ def _score_one(o: _Obs, db, comp: _Compiled, model: PathModel) -> Scored | None:
     feats = o.features
     if feats is not None:
         hdr = header_costs(db, feats, model)
-        gen_hdr = generic_header_cost(comp.header, feats)
+        gen_hdr = generic_header_cost(comp.header_for(feats.v6), feats)
     else:
         hdr, gen_hdr = np.zeros(n_sig), 0.0
     idx = tab.idx
@@ -1265,7 +1280,7 @@ def score(observations: Sequence, db: Database, model: PathModel | None = None) 
     per_obs = []
     feats = next((o.features for o in obs if o.features is not None), None)
     hdr = header_costs(db, feats, model) if feats is not None else np.zeros(n_sig)
-    gen_hdr = generic_header_cost(comp.header, feats) if feats is not None else 0.0
+    gen_hdr = generic_header_cost(comp.header_for(feats.v6), feats) if feats is not None else 0.0
     timed = []
     for o in obs:
         tab = comp.tables.get(o.method)
@@ -1620,7 +1635,7 @@ def _header_notes(s: Signature, f: SynAckFeatures | None) -> str:
         return "only the initial TTL in signature"
     if f is None or s.features is None:
         return "" if f is None else "no header in signature"
-    g, why = s.features, []
+    g, why = s.header_for(f.v6), []
     df_known = not (f.v6 or g.v6)
     f, g = f.v4_equivalent(), g.v4_equivalent()  # IPv6 fields as over IPv4
     if not (f.ttl <= g.ttl and g.ttl - f.ttl <= MAX_HOPS):

@@ -20,7 +20,10 @@ reach nothing but the lab servers; DNS forwarding is disabled; no default
 route is set in the scanner namespace (``--configure`` is not used).
 
 Each target ``k`` gets its own tap and subnet ``10.0.<1+k>.0/24`` (``k=1`` is
-slirp's default 10.0.2.0/24, gateway 10.0.2.2).
+slirp's default 10.0.2.0/24, gateway 10.0.2.2). Over IPv6 (``--enable-ipv6``)
+slirp's network is always ``fd00::/64``: the first slirp target of a lab
+answers at ``fd00::2`` (the scanner is ``fd00::100``), later ones are IPv4
+only.
 """
 
 from __future__ import annotations
@@ -93,18 +96,31 @@ def setup(ctx: LabContext, index: int) -> LabTarget:
     ctx.start_servers(host_ns, PORTS)  # bound to 0.0.0.0, but only lo exists here
     tap = ctx.ifname(f"l{index}")
     ctx.record.add("interfaces", tap)  # recorded before it exists
+    # IPv6: slirp's network is always fd00::/64 (gateway fd00::2): one slirp
+    # target per lab can have it
+    taken = ctx.ns_exec(ctx.scanner_ns, "ip", "-6", "addr", "show", "to", "fd00::/64").stdout
+    v6 = not taken.strip()
     argv = ["slirp4netns", "--netns-type=path", "--disable-dns", f"--cidr={net}.0/24",
-            f"/run/netns/{ctx.scanner_ns}", tap]  # fmt: skip
+            *(["--enable-ipv6"] if v6 else []), f"/run/netns/{ctx.scanner_ns}", tap]  # fmt: skip
     proc = ctx.spawn(host_ns, argv)
     _wait_tap(ctx, ctx.scanner_ns, tap, proc)
     # no checksum offload: captures on the tap show real checksums
     ctx.ns_exec(ctx.scanner_ns, "ethtool", "-K", tap, "tx", "off", "tso", "off", "gso", "off",
                 check=False)  # fmt: skip
-    ctx.sysctl(ctx.scanner_ns, {f"net.ipv6.conf.{tap}.disable_ipv6": 1})  # no ND/RS chatter
+    if v6:  # no router solicitations or autoconfiguration: one static address
+        ctx.sysctl(ctx.scanner_ns, {f"net.ipv6.conf.{tap}.accept_ra": 0,
+                                    f"net.ipv6.conf.{tap}.autoconf": 0,
+                                    f"net.ipv6.conf.{tap}.router_solicitations": 0})  # fmt: skip
+        ctx.run("ip", "-6", "-n", ctx.scanner_ns, "addr", "add", "fd00::100/64", "dev", tap,
+                "nodad")  # fmt: skip
+    else:
+        ctx.sysctl(ctx.scanner_ns, {f"net.ipv6.conf.{tap}.disable_ipv6": 1})  # no ND chatter
     ctx.run("ip", "-n", ctx.scanner_ns, "addr", "add", f"{net}.100/24", "dev", tap)
     ctx.run("ip", "-n", ctx.scanner_ns, "link", "set", tap, "up")
     ip = f"{net}.2"
     wait_http(ctx, ip, proc, "slirp4netns")
+    if v6:
+        wait_http(ctx, "fd00::2", proc, "slirp4netns (IPv6)")
     p = ctx.profile
     expected = {"SYN_RCVD": SYNACK_MS, "LAST_ACK": FIN_MS, "FIN_WAIT1": FIN_MS}
     notes = (
@@ -112,4 +128,5 @@ def setup(ctx: LabContext, index: int) -> LabTarget:
         "SYN-ACK after 6 s then every 12 s, RST/ACK at ~75 s; FIN gaps 1.5-1.8, 3, 6, then 12 s "
         "for minutes; SYN-ACK window 65535 with MSS only (no WS/SACK/TS), ISN = k*64000+1"
     )
-    return LabTarget(p.name if p else "slirp", ip, PORTS, None, "slirp", expected, notes)
+    return LabTarget(p.name if p else "slirp", ip, PORTS, None, "slirp", expected, notes,
+                     ip6="fd00::2" if v6 else None)  # fmt: skip
