@@ -74,7 +74,11 @@ def assert_fin(rec, jiffy, hz, why):
     rto_hi = -(-(200 + rtt) * hz // 1000)  # usecs_to_jiffies(200 ms + srtt), srtt ~ RTT
     first_hi = (rto_hi + 2) * jiffy + LATE_MS + (rtt if rec["state"] == "FIN_WAIT1" else 0)
     assert (rto_lo - 1) * jiffy <= gaps[0] <= first_hi, why
-    assert (2 * rto_lo - 1) * jiffy - LATE_MS <= gaps[1] <= (2 * rto_hi + 2) * jiffy + LATE_MS, why
+    # the second RTO doubles the first, which srtt sets: on a loaded host the
+    # guest's srtt exceeds the handshake RTT (seen: gaps 229 and 450 ms at
+    # HZ=100 for a 3.9 ms connect), so its bound follows the first gap too
+    hi = max(2 * rto_hi + 2, 2 * round(gaps[0] / jiffy) + 2) * jiffy + LATE_MS
+    assert (2 * rto_lo - 1) * jiffy - LATE_MS <= gaps[1] <= hi, why
     assert _off_grid(gaps[1], jiffy) <= LATE_MS, (why, f"not a whole number of {jiffy:g} ms")
     assert 1.7 < gaps[1] / gaps[0] < 2.3, why
     assert rec["rst_us"] is None, why
