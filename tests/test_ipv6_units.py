@@ -130,6 +130,13 @@ def test_an_ipv6_scan_on_the_simulated_network_replays_from_its_packets():
     replayed = sorted(replay_own(net.captured, timeout_s=3.0),
                       key=lambda o: methods.index(o.method))  # fmt: skip
     assert replayed == live
+    # passive mode (a capture that is not a Cron-OS scan's) reads IPv6 series too
+    from cronos.scan.passive import passive
+
+    seen = passive(net.captured)
+    syn = [o for o in seen if o.method is Method.SYN_RCVD]
+    assert syn and syn[0].target == "fd00:77::2"
+    assert syn[0].fingerprint.gaps_us == live[0].fingerprint.gaps_us
 
 
 def test_an_icmpv6_error_about_a_flow_is_noted_in_its_observation():

@@ -102,6 +102,8 @@ def test_uml_schedules_follow_linux_at_its_hz(uml_lab, tmp_path):
             assert_fin(r, jiffy, hz, why)
     # named: its own block, or a Linux of the same settings (the family holds it)
     assert_named_first(recs, ("[lab uml]", "[lab linux-synack3]", "[family]"), family="Linux")
+    # reachable over IPv6 too (the lab's setup fetched a page from it there)
+    assert target.ip6 == "fd77:0:0:1::2"
     # the module's documented measurement has the same shape
     assert len(target.expected_ms["SYN_RCVD"]) == 3
     assert len(target.expected_ms["LAST_ACK"]) == len(target.expected_ms["FIN_WAIT1"]) == 2

@@ -179,17 +179,24 @@ class LabContext:
             self.run("ip", "-n", ns, "link", "set", dev, "up")
         return a, b
 
-    def tap(self, tag: str, address: str) -> str:
+    def tap(self, tag: str, address: str, address6: str | None = None) -> str:
         """A persistent TAP ``cr<id><tag>`` in the scanner namespace, with
         ``address`` (CIDR) on our side, up: a user-space stack attaches to it
-        and answers as another address of its subnet."""
+        and answers as another address of its subnet. ``address6``: an IPv6
+        CIDR too (no DAD, no router solicitation); without it IPv6 is off
+        on the TAP (no ND/RS chatter)."""
         ns, tap = self.scanner_ns, self.ifname(tag)
         self.record.add("interfaces", tap)  # recorded before it exists
         self.run("ip", "-n", ns, "tuntap", "add", "mode", "tap", "name", tap)
         self.add_cleanup(lambda: self.run("ip", "-n", ns, "link", "del", tap, check=False))
         self.ns_exec(ns, "ethtool", "-K", tap, "tx", "off", "tso", "off", "gso", "off",
                      check=False)  # fmt: skip
-        self.sysctl(ns, {f"net.ipv6.conf.{tap}.disable_ipv6": 1})  # no ND/RS chatter
+        if address6 is None:
+            self.sysctl(ns, {f"net.ipv6.conf.{tap}.disable_ipv6": 1})
+        else:
+            self.sysctl(ns, {f"net.ipv6.conf.{tap}.accept_ra": 0,
+                             f"net.ipv6.conf.{tap}.router_solicitations": 0})  # fmt: skip
+            self.run("ip", "-6", "-n", ns, "addr", "add", address6, "dev", tap, "nodad")
         self.run("ip", "-n", ns, "addr", "add", address, "dev", tap)
         self.run("ip", "-n", ns, "link", "set", tap, "up")
         return tap

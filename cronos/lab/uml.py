@@ -67,6 +67,14 @@ without it, then with it) and cached with everything else under
 linux.uml and the CPU. ``lab up --profile uml`` takes ~1.8 s (UML boots in
 ~1.5 s); the first one ~4.6 s (cpio, two probe boots, gcc).
 
+IPv6: Debian's UML builds it as a module (``CONFIG_IPV6=m``); ``ipv6.ko``
+and ``crc-ccitt.ko`` from ``/usr/lib/uml/modules`` go into the initramfs and
+init loads them, so the guest also answers at ``fd77:0:0:k::2`` (tap side
+``::1``). The listeners are ``busybox nc -ll``, whose listen backlog is 1:
+with more than one SYN_RCVD probe pending at once the guest answers the
+next SYN with a SYN cookie (one SYN-ACK, never retransmitted), so scan it
+with few concurrent probes (the tests use two).
+
 Processes: ``linux.uml`` forks helper processes (one per guest address
 space, I/O helpers). All of them live in the scanner namespace, so the lab's
 teardown kills them with it; the main process is also recorded by
@@ -76,6 +84,7 @@ teardown kills them with it; the main process is also recorded by
 from __future__ import annotations
 
 import contextlib
+import glob
 import gzip
 import hashlib
 import os
@@ -88,7 +97,7 @@ from pathlib import Path
 
 from ..errors import DependencyError, LabError
 from . import state as _state
-from .core import PORTS, LabContext, LabTarget, target_subnet
+from .core import PORTS, LabContext, LabTarget, target_subnet, target_subnet6
 from .slirp import wait_http
 
 SRC = Path(__file__).with_name("uml")
@@ -174,11 +183,25 @@ def _cpu_key() -> str:
     return ""
 
 
+#: Debian's UML builds IPv6 as a module (``CONFIG_IPV6=m``), which needs
+#: crc-ccitt: both are packed into the initramfs and loaded by init, in order
+_IPV6_MODULES = ("kernel/lib/crc-ccitt.ko", "kernel/net/ipv6/ipv6.ko")
+
+
+def ipv6_modules() -> list[str]:
+    """The module files IPv6 needs, in load order; [] if any is missing."""
+    for tree in sorted(glob.glob("/usr/lib/uml/modules/*"), reverse=True):
+        paths = [os.path.join(tree, m) for m in _IPV6_MODULES]
+        if all(os.path.exists(p) for p in paths):
+            return paths
+    return []
+
+
 def cache_dir(uml: str, busybox: str) -> Path:
     h = hashlib.sha256()
     for name in _SOURCES:
         h.update((SRC / name).read_bytes())
-    for path in (uml, busybox):
+    for path in (uml, busybox, *ipv6_modules()):
         st = os.stat(path)
         h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     h.update(_cpu_key().encode())
@@ -215,6 +238,10 @@ def build_initramfs(cache: Path, busybox: str) -> Path:
             shutil.copy(SRC / "init.sh", r / "init")
             for name in ("cronos-http", "cronos-drain"):
                 shutil.copy(SRC / name, r / "bin" / name)
+            if mods := ipv6_modules():
+                (r / "lib").mkdir()
+                for k, ko in enumerate(mods, 1):
+                    shutil.copy(ko, r / "lib" / f"{k}-{os.path.basename(ko)}")
             for p in (r / "init", r / "bin" / "busybox", r / "bin" / "cronos-http",
                       r / "bin" / "cronos-drain"):  # fmt: skip
                 p.chmod(0o755)
@@ -349,7 +376,8 @@ def setup(ctx: LabContext, index: int) -> LabTarget:
     uml, initramfs, extra_env = prepare(ctx.scanner_ns)
     net = target_subnet(index)
     ns = ctx.scanner_ns
-    tap = ctx.tap(f"u{index}", f"{net}.1/24")
+    net6 = target_subnet6(index) if ipv6_modules() else None
+    tap = ctx.tap(f"u{index}", f"{net}.1/24", f"{net6}::1/64" if net6 else None)
 
     umid = f"cronos-{ctx.id}-u{index}"
     UML_DIR.mkdir(parents=True, exist_ok=True)
@@ -363,13 +391,16 @@ def setup(ctx: LabContext, index: int) -> LabTarget:
     sysctls = ",".join(f"{k}={v}" for k, v in SYSCTLS)
     argv = [uml, *_KERNEL_ARGS, f"initrd={initramfs}", f"umid={umid}", f"uml_dir={UML_DIR}",
             f"vec0:transport=tap,ifname={tap},mac={mac}",
-            "cronos_dev=vec0", f"cronos_ip={net}.2/24", f"cronos_sysctl={sysctls}"]  # fmt: skip
+            "cronos_dev=vec0", f"cronos_ip={net}.2/24", f"cronos_sysctl={sysctls}",
+            *([f"cronos_ip6={net6}::2/64"] if net6 else [])]  # fmt: skip
     env = {**os.environ, **extra_env}
     # the console goes to the log; exec keeps the recorded pid that of linux.uml
     proc = ctx.spawn(ns, ["sh", "-c", 'exec "$@" >"$0" 2>&1', str(log), *argv], env=env)
     _wait_ready(ctx, log, proc, tap)
     ip = f"{net}.2"
     wait_http(ctx, ip, proc, "linux.uml")
+    if net6:
+        wait_http(ctx, f"{net6}::2", proc, "linux.uml (IPv6)")
     p = ctx.profile
     expected = {"SYN_RCVD": SYNACK_MS, "LAST_ACK": FIN_MS, "FIN_WAIT1": FIN_MS}
     hz = config_hz() or HZ
@@ -380,4 +411,5 @@ def setup(ctx: LabContext, index: int) -> LabTarget:
         "no RST; FIN 210-220, 430 ms (RTO 21 jiffies, +1 jiffy), no RST"
         + (", XSTATE shim preloaded" if extra_env else "")
     )
-    return LabTarget(p.name if p else "uml", ip, PORTS, None, "uml", expected, notes)
+    return LabTarget(p.name if p else "uml", ip, PORTS, None, "uml", expected, notes,
+                     ip6=f"{net6}::2" if net6 else None)  # fmt: skip

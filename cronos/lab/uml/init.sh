@@ -21,9 +21,20 @@ for kv in $(arg cronos_sysctl | tr , ' '); do
     sysctl -w "$kv" >/dev/null || echo "CRONOS-UML-FAIL sysctl $kv"
 done
 dev=$(arg cronos_dev)
+ip6=$(arg cronos_ip6)
+if [ -n "$ip6" ]; then  # IPv6 is a module in Debian's UML; no DAD: usable at once
+    for m in /lib/*.ko; do insmod "$m" || echo "CRONOS-UML-FAIL module $m"; done
+    for c in all default "$dev"; do
+        sysctl -w "net.ipv6.conf.$c.accept_dad=0" >/dev/null
+        sysctl -w "net.ipv6.conf.$c.accept_ra=0" >/dev/null
+    done
+fi
 ip link set lo up
 ip link set "$dev" up || echo "CRONOS-UML-FAIL no device $dev"
 ip addr add "$(arg cronos_ip)" dev "$dev" || echo "CRONOS-UML-FAIL address"
+if [ -n "$ip6" ]; then
+    ip -6 addr add "$ip6" dev "$dev" || echo "CRONOS-UML-FAIL address $ip6"
+fi
 # one process per connection (nc -ll forks, then execs the handler on the socket)
 nc -ll -p 80 -e /bin/cronos-http &
 nc -ll -p 1234 -e /bin/cronos-drain &
