@@ -52,6 +52,7 @@ def test_gvisor_schedules(binary, make_lab, tmp_path):
     lab = make_lab(["gvisor"])
     (target,) = lab.targets
     assert target.kind == "gvisor" and target.ip == "10.77.1.2"
+    assert target.ip6 == "fd77:0:0:1::2"  # the lab's setup fetched a page from it over IPv6
     # the module's documented (measured) schedules follow the same rules
     for state, want in WANT.items():
         doc = target.expected_ms[state][: len(want)]

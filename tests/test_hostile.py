@@ -123,6 +123,11 @@ def test_parse_frame_round_trip():
     assert (got.src, got.dst, got.sport, got.dport, got.seq, got.ack, got.flags, got.payload) == (
         US, THEM, 40000, 80, 7, 9, SYN, b"xy")  # fmt: skip
     assert parse_frame(b"\x00" * 30) is None
+    seg6 = Segment("fd77:0:0:1::1", "fd77:0:0:1::2", 40000, 80, 7, 9, SYN, window=1234,
+                   payload=b"xy", df=False)  # fmt: skip
+    got = parse_frame(b"\x02" * 6 + b"\x04" * 6 + b"\x86\xdd" + build_ip(seg6))
+    assert (got.src, got.dst, got.sport, got.dport, got.seq, got.payload, got.v6) == (
+        "fd77:0:0:1::1", "fd77:0:0:1::2", 40000, 80, 7, b"xy", True)  # fmt: skip
 
 
 # -- real namespaces ----------------------------------------------------------------------
@@ -231,3 +236,18 @@ def test_other_hosts_results_are_unaffected(scans):
 class _Proc:
     def __init__(self, returncode, stderr):
         self.returncode, self.stderr = returncode, stderr
+
+
+@pytest.mark.netns
+def test_the_hostile_host_over_ipv6_is_bounded_too(lab, tmp_path):
+    hostile = next(t for t in lab.targets if t.kind == "hostile")
+    assert hostile.ip6
+    out = tmp_path / "six.jsonl"
+    wall, rss_kb, err, rc = _scan(lab, [hostile.ip6], "80,84", out)
+    assert "Traceback" not in err and rc in (0, 1), err
+    assert wall < HANG_LIMIT_S and 0 < rss_kb < RSS_LIMIT_KB
+    by = {(r["port"], r["method"]): r for r in _records(out)}
+    assert len(by) == 6
+    flood = by[(80, "s")]  # the same flood, the same cap, over IPv6
+    assert flood["packets_in"] > SynProbe.MAX_SYNACKS and flood["nb_pkt"] < SynProbe.MAX_SYNACKS
+    assert "more than 256 SYN-ACKs: stopped" in flood["note"]

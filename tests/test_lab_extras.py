@@ -222,6 +222,7 @@ def test_pytcp_answers_http(user_stacks):
     lab = user_stacks
     t = _target(lab, "pytcp")
     assert in_ns(lab.scanner_ns, HTTP_GET, t.ip).startswith("HTTP/1.0 200")
+    assert in_ns(lab.scanner_ns, HTTP_GET, t.ip6).startswith("HTTP/1.0 200")  # and over IPv6
     s = json.loads(in_ns(lab.scanner_ns, SYNACK, t.ip))
     assert s["opts"] == ["MSS"] and s["win"] == 65535
     assert t.expected_ms["SYN_RCVD"] == (1150, 2270, 4560)

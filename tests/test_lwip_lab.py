@@ -76,6 +76,7 @@ def test_lwip_schedules_follow_its_slow_timer(lwip_lab, tmp_path):
     lab = lwip_lab
     target = lab.targets[0]
     assert target.kind == "lwip" and target.ip.endswith(".2")
+    assert target.ip6 == "fd77:0:0:1::2"  # the lab's setup fetched a page from it over IPv6
     _, recs = scan(lab, [target.ip], tmp_path / "o.jsonl", "--tries", "2", methods="slf",
                    timeout=TIMEOUT_S, timeout_s=120)  # fmt: skip
     assert len(recs) == 6, recs

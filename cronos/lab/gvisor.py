@@ -90,7 +90,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import DependencyError, LabError
-from .core import PORTS, LabContext, LabTarget, target_subnet
+from .core import PORTS, LabContext, LabTarget, target_subnet, target_subnet6
 from .slirp import wait_http
 
 #: Debian packages the profile needs.
@@ -207,14 +207,16 @@ def setup(ctx: LabContext, index: int) -> LabTarget:
     binary, _ = build()
     net = target_subnet(index)
     ns = ctx.scanner_ns
-    tap = ctx.tap(f"g{index}", f"{net}.1/24")
+    net6 = target_subnet6(index)
+    tap = ctx.tap(f"g{index}", f"{net}.1/24", f"{net6}::1/64")
 
     mac = f"02:00:00:77:{index:02x}:03"
-    argv = [str(binary), "-tap", tap, "-ip", f"{net}.2/24", "-mac", mac,
-            "-ports", ",".join(map(str, PORTS))]  # fmt: skip
+    argv = [str(binary), "-tap", tap, "-ip", f"{net}.2/24", "-ip6", f"{net6}::2/64",
+            "-mac", mac, "-ports", ",".join(map(str, PORTS))]  # fmt: skip
     proc = ctx.spawn(ns, argv)
     ip = f"{net}.2"
     wait_http(ctx, ip, proc, "gvisor_server")
+    wait_http(ctx, f"{net6}::2", proc, "gvisor_server (IPv6)")  # after its DAD (~1 s)
     p = ctx.profile
     notes = (
         f"gVisor netstack ({_package_version()}) on tap {tap} (scanner namespace); "
@@ -222,4 +224,5 @@ def setup(ctx: LabContext, index: int) -> LabTarget:
         "0.8 s ... doubling to 120 s, 15 retransmissions, no RST; SYN-ACK window 29184, "
         "MSS/TS/WS=5, no SACK"
     )
-    return LabTarget(p.name if p else "gvisor", ip, PORTS, None, "gvisor", RETRANS_MS, notes)
+    return LabTarget(p.name if p else "gvisor", ip, PORTS, None, "gvisor", RETRANS_MS, notes,
+                     ip6=f"{net6}::2")  # fmt: skip

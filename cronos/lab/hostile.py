@@ -245,10 +245,24 @@ class Responder:
 # -- I/O ---------------------------------------------------------------------------------
 
 ETH_P_IP = 0x0800
+ETH_P_ALL = 0x0003
 
 
 def parse_frame(frame: bytes) -> Segment | None:
-    """An Ethernet/IPv4/TCP frame to a Segment (struct only: it must keep up)."""
+    """An Ethernet/IPv4/TCP or Ethernet/IPv6/TCP frame (no extension header)
+    to a Segment (struct only: it must keep up)."""
+    if len(frame) >= 74 and frame[12:14] == b"\x86\xdd" and frame[14] >> 4 == 6:
+        ip = frame[14:]
+        if ip[6] != 6:
+            return None
+        end = 40 + int.from_bytes(ip[4:6], "big")
+        sport, dport, seq, ack, off, flags, window = struct.unpack("!HHIIBBH", ip[40:56])
+        data_at = 40 + (off >> 4) * 4
+        return Segment(src=socket.inet_ntop(socket.AF_INET6, ip[8:24]),
+                       dst=socket.inet_ntop(socket.AF_INET6, ip[24:40]), sport=sport,
+                       dport=dport, seq=seq, ack=ack, flags=flags, window=window,
+                       payload=ip[data_at : max(data_at, min(end, len(ip)))], ttl=ip[7],
+                       df=False)  # fmt: skip
     if len(frame) < 54 or frame[12:14] != b"\x08\x00" or frame[14] >> 4 != 4:
         return None
     ip = frame[14:]
@@ -264,13 +278,21 @@ def parse_frame(frame: bytes) -> Segment | None:
                    payload=payload, ttl=ip[8])  # fmt: skip
 
 
-def serve(iface: str, ip: str, budget: Budget, ready: Path | None = None) -> None:
-    """Answer on ``iface`` forever (until killed)."""
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IP))
-    sock.bind((iface, ETH_P_IP))  # blocking sends: a full buffer waits, it does not drop
+def serve(
+    iface: str, ip: str, budget: Budget, ready: Path | None = None, ip6: str | None = None
+) -> None:
+    """Answer on ``iface`` forever (until killed), for ``ip`` and, if given,
+    ``ip6`` (one responder each; the namespace's kernel answers neighbour
+    solicitations, which are not TCP)."""
+    proto = ETH_P_ALL if ip6 else ETH_P_IP
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(proto))
+    sock.bind((iface, proto))  # blocking sends: a full buffer waits, it does not drop
     our_mac = sock.getsockname()[4]
     peer_mac: dict[str, bytes] = {}
-    resp = Responder(ip, budget, seed=int(time.time()))
+    seed = int(time.time())
+    responders = {ip: Responder(ip, budget, seed=seed)}
+    if ip6:
+        responders[ip6] = Responder(ip6, budget, seed=seed + 1)
     if ready is not None:
         ready.write_text("ready\n")
 
@@ -278,11 +300,13 @@ def serve(iface: str, ip: str, budget: Budget, ready: Path | None = None) -> Non
         for s in segs:
             mac = peer_mac.get(s.dst)
             if mac is not None:
+                kind = b"\x86\xdd" if s.v6 else b"\x08\x00"
                 with contextlib.suppress(OSError):  # ENOBUFS under our flood: a lost frame
-                    sock.send(mac + our_mac + b"\x08\x00" + build_ip(s))
+                    sock.send(mac + our_mac + kind + build_ip(s))
 
     while True:
-        nxt = resp.next_at
+        due = [r.next_at for r in responders.values() if r.next_at is not None]
+        nxt = min(due) if due else None
         wait = 0.5 if nxt is None else max(0.0, min(0.5, nxt - time.time()))
         readable, _, _ = select.select([sock], [], [], wait)
         if readable:
@@ -292,10 +316,12 @@ def serve(iface: str, ip: str, budget: Budget, ready: Path | None = None) -> Non
                 except BlockingIOError:
                     break
                 seg = parse_frame(frame)
-                if seg is not None and seg.dst == ip:
+                resp = None if seg is None else responders.get(seg.dst)
+                if resp is not None:
                     peer_mac[seg.src] = frame[6:12]
                     send(resp.on_segment(time.time(), seg))
-        send(resp.on_timer(time.time()))
+        for resp in responders.values():
+            send(resp.on_timer(time.time()))
 
 
 # -- lab profile ----------------------------------------------------------------------------
@@ -305,12 +331,14 @@ def setup(ctx, index: int):
     """``hostile`` profile: a target namespace where only the responder answers."""
     from ..errors import LabError
     from .core import LabTarget, target_subnet
+    from .linux import add_ula
 
     net = target_subnet(index)
     ns = ctx.new_netns(f"t{index}")
     scan_if, tgt_if = ctx.veth(ctx.scanner_ns, f"s{index}", ns, f"t{index}")
     ctx.run("ip", "-n", ctx.scanner_ns, "addr", "add", f"{net}.1/24", "dev", scan_if)
     ctx.run("ip", "-n", ns, "addr", "add", f"{net}.2/24", "dev", tgt_if)
+    net6 = add_ula(ctx, ctx.scanner_ns, scan_if, ns, tgt_if, index)
     # the target kernel stays silent: its TCP (RSTs) is dropped; AF_PACKET frames bypass this
     ctx.ns_exec(ns, "nft", "add table inet cronos_hostile; "
                 "add chain inet cronos_hostile out { type filter hook output priority 0; }; "
@@ -322,7 +350,8 @@ def setup(ctx, index: int):
     pkg_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_root, env.get("PYTHONPATH")]))
     proc = ctx.spawn(ns, [sys.executable, "-m", "cronos.lab.hostile", "--iface", tgt_if,
-                          "--ip", f"{net}.2", "--ready", str(ready)], env=env)  # fmt: skip
+                          "--ip", f"{net}.2", "--ip6", f"{net6}::2", "--ready", str(ready)],
+                     env=env)  # fmt: skip
     deadline = time.monotonic() + 10
     while not ready.exists():
         if proc.poll() is not None:
@@ -334,17 +363,19 @@ def setup(ctx, index: int):
     notes = "raw-packet responder, no TCP stack: " + ", ".join(
         f"{port} {name}" for port, name in BEHAVIOURS.items()
     )
-    return LabTarget(p.name if p else "hostile", f"{net}.2", PORTS, ns, "hostile", {}, notes)
+    return LabTarget(p.name if p else "hostile", f"{net}.2", PORTS, ns, "hostile", {}, notes,
+                     ip6=f"{net6}::2")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m cronos.lab.hostile")
     ap.add_argument("--iface", required=True)
     ap.add_argument("--ip", required=True)
+    ap.add_argument("--ip6", help="an IPv6 address to answer for too")
     ap.add_argument("--ready", type=Path)
     ap.add_argument("--storm-s", type=float, default=Budget.storm_s)
     args = ap.parse_args(argv)
-    serve(args.iface, args.ip, Budget(storm_s=args.storm_s), args.ready)
+    serve(args.iface, args.ip, Budget(storm_s=args.storm_s), args.ready, args.ip6)
 
 
 if __name__ == "__main__":

@@ -129,9 +129,11 @@ static err_t on_accept(void *arg, struct tcp_pcb *pcb, err_t err) {
   return ERR_OK;
 }
 
-static int listen_on(u16_t port) {
-  struct tcp_pcb *pcb = tcp_new_ip_type(IPADDR_TYPE_V4);
-  if (pcb == NULL || tcp_bind(pcb, IP4_ADDR_ANY, port) != ERR_OK) return -1;
+static int listen_on(u16_t port, int dual) {
+  /* dual: one pcb for IPv4 and IPv6 (lwIP's IPADDR_TYPE_ANY) */
+  struct tcp_pcb *pcb = tcp_new_ip_type(dual ? IPADDR_TYPE_ANY : IPADDR_TYPE_V4);
+  if (pcb == NULL || tcp_bind(pcb, dual ? IP_ANY_TYPE : IP4_ADDR_ANY, port) != ERR_OK)
+    return -1;
   pcb = tcp_listen(pcb);
   if (pcb == NULL) return -1;
   tcp_accept(pcb, on_accept);
@@ -153,8 +155,11 @@ int main(int argc, char **argv) {
   u8_t mac[6];
   int have_mac = 0;
 
+  ip6_addr_t ip6;
+  int have_ip6 = 0;
+
   if (argc < 3 || getenv("PRECONFIGURED_TAPIF") == NULL) {
-    fprintf(stderr, "usage: PRECONFIGURED_TAPIF=<tap> %s IP NETMASK [MAC]\n", argv[0]);
+    fprintf(stderr, "usage: PRECONFIGURED_TAPIF=<tap> %s IP NETMASK [MAC [IPV6]]\n", argv[0]);
     return 2;
   }
   if (!ip4addr_aton(argv[1], &ip) || !ip4addr_aton(argv[2], &mask)) {
@@ -168,6 +173,13 @@ int main(int argc, char **argv) {
     }
     have_mac = 1;
   }
+  if (argc > 4) {
+    if (!ip6addr_aton(argv[4], &ip6)) {
+      fprintf(stderr, "%s: bad IPv6 address %s\n", argv[0], argv[4]);
+      return 2;
+    }
+    have_ip6 = 1;
+  }
   ip4_addr_set_zero(&gw);
   signal(SIGPIPE, SIG_IGN);
   setvbuf(stdout, NULL, _IOLBF, 0);
@@ -180,9 +192,19 @@ int main(int argc, char **argv) {
     return 1;
   }
   if (have_mac) memcpy(netif.hwaddr, mac, 6);
+  if (have_ip6) {
+    s8_t idx;
+    netif_create_ip6_linklocal_address(&netif, 1);
+    if (netif_add_ip6_address(&netif, &ip6, &idx) != ERR_OK) {
+      UNLOCK_TCPIP_CORE();
+      fprintf(stderr, "%s: cannot add %s\n", argv[0], argv[4]);
+      return 1;
+    }
+    netif_ip6_addr_set_state(&netif, idx, IP6_ADDR_PREFERRED);  /* no DAD: usable at once */
+  }
   netif_set_default(&netif);
   netif_set_up(&netif);
-  if (listen_on(80) != 0 || listen_on(1234) != 0) {
+  if (listen_on(80, have_ip6) != 0 || listen_on(1234, have_ip6) != 0) {
     UNLOCK_TCPIP_CORE();
     fprintf(stderr, "%s: cannot listen\n", argv[0]);
     return 1;

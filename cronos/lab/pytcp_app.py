@@ -61,11 +61,12 @@ def _handle(conn, port: int) -> None:
         print(f"pytcp-app: port {port}: {exc!r}", file=sys.stderr, flush=True)
 
 
-def _listen(port: int) -> None:
+def _listen(port: int, v6: bool = False) -> None:
     from pytcp.lib import socket as psocket
 
-    server = psocket.socket(family=psocket.AF_INET4, type=psocket.SOCK_STREAM)
-    server.bind(("0.0.0.0", port))
+    family = psocket.AF_INET6 if v6 else psocket.AF_INET4
+    server = psocket.socket(family=family, type=psocket.SOCK_STREAM)
+    server.bind(("::" if v6 else "0.0.0.0", port))
     server.listen()
     while True:
         conn, _peer = server.accept()
@@ -77,6 +78,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--tap", required=True, help="existing persistent TAP interface")
     ap.add_argument("--ip", required=True, help="PyTCP address with prefix, e.g. 10.77.50.2/24")
     ap.add_argument("--mac", default="02:00:00:77:77:77")
+    ap.add_argument("--ip6", help="its IPv6 address with prefix too, e.g. fd77:0:0:1::2/64")
     ap.add_argument("--ports", default="80,1234")
     ap.add_argument("--verbose", action="store_true", help="keep PyTCP's own logging")
     return ap.parse_args(argv)
@@ -91,15 +93,19 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     if not args.verbose:
         config.LOG_CHANEL = set()
-    stack = TcpIpStack(interface=args.tap, mac_address=args.mac, ip4_address=args.ip)
-    # IPv4 only: the lab link carries no IPv6, and PyTCP's IPv6 autoconfig
-    # would otherwise send ND/DAD chatter onto the tap.
-    config.IP6_SUPPORT = False
-    config.IP6_LLA_AUTOCONFIG = False
+    stack = TcpIpStack(interface=args.tap, mac_address=args.mac, ip4_address=args.ip,
+                       ip6_address=args.ip6)  # fmt: skip
+    # IPv6 only with --ip6: its static address, and the link-local one
+    # without which PyTCP turns IPv6 off ("Unable to assign any IPv6 link
+    # local address"); no global autoconfiguration (router solicitations)
+    config.IP6_SUPPORT = bool(args.ip6)
+    config.IP6_LLA_AUTOCONFIG = bool(args.ip6)
     config.IP6_GUA_AUTOCONFIG = False
     stack.start()
     for port in (int(p) for p in args.ports.split(",") if p):
         threading.Thread(target=_listen, args=(port,), daemon=True).start()
+        if args.ip6:
+            threading.Thread(target=_listen, args=(port, True), daemon=True).start()
     print(READY_LINE, flush=True)
 
     # PyTCP's threads are not daemons; exit hard on SIGTERM/SIGINT.

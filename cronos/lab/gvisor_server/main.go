@@ -39,6 +39,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/link/tun"
 	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
@@ -79,9 +80,9 @@ func serveSink(c net.Conn) {
 	io.Copy(io.Discard, c)
 }
 
-func listen(s *stack.Stack, addr tcpip.Address, port int) {
+func listen(s *stack.Stack, addr tcpip.Address, port int, proto tcpip.NetworkProtocolNumber) {
 	l, err := gonet.ListenTCP(s, tcpip.FullAddress{NIC: nicID, Addr: addr, Port: uint16(port)},
-		ipv4.ProtocolNumber)
+		proto)
 	if err != nil {
 		fatal("listen %d: %v", port, err)
 	}
@@ -103,6 +104,7 @@ func listen(s *stack.Stack, addr tcpip.Address, port int) {
 func main() {
 	tapName := flag.String("tap", "", "existing persistent TAP interface")
 	ipArg := flag.String("ip", "", "netstack's address with prefix, e.g. 10.77.1.2/24")
+	ip6Arg := flag.String("ip6", "", "its IPv6 address with prefix too (optional), e.g. fd77:0:0:1::2/64")
 	macArg := flag.String("mac", "02:00:00:77:77:03", "netstack's MAC address")
 	portsArg := flag.String("ports", "80,1234", "TCP ports to serve")
 	flag.Parse()
@@ -115,6 +117,16 @@ func main() {
 		fatal("bad -ip %q", *ipArg)
 	}
 	prefix, _ := ipnet.Mask.Size()
+	var ip6 net.IP
+	prefix6 := 0
+	if *ip6Arg != "" {
+		var net6 *net.IPNet
+		ip6, net6, err = net.ParseCIDR(*ip6Arg)
+		if err != nil || ip6.To4() != nil {
+			fatal("bad -ip6 %q", *ip6Arg)
+		}
+		prefix6, _ = net6.Mask.Size()
+	}
 	mac, err := net.ParseMAC(*macArg)
 	if err != nil {
 		fatal("bad -mac %q: %v", *macArg, err)
@@ -135,7 +147,7 @@ func main() {
 	}
 
 	s := stack.New(stack.Options{
-		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
+		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol, ipv6.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol},
 	})
 	if terr := s.CreateNIC(nicID, linkEP); terr != nil {
@@ -148,14 +160,29 @@ func main() {
 	}, stack.AddressProperties{}); terr != nil {
 		fatal("add address: %v", terr)
 	}
-	s.SetRouteTable([]tcpip.Route{{Destination: header.IPv4EmptySubnet, NIC: nicID}})
+	routes := []tcpip.Route{{Destination: header.IPv4EmptySubnet, NIC: nicID}}
+	var addr6 tcpip.Address
+	if ip6 != nil {
+		addr6 = tcpip.Address(ip6.To16())
+		if terr := s.AddProtocolAddress(nicID, tcpip.ProtocolAddress{
+			Protocol:          ipv6.ProtocolNumber,
+			AddressWithPrefix: tcpip.AddressWithPrefix{Address: addr6, PrefixLen: prefix6},
+		}, stack.AddressProperties{}); terr != nil {
+			fatal("add IPv6 address: %v", terr)
+		}
+		routes = append(routes, tcpip.Route{Destination: header.IPv6EmptySubnet, NIC: nicID})
+	}
+	s.SetRouteTable(routes)
 
 	for _, p := range strings.Split(*portsArg, ",") {
 		port, err := strconv.Atoi(strings.TrimSpace(p))
 		if err != nil || port < 1 || port > 65535 {
 			fatal("bad port %q", p)
 		}
-		listen(s, addr, port)
+		listen(s, addr, port, ipv4.ProtocolNumber)
+		if ip6 != nil {
+			listen(s, addr6, port, ipv6.ProtocolNumber)
+		}
 	}
 	fmt.Println(ReadyLine)
 
