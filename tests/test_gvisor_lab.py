@@ -57,8 +57,15 @@ def test_gvisor_schedules(binary, make_lab, tmp_path):
     for state, want in WANT.items():
         doc = target.expected_ms[state][: len(want)]
         assert all(w <= d <= 1.002 * w for d, w in zip(doc, want, strict=True)), (state, doc)
-    _, recs = scan(lab, [target.ip], tmp_path / "o.jsonl", "--tries", "2",
+    # both families in one scan: the same stack, the same schedules and name
+    _, both = scan(lab, [target.ip, target.ip6], tmp_path / "o.jsonl", "--tries", "2",
                    methods="slf", timeout=TIMEOUT_S, timeout_s=120)  # fmt: skip
+    assert len(both) == 12, both
+    for addr in (target.ip, target.ip6):
+        _check_family([r for r in both if r["target"] == addr], ":" in addr)
+
+
+def _check_family(recs, v6):
     assert len(recs) == 6, recs
     by_state: dict[str, list] = {}
     for r in recs:
@@ -86,6 +93,6 @@ def test_gvisor_schedules(binary, make_lab, tmp_path):
     syn = by_state["SYN_RCVD"][0]["features"]
     # netstack's SYN-ACK to the scanner's SYN: MSS 1460, TS and WS, no SACK
     # (SACK is off by default), TTL 64, DF clear
-    assert syn["ttl"] == 64 and syn["mss"] == 1460 and not syn["df"], syn
+    assert syn["ttl"] == 64 and syn["mss"] == (1440 if v6 else 1460) and not syn["df"], syn
     assert syn["options"] == "MNNTNW" and syn["wscale"] is not None, syn
     assert_named_first(recs, ("[lab gvisor]",))
