@@ -281,3 +281,21 @@ def test_impairment_in_scanner_ns_is_removed_by_cleanup():
     finally:
         lab.destroy()
     assert lab_leftovers(lab.id) == []
+
+
+@pytest.mark.netns
+@needs_slirp
+@needs_pytcp
+def test_libslirp_is_named_alike_over_both_families(user_stacks, tmp_path):
+    from helpers import read_verdicts, scan
+
+    lab = user_stacks
+    slirp = _target(lab, "slirp")
+    out = tmp_path / "o.jsonl"
+    _, recs = scan(lab, [slirp.ip, slirp.ip6], out, methods="s", timeout=13, full=False)
+    assert {r["target"] for r in recs} == {slirp.ip, slirp.ip6}
+    feats = {r["target"]: r["features"] for r in recs}
+    assert feats[slirp.ip]["ttl"] == 64 and feats[slirp.ip6]["ttl"] == 255  # its hop limit
+    verdicts = read_verdicts(out)
+    for addr in (slirp.ip, slirp.ip6):
+        assert "[lab slirp]" in verdicts[addr]["verdict"], (addr, verdicts[addr]["verdict"])
