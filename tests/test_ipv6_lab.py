@@ -75,9 +75,18 @@ def test_the_capture_replays_to_the_live_ipv6_observations(lab, scanned):
             assert got[(live.target, live.method.value, live.try_index)] == live.fingerprint.line()
 
 
-def test_xml_names_each_family(lab, scanned):
+def test_xml_names_each_family_and_is_dtd_valid(lab, scanned):
+    import shutil
+    import subprocess
+    from pathlib import Path
+
     _, _, _, d = scanned
     xml = (d / "o.xml").read_text()
+    dtd, xmllint = Path("/usr/share/nmap/nmap.dtd"), shutil.which("xmllint")
+    if xmllint and dtd.exists():
+        out = subprocess.run([xmllint, "--noout", "--dtdvalid", str(dtd), str(d / "o.xml")],
+                             capture_output=True, text=True)  # fmt: skip
+        assert out.returncode == 0, out.stderr
     for t in lab.targets:
         assert f'<address addr="{t.ip6}" addrtype="ipv6" />' in xml
         assert f'<address addr="{t.ip}" addrtype="ipv4" />' in xml
