@@ -6,7 +6,7 @@ Units are in the field names (``gaps_us``, ``time_s``). Nothing here does I/O.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 
 from .errors import FingerprintSyntaxError
@@ -91,9 +91,11 @@ class SynAckFeatures:
 
     Over IPv6 ``ttl`` is the hop limit, ``df`` False and ``ip_id`` None (no
     such fields), and ``flow`` says whether the flow label was zero ("0") or
-    not ("R": Linux's per-flow hash, or any other non-zero label); ``flow`` is
-    None over IPv4. ``v4_equivalent`` gives the header the same stack would
-    have sent over IPv4, which the database's signatures describe."""
+    not ("R": non-zero; "C": the same non-zero label in every flow of a port,
+    which only several tries can show, see ``port_header``); ``flow`` is None
+    over IPv4. ``flow_label`` is the label itself (IPv6; not compared).
+    ``v4_equivalent`` gives the header the same stack would have sent over
+    IPv4, which the database's signatures describe."""
 
     window: int
     ttl: int
@@ -102,7 +104,8 @@ class SynAckFeatures:
     mss: int | None
     options: str  # option letters in wire order: M N W S T E (as Hershel)
     wscale: int | None
-    flow: str | None = None  # IPv6: "0" or "R"; None: IPv4
+    flow: str | None = None  # IPv6: "0", "R" or "C"; None: IPv4
+    flow_label: int | None = field(default=None, compare=False, repr=False)
 
     @property
     def v6(self) -> bool:
@@ -145,6 +148,22 @@ class SynAckFeatures:
                 k = min(window // seg, 0xFFFF // (seg + 20))
                 window = k * (seg + 20)
         return SynAckFeatures(window, self.ttl, False, None, mss, self.options, self.wscale)
+
+
+def port_header(features: Sequence[SynAckFeatures | None]) -> SynAckFeatures | None:
+    """The header line of a port: its first SYN-ACK's, with the IPv6 flow
+    label's behaviour read across flows: "C" when two or more flows (tries)
+    carried the same non-zero label (a constant label), "R" when they
+    differ (Linux hashes each flow), as measured in each flow otherwise."""
+    known = [f for f in features if f is not None]
+    if not known:
+        return None
+    first = known[0]
+    labels = {f.flow_label for f in known if f.v6 and f.flow_label}
+    flows = sum(1 for f in known if f.v6 and f.flow_label)
+    if first.v6 and flows >= 2 and len(labels) == 1:
+        return replace(first, flow="C")
+    return first
 
 
 def fingerprint_lines(fps: Sequence[StateFingerprint],
@@ -350,8 +369,10 @@ def parse_hdr_line(line: str) -> SynAckFeatures:
         raise FingerprintSyntaxError(f"CronOS_Hdr: W={d['W']!r} is not hex") from None
     if not v6 and d["DF"] not in ("Y", "N"):
         raise FingerprintSyntaxError("CronOS_Hdr: DF must be Y or N")
-    if v6 and d["FL"] not in ("0", "R"):
-        raise FingerprintSyntaxError("CronOS_Hdr: FL must be 0 (zero) or R (non-zero)")
+    if v6 and d["FL"] not in ("0", "R", "C"):
+        raise FingerprintSyntaxError(
+            "CronOS_Hdr: FL must be 0 (zero), R (non-zero) or C (constant across flows)"
+        )
     if not set(d["O"]) <= _OPT_LETTERS:
         raise FingerprintSyntaxError(f"CronOS_Hdr: O={d['O']!r} has letters outside MNWSTE")
     return SynAckFeatures(

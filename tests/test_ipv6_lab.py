@@ -49,11 +49,16 @@ def test_each_profile_is_named_alike_over_both_families(lab, scanned):
 def test_the_ipv6_header_is_the_same_stacks_ipv4_header(lab, scanned):
     from cronos.model import SynAckFeatures
 
-    _, recs, _, _ = scanned
+    r, recs, _, _ = scanned
+    # the port's line: labels that differ between the two tries read "R"
+    assert r.stdout.count("%HL=64%FL=R%MSS=1440%") == len(lab.targets), r.stdout
     for t in lab.targets:
         f4 = next(r["features"] for r in recs if r["target"] == t.ip and r["features"])
         f6 = next(r["features"] for r in recs if r["target"] == t.ip6 and r["features"])
-        assert f4["flow"] is None and f6["flow"] == "R"  # Linux: a per-flow hash label
+        assert f4["flow"] is None and f6["flow"] == "R" and f6["flow_label"]
+        labels = {r["features"]["flow_label"] for r in recs if r["target"] == t.ip6
+                  and r["features"]}  # fmt: skip
+        assert len(labels) == 2  # Linux hashes each flow: a label per try
         assert f6["df"] is False and f6["ip_id"] is None and f6["mss"] == 1440
         same = SynAckFeatures(**f6).v4_equivalent()
         assert (same.window, same.mss, same.options, same.wscale, same.ttl) == (

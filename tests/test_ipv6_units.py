@@ -207,3 +207,21 @@ def test_an_ipv6_header_of_the_block_is_what_an_ipv6_observation_is_compared_wit
     # own IPv6 line explains it without a change
     assert header_costs(with_v6, slirp6)[0] < header_costs(v4_only, slirp6)[0] - 1.0
     assert header_costs(with_v6, slirp4)[0] == header_costs(v4_only, slirp4)[0]
+
+
+def test_the_port_header_reads_the_flow_label_across_flows():
+    from dataclasses import asdict, replace
+
+    from cronos.model import port_header
+
+    a = replace(V6, flow="R", flow_label=0x12345)
+    same, other = replace(a, flow_label=0x12345), replace(a, flow_label=0x54321)
+    assert port_header([None, a, same]).flow == "C"  # one label in every flow: constant
+    assert port_header([a, other]).flow == "R"  # Linux: a hash per flow
+    assert port_header([a]).flow == "R"  # one flow cannot tell
+    zero = replace(V6, flow="0", flow_label=0)
+    assert port_header([zero, zero]).flow == "0" and port_header([V4, V4]) is V4
+    assert port_header([None]) is None
+    assert parse_hdr_line(port_header([a, same]).line()).flow == "C"
+    assert a == other and hash(a) == hash(other)  # the label itself is not compared
+    assert SynAckFeatures(**asdict(a)).flow_label == 0x12345  # JSON records keep it

@@ -60,6 +60,7 @@ from ..model import (
     Status,
     SynAckFeatures,
     fingerprint_lines,
+    port_header,
     schedule_us,
 )
 from . import _kernel
@@ -1656,7 +1657,7 @@ def _header_notes(s: Signature, f: SynAckFeatures | None) -> str:
 def _observation_block(obs: list[_Obs]) -> str:
     """The observation as a database block (p0f's dump_sig), one try per state."""
     lines = ["Fingerprint UNKNOWN (edit me)", "Class unknown", "Source cron-os classify"]
-    feats = next((o.features for o in obs if o.features is not None), None)
+    feats = port_header([o.features for o in obs])
     firsts = [next(o.fp for o in obs if o.fp.method is m) for m in Method
               if any(o.fp.method is m for o in obs)]  # fmt: skip
     return "\n".join(lines + fingerprint_lines(firsts, feats)) + "\n"

@@ -42,6 +42,7 @@ def features_of(seg: Segment) -> SynAckFeatures:
         options=seg.option_letters,
         wscale=int(ws) if isinstance(ws, int) else None,
         flow=("R" if seg.flow_label else "0") if v6 else None,
+        flow_label=seg.flow_label if v6 else None,
     )
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import UsageError
-from ..model import Method, Observation, Status
+from ..model import Method, Observation, Status, port_header
 from ..model import fingerprint_lines as model_fingerprint_lines
 
 GLOBAL = ""  # key of the plot shown above every host section
@@ -200,7 +200,7 @@ def fingerprint_lines(obs: Sequence[Observation]) -> str:
             key=lambda o: ("slf".index(o.method.value), o.try_index),
         )
         lines.append(f"# port {port}")
-        hdr = next((o.features for o in per if o.features is not None), None)
+        hdr = port_header([o.features for o in per])
         shown = [o.fingerprint for o in per if o.status in (Status.OK, Status.ABORTED)]
         lines += model_fingerprint_lines(shown, hdr)
     return "\n".join(lines)

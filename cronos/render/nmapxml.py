@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import __version__
-from ..model import Observation, Status, fingerprint_lines
+from ..model import Observation, Status, fingerprint_lines, port_header
 from ..net.nmap import NmapHost, OsClass, OsMatch
 
 NMAP_PREFIX = "nmap: "
@@ -84,7 +84,7 @@ def port_states(observations) -> dict[int, str]:
 def cronos_lines(observations) -> list[str]:
     """The ``CronOS_*`` lines of a host: header, every OK state try, RST delays."""
     ok = [o for o in observations if o.status is Status.OK]
-    feats = next((o.features for o in ok if o.features is not None), None)
+    feats = port_header([o.features for o in ok])
     return fingerprint_lines([o.fingerprint for o in ok], feats)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..model import Method, Observation, fingerprint_lines
+from ..model import Method, Observation, fingerprint_lines, port_header
 
 
 def _gaps_ms(gaps_us: Sequence[int], limit: int = 12) -> str:
@@ -33,7 +33,7 @@ def host_block(target: str, observations: Sequence[Observation], guesses: str | 
     for port in sorted({o.port for o in obs}):
         lines.append(f"Fingerprint lines for port {port}:")
         per_port = [o for o in obs if o.port == port]
-        hdr = next((o.features for o in per_port if o.features is not None), None)
+        hdr = port_header([o.features for o in per_port])
         shown = [o.fingerprint for o in per_port
                  if o.status.value in ("ok", "aborted") or o.method is Method.SYN_RCVD]  # fmt: skip
         lines += [f"  {line}" for line in fingerprint_lines(shown, hdr)]
