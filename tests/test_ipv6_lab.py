@@ -6,7 +6,14 @@ the live IPv6 observations; ``-oX`` marks IPv6 hosts ``addrtype="ipv6"``."""
 
 import pytest
 
-from helpers import assert_linux_profile, cronos, names_profile, read_records, read_verdicts
+from helpers import (
+    assert_linux_profile,
+    assert_ran,
+    cronos,
+    names_profile,
+    read_records,
+    read_verdicts,
+)
 
 pytestmark = pytest.mark.netns
 LAB_PROFILES = ["linux-orphan2", "linux-rto20", "linux-synack3"]
@@ -21,7 +28,7 @@ def scanned(lab, tmp_path_factory):
                "--tries", "2", "--timeout", "6", "--full", "--no-progress",
                "-oJ", str(d / "o.jsonl"), "-w", str(d / "o.pcap"),
                "-oX", str(d / "o.xml"))  # fmt: skip
-    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert_ran(r)  # a capture loss skips: nothing comparable was measured
     return r, read_records(d / "o.jsonl"), read_verdicts(d / "o.jsonl"), d
 
 
@@ -43,7 +50,8 @@ def test_each_profile_is_named_alike_over_both_families(lab, scanned):
         for k, rec in mine6.items():
             assert rec["status"] == "ok", rec
             assert_linux_profile(rec, t.profile)  # the profile's schedule, within its spread
-            assert len(rec["gaps_us"]) == len(mine4[k]["gaps_us"]), (t.profile, k)
+            if rec["state"] == "SYN_RCVD":  # tcp_synack_retries: a count, not a time budget
+                assert len(rec["gaps_us"]) == len(mine4[k]["gaps_us"]), (t.profile, k)
 
 
 def test_the_ipv6_header_is_the_same_stacks_ipv4_header(lab, scanned):

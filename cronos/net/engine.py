@@ -10,6 +10,7 @@ decides (flows, ISN validation, probes, timers, budgets, early stop) is in
 
 from __future__ import annotations
 
+import ipaddress
 import selectors
 import socket
 import time
@@ -203,8 +204,8 @@ class Engine:
         if new is not None:
             self._sel.register(new.fileno(), selectors.EVENT_READ)
         bind = route.src
-        if route.src.startswith("fe80:"):  # a link-local source binds with its zone
-            bind = f"{route.src}%{route.ifname}"
+        if ":" in bind and ipaddress.IPv6Address(bind).is_link_local:  # binds with its zone
+            bind = f"{bind}%{route.ifname}"
         return route.src, PortReservation(bind)
 
     def _refill(self, now: float) -> None:

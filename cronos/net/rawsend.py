@@ -8,12 +8,6 @@ import socket
 from ..errors import NetError, PrivilegeError
 
 
-def split_zone(addr: str) -> tuple[str, str | None]:
-    """``fe80::1%eth0`` -> (``fe80::1``, ``eth0``); no zone -> (addr, None)."""
-    base, sep, zone = addr.partition("%")
-    return base, (zone if sep else None)
-
-
 class RawSender:
     """``SOCK_RAW``/``IPPROTO_RAW``: we write the whole IP packet (in IPv6 too:
     an ``AF_INET6`` raw socket of protocol ``IPPROTO_RAW`` includes the header).

@@ -12,6 +12,7 @@ from __future__ import annotations
 from ..model import Method, Observation, StateFingerprint, Status, SynAckFeatures
 from ..packet import ACK, RST, SYN, Segment
 from .base import Probe
+from .closing import client_mss
 
 SYN_OPTIONS = (
     ("MSS", 1460),
@@ -26,7 +27,7 @@ SYN_WINDOW = 64240
 def syn_options(v6: bool) -> tuple[tuple[str, object], ...]:
     """Our SYN's options; over IPv6 the MSS is 20 bytes smaller (1440: a
     40-byte IP header)."""
-    return (("MSS", 1440), *SYN_OPTIONS[1:]) if v6 else SYN_OPTIONS
+    return (("MSS", client_mss(True)), *SYN_OPTIONS[1:]) if v6 else SYN_OPTIONS
 
 
 def features_of(seg: Segment) -> SynAckFeatures:

@@ -37,14 +37,6 @@ def parse_ports(spec: str) -> list[int]:
     return sorted(ports)
 
 
-def family_of(spec: str) -> int | None:
-    """4 or 6 for an address literal (a zone allowed), else None."""
-    try:
-        return ipaddress.ip_address(spec.strip()).version
-    except ValueError:
-        return None
-
-
 def _zone_ok(zone: str) -> bool:
     try:
         if zone.isdigit():
