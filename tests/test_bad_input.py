@@ -103,6 +103,11 @@ BAD = [
     ([*S, "--top", "0"], "--top must be between 1 and 100"),
     ([*S, "--resume", "{d}/a.jsonl", "-oJ", "{d}/b.jsonl"], "--resume FILE already appends"),
     ([*S, "--frobnicate"], "unrecognized arguments: --frobnicate"),
+    ([*S, "--shard", "2/2", "--seed", "1"], "--shard 2/2: expected I/N with 0 <= I < N"),
+    ([*S, "--shard", "1of2", "--seed", "1"], "--shard '1of2': expected I/N, as 0/4"),
+    ([*S, "--shard", "0/2"], "--shard needs --seed S, the same S on every shard"),
+    ([*S, "--seed", "x1"], "--seed 'x1': expected an integer"),
+    ([*S, "--seed", "-1"], "--seed -1: expected an integer from 0 to 2^64-1"),
     # database files
     ([*S, "--db", "{d}/syntax.db"], "{d}/syntax.db:4: CronOS_Syn: p='abc' is not an integer"),
     ([*S, "--db", "{d}/dup.db"], "{d}/dup.db:6: duplicate name 'Dup', already at {d}/dup.db:1"),

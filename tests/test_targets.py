@@ -1,5 +1,7 @@
 """Target sets: lazy expansion, and the exact count the progress line shows."""
 
+import itertools
+
 from cronos.scan.targets import TargetSet
 
 
@@ -37,3 +39,50 @@ def test_ipv6_prefixes_ranges_exclusions_and_mixed_families():
     assert list(TargetSet(["fe80::1%lo", "fe80::1%lo"])) == ["fe80::1%lo"]
     assert list(TargetSet(["fe80::1%lo"], exclude=["fe80::/64"])) == []
     assert list(TargetSet(["FD00:0:0::0:1"])) == ["fd00::1"]  # one spelling: the canonical one
+
+
+def test_shards_of_one_seed_cover_every_target_once_in_a_scrambled_order():
+    import pytest
+
+    from cronos.errors import UsageError
+    from cronos.scan.targets import Order, parse_shard
+
+    for n in (0, 1, 2, 3, 10, 97, 1000):
+        for k in (1, 2, 3, 8):
+            got = [i for s in range(k) for i in Order(7, s, k).indices(n)]
+            assert sorted(got) == list(range(n)), (n, k)
+    walk = list(Order(7).indices(1000))
+    assert walk != sorted(walk) and walk == list(Order(7).indices(1000))  # seeded, repeatable
+    assert walk != list(Order(8).indices(1000))
+    # consecutive addresses are scattered: few neighbours follow each other
+    assert sum(abs(a - b) == 1 for a, b in itertools.pairwise(walk)) < 20
+    specs = ["10.77.0.0/24", "10.77.1.0/24", "10.77.0.5", "10.77.2.7-10.77.2.9", "fd00::/126",
+             "fe80::1%lo", "fe80::1%lo"]  # fmt: skip
+    exclude = ["10.77.1.128/25", "fd00::2"]
+    plain_set = TargetSet(specs, exclude=exclude)
+    plain = list(plain_set)
+    shards = [TargetSet(specs, exclude=exclude, order=Order(2026, i, 3)) for i in range(3)]
+    lists = [list(s) for s in shards]
+    union = [a for x in lists for a in x]
+    assert len(union) == len(set(union)) and sorted(union) == sorted(plain)
+    assert all(len(x) > 100 for x in lists[:2])  # each shard has its share
+    skipped = {}
+    for s in shards:
+        for why, n in s.skipped.items():
+            skipped[why] = skipped.get(why, 0) + n
+    # each prefix's own network/broadcast addresses, as in the plain walk (10.77.0.255
+    # and 10.77.1.0 are inside the merged 10.77.0.0/23, and skipped all the same)
+    assert skipped == plain_set.skipped
+    assert skipped == {"network/broadcast": 4, "subnet-router anycast": 1, "excluded": 128}
+    assert sum(s.upper_bound() for s in shards) == TargetSet(specs).upper_bound()
+    # an edge of one prefix that another prefix holds as an ordinary address is scanned
+    both = TargetSet(["10.77.0.0/24", "10.77.0.0/23"], order=Order(1))
+    assert sorted(both, key=lambda a: tuple(map(int, a.split(".")))) == [
+        f"10.77.{i // 256}.{i % 256}" for i in range(1, 511)
+    ]
+    assert parse_shard("3/4") == (3, 4)
+    for bad in ("4/4", "-1/4", "1", "a/b", "0/0"):
+        with pytest.raises(UsageError, match="--shard"):
+            parse_shard(bad)
+    with pytest.raises(UsageError, match="--seed"):
+        Order(-1)

@@ -11,7 +11,7 @@ from ..errors import PrivilegeError, UsageError
 from ..model import Method
 from ..scan.config import MAX_HOSTS_WITHOUT_YES, ScanConfig, ScanOutputs, parse_payload
 from ..scan.session import Progress, ScanSummary, done_keys, run_scan, target_set
-from ..scan.targets import parse_methods, parse_ports, read_list_file
+from ..scan.targets import Order, parse_methods, parse_ports, parse_shard, read_list_file
 
 
 def register(sub) -> None:
@@ -106,6 +106,18 @@ def register(sub) -> None:
     )
     p.add_argument("--exclude-file", metavar="FILE", help="addresses/CIDRs never to probe")
     p.add_argument(
+        "--seed",
+        metavar="S",
+        help="probe the targets in a pseudo-random order drawn from S (as ZMap; "
+        "no network sees a burst); every shard of a scan takes the same S",
+    )
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="scan only shard I of N (0 <= I < N; needs --seed): the N shards of one "
+        "seed cover every target exactly once",
+    )
+    p.add_argument(
         "--allow-special",
         action="store_true",
         help="allow multicast, broadcast, reserved and network addresses",
@@ -171,6 +183,23 @@ def family_flags(p, four: bool = True) -> None:
         p._has_negative_number_optionals.clear()
 
 
+def _seed(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise UsageError(f"--seed {text!r}: expected an integer") from None
+
+
+def _order(args) -> Order | None:
+    seed = None if args.seed is None else _seed(args.seed)
+    if args.shard is None:
+        return None if seed is None else Order(seed)
+    i, n = parse_shard(args.shard)
+    if seed is None:
+        raise UsageError("--shard needs --seed S, the same S on every shard of the scan")
+    return Order(seed, i, n)
+
+
 def scan_config(args) -> ScanConfig:
     """The typed configuration of ``cron-os scan ARGS`` (UsageError if bad)."""
     specs = list(args.targets)
@@ -190,7 +219,7 @@ def scan_config(args) -> ScanConfig:
         payload=parse_payload(args.payload), sack=args.sack, early_stop=args.early_stop,
         max_rate_pps=args.max_rate, max_in_flight=args.max_hosts, interface=args.interface,
         exclude=tuple(exclude), allow_special=args.allow_special, allow_large=args.yes,
-        family=args.family,
+        family=args.family, order=_order(args),
         db_files=tuple(str(f) for f in args.db), nmap=bool(args.nmap), outputs=outputs,
     )  # fmt: skip
 
@@ -281,7 +310,7 @@ def run(args) -> int:
         print(
             f"Starting Cron-OS {__version__}: {n_hosts or targets.upper_bound()} target(s), ports "
             f"{','.join(map(str, cfg.ports))}, states {''.join(m.value for m in cfg.methods)}, "
-            f"{tries}, timeout {cfg.timeout_s:g} s",
+            f"{tries}, timeout {cfg.timeout_s:g} s{_order_text(cfg.order)}",
             file=out,
             flush=True,
         )
@@ -303,6 +332,14 @@ def run(args) -> int:
         )
         return 1
     return 0
+
+
+def _order_text(order: Order | None) -> str:
+    if order is None:
+        return ""
+    if order.shards == 1:
+        return f", random order (seed {order.seed})"
+    return f", shard {order.shard}/{order.shards} (seed {order.seed})"
 
 
 def _summary_line(summary: ScanSummary) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from ..errors import UsageError
 from ..model import Method
+from .targets import Order
 
 DEFAULT_PAYLOAD = b"GET / HTTP/1.0\r\n\r\n"
 MAX_HOSTS_WITHOUT_YES = 4096
@@ -77,6 +78,9 @@ class ScanConfig:
     allow_special: bool = False
     allow_large: bool = False  # --yes
     family: int | None = None  # -4 / -6: one address family only (names: A or AAAA)
+    #: --seed / --shard: the targets in a seeded pseudo-random order, this
+    #: shard's share only (``cronos.scan.targets.Order``); None: as given
+    order: Order | None = None
     db_files: tuple[str, ...] = ()  # --db, beside the built-in database
     nmap: bool = False
     outputs: ScanOutputs = field(default_factory=ScanOutputs)

@@ -57,7 +57,7 @@ class ScanSummary:
 def target_set(cfg: ScanConfig) -> TargetSet:
     """The targets, after ``--exclude-file``; more than the limit needs ``--yes``."""
     targets = TargetSet(list(cfg.targets), list(cfg.exclude), allow_special=cfg.allow_special,
-                        family=cfg.family)  # fmt: skip
+                        family=cfg.family, order=cfg.order)  # fmt: skip
     n = targets.upper_bound()
     if n > MAX_HOSTS_WITHOUT_YES and not cfg.allow_large:
         raise UsageError(f"{n} hosts to scan: more than {MAX_HOSTS_WITHOUT_YES} needs --yes")

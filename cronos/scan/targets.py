@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
+import random
 import socket
+from dataclasses import dataclass
 
 from ..errors import UsageError
 from ..textfile import NotText, read_text
@@ -203,6 +206,104 @@ def _range(spec: str) -> list[Network] | None:
     return list(ipaddress.summarize_address_range(a, b))
 
 
+def _is_prime(n: int) -> bool:
+    """Miller-Rabin, deterministic below 3.3e24 (the first 13 primes as bases)."""
+    if n < 2:
+        return False
+    small = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41)
+    for p in small:
+        if n % p == 0:
+            return n == p
+    d, r = n - 1, 0
+    while d % 2 == 0:
+        d, r = d // 2, r + 1
+    for a in small:
+        x = pow(a, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(r - 1):
+            x = x * x % n
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+def _safe_prime_above(n: int) -> int:
+    """The least prime p = 2q + 1 (q prime) with p > n + 1: the group of the
+    integers 1 .. p - 1 under multiplication modulo p holds every index
+    1 .. n + 1, and p - 1 = 2q has two prime factors only (a generator is
+    checked in two powers)."""
+    q = max(2, (n + 1) // 2)
+    while True:
+        p = 2 * q + 1
+        if p > n + 1 and _is_prime(q) and _is_prime(p):
+            return p
+        q += 1
+
+
+@dataclass(frozen=True)
+class Order:
+    """ZMap's target order (Durumeric et al., USENIX Security 2013): the
+    index space 0 .. n-1 walked as the cyclic group of the integers modulo a
+    prime p > n, x -> x * g mod p from a generator g drawn from ``seed``; no
+    network sees a burst of consecutive addresses, and nothing is stored.
+    Shard ``shard`` of ``shards`` takes every ``shards``-th step of the cycle
+    from step ``shard``: the shards of one seed cover every index exactly once.
+    Every shard of a campaign must be given the same seed and shard count."""
+
+    seed: int
+    shard: int = 0
+    shards: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.seed < 1 << 64:
+            raise UsageError(f"--seed {self.seed}: expected an integer from 0 to 2^64-1")
+        if self.shards < 1 or not 0 <= self.shard < self.shards:
+            raise UsageError(
+                f"--shard {self.shard}/{self.shards}: expected I/N with 0 <= I < N "
+                "(0/2 and 1/2 cover the targets)"
+            )
+
+    def generator(self, p: int) -> int:
+        """A generator of the integers modulo the safe prime ``p``, from the seed."""
+        q = (p - 1) // 2
+        rng = random.Random(self.seed)
+        while True:
+            g = rng.randrange(2, p - 1) if p > 3 else 2
+            if pow(g, 2, p) != 1 and pow(g, q, p) != 1:
+                return g
+
+    def indices(self, n: int):
+        """This shard's indices of 0 .. n-1, in the permutation's order."""
+        if n <= 0:
+            return
+        p = _safe_prime_above(n)
+        g = self.generator(p)
+        x = pow(g, self.shard + 1, p)
+        step = pow(g, self.shards, p)
+        for _ in range(self.shard, p - 1, self.shards):
+            if x <= n:
+                yield x - 1
+            x = x * step % p
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """``--shard I/N`` -> (I, N), 0 <= I < N."""
+    i, sep, n = spec.partition("/")
+    try:
+        a, b = int(i), int(n)
+    except ValueError:
+        raise UsageError(f"--shard {spec!r}: expected I/N, as 0/4 (shard 0 of 4)") from None
+    if not sep or b < 1 or not 0 <= a < b or b > 1 << 20:
+        raise UsageError(
+            f"--shard {spec}: expected I/N with 0 <= I < N <= 1048576 (0/2 and 1/2 cover "
+            "the targets)"
+        )
+    return a, b
+
+
 class TargetSet:
     """The scan's targets, expanded lazily (a /8 is not put in a list).
 
@@ -216,6 +317,7 @@ class TargetSet:
         exclude: list[str] = (),
         allow_special: bool = False,
         family: int | None = None,
+        order: Order | None = None,
     ):
         if not specs:
             raise UsageError("no target given")
@@ -223,6 +325,7 @@ class TargetSet:
             raise UsageError(f"bad address family {family!r}: 4 or 6")
         self.allow_special = allow_special
         self.family = family
+        self.order = order
         self.exclude = [self._network(e, "--exclude-file entry", None) for e in exclude]
         self.parts: list[Network] = []
         self.zoned: list[str] = []  # link-local addresses with their zone, in order
@@ -279,7 +382,11 @@ class TargetSet:
         return net
 
     def upper_bound(self) -> int:
-        return sum(n.num_addresses for n in self.parts) + len(self.zoned)
+        n = sum(n.num_addresses for n in self.parts) + len(self.zoned)
+        if self.order is not None:  # this shard's share of the index space
+            i, k = self.order.shard, self.order.shards
+            n = -(-(n - i) // k) if n > i else 0
+        return n
 
     def count(self, limit: int = 1 << 18) -> int | None:
         """How many addresses the scan will probe (edges, special and excluded
@@ -298,6 +405,9 @@ class TargetSet:
         return any(addr.version == e.version and addr in e for e in self.exclude)
 
     def __iter__(self):
+        if self.order is not None:
+            yield from self._walk()
+            return
         seen_small: set[str] = set()
         for net in self.parts:
             edges = set()
@@ -332,6 +442,69 @@ class TargetSet:
             if text not in seen_small:
                 seen_small.add(text)
                 yield text
+
+    def _walk(self):
+        """The targets in the order's pseudo-random permutation, this shard's
+        share only. The prefixes are merged into disjoint blocks first (each
+        address has one index: no shard scans an address another one scans);
+        an address is skipped as network/broadcast (subnet-router anycast)
+        when every prefix given that holds it has it as such, as in the
+        plain walk."""
+        blocks: list[Network] = []
+        for version in (4, 6):
+            nets = [n for n in self.parts if n.version == version]
+            blocks.extend(ipaddress.collapse_addresses(nets))
+        zoned = list(dict.fromkeys(self.zoned))
+        starts, total = [], 0
+        for b in blocks:
+            starts.append(total)
+            total += b.num_addresses
+        n_blocks = total
+        total += len(zoned)
+        edges: set = set()
+        if not self.allow_special:
+            for net in self.parts:
+                if net.version == 4 and net.prefixlen < 31:
+                    edges.update((net.network_address, net.broadcast_address))
+                elif net.version == 6 and net.prefixlen < 127:
+                    edges.add(net.network_address)
+        for i in self.order.indices(total):
+            if i >= n_blocks:
+                text = zoned[i - n_blocks]
+                if self._excluded(ipaddress.ip_address(text.split("%")[0])):
+                    self._skip("excluded")
+                    continue
+                yield text
+                continue
+            b = bisect.bisect_right(starts, i) - 1
+            addr = blocks[b].network_address + (i - starts[b])
+            if addr in edges and self._edge_everywhere(addr):
+                self._skip("network/broadcast" if addr.version == 4 else "subnet-router anycast")
+                continue
+            if not self.allow_special:
+                why = special_reason(addr)
+                if why and any(n.num_addresses > 1 and addr in n for n in self.parts
+                               if n.version == addr.version):  # fmt: skip
+                    self._skip(why)
+                    continue
+            if self._excluded(addr):
+                self._skip("excluded")
+                continue
+            yield str(addr)
+
+    def _edge_everywhere(self, addr) -> bool:
+        for net in self.parts:
+            if net.version != addr.version or addr not in net:
+                continue
+            if net.version == 4 and net.prefixlen < 31:
+                if addr not in (net.network_address, net.broadcast_address):
+                    return False
+            elif net.version == 6 and net.prefixlen < 127:
+                if addr != net.network_address:
+                    return False
+            else:
+                return False
+        return True
 
     def _skip(self, why: str) -> None:
         self.skipped[why] = self.skipped.get(why, 0) + 1
