@@ -46,6 +46,11 @@ def _files(d: Path) -> None:
     (d / "exclude.txt").write_text("10.0.0.0/33\n")
     (d / "obs.jsonl").write_text('{"target": "10.0.0.1", "port": 80\n')
     (d / "good.txt").write_text("CronOS_Syn(nbPkt=2%Time=30%p=2806316%p=6010910)\n")
+    (d / "bad.parquet").write_bytes(b"PAR1" + b"\x00garbage" * 10)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"a": [1, 2]}), d / "other.parquet")
 
 
 S = ["scan", "192.0.2.1"]  # TEST-NET-1: never probed, every case fails before
@@ -103,6 +108,16 @@ BAD = [
     ([*S, "--top", "0"], "--top must be between 1 and 100"),
     ([*S, "--resume", "{d}/a.jsonl", "-oJ", "{d}/b.jsonl"], "--resume FILE already appends"),
     ([*S, "--frobnicate"], "unrecognized arguments: --frobnicate"),
+    ([*S, "--cluster", "tcp://127.0.0.1:1"], "--cluster tcp://127.0.0.1:1: no Dask scheduler"),
+    ([*S, "--cluster", "tcp://127.0.0.1:1", "-oX", "{d}/x.xml"], "-oX is not available with"),
+    ([*S, "--shards", "0", "--cluster", "x:1"], "--shards must be between 1 and 65536"),
+    ([*S, "--shards", "4"], "--shards needs --cluster"),
+    (["classify", "{d}/good.txt", "--cluster", "tcp://127.0.0.1:1"], "no Dask scheduler answers"),
+    (["worker", "nonsense"], "'nonsense': expected the scheduler as tcp://HOST:PORT"),
+    (
+        ["worker", "tcp://127.0.0.1:1", "--netns", "cronos-does-not-exist"],
+        "no such network namespace: cronos-does-not-exist",
+    ),
     ([*S, "--shard", "2/2", "--seed", "1"], "--shard 2/2: expected I/N with 0 <= I < N"),
     ([*S, "--shard", "1of2", "--seed", "1"], "--shard '1of2': expected I/N, as 0/4"),
     ([*S, "--shard", "0/2"], "--shard needs --seed S, the same S on every shard"),
@@ -178,6 +193,9 @@ BAD = [
     (["classify", "--pcap", "{d}/none.pcap", "--timeout", "0"], "--timeout must be > 0 seconds"),
     (["classify", "--pcap", "{d}/none.pcap", "--window", "-1"], "--window must be > 0 seconds"),
     ([*C, "-oJ", "{d}/missing/v.jsonl"], "-oJ {d}/missing/v.jsonl: directory does not exist"),
+    ([*C, "-oP", "{d}/missing/v.parquet"], "-oP {d}/missing/v.parquet: directory does not exist"),
+    (["classify", "{d}/bad.parquet"], "{d}/bad.parquet: not a readable Parquet file"),
+    (["classify", "{d}/other.parquet"], "{d}/other.parquet: not a Cron-OS Parquet file"),
     ([*C, "-oH", "{d}/missing/x.html"], "-oH {d}/missing/x.html: directory"),
     ([*C, "-oX", "{d}/missing/x.xml"], "-oX {d}/missing/x.xml: directory does not exist"),
     ([*P, "--db", "{d}/dup.db"], "{d}/dup.db:6: duplicate name 'Dup'"),
@@ -188,6 +206,7 @@ BAD = [
     (["plot", "{d}/good.txt", "-o", "{d}/missing/x.png"], "-o {d}/missing/x.png: directory"),
     # outputs
     ([*S, "-oJ", "{d}/missing/x.jsonl"], "-oJ {d}/missing/x.jsonl: directory"),
+    ([*S, "-oP", "{d}/missing/x.parquet"], "-oP {d}/missing/x.parquet: directory"),
     ([*S, "-oX", "{d}/missing/x.xml"], "-oX {d}/missing/x.xml: directory does not exist"),
     ([*S, "-oH", "{d}/missing/x.html"], "-oH {d}/missing/x.html: directory"),
     ([*S, "--plot", "{d}/missing/x.png"], "--plot {d}/missing/x.png: directory"),
@@ -242,6 +261,7 @@ def _one_line(err: str) -> str:
 #: Options for which no value is bad input, and why.
 NO_BAD_VALUE = {
     ("classify", "input"): "a missing input is a 'cannot read' case, listed under classify",
+    ("worker", "--name"): "any text names a worker",
 }
 
 
@@ -307,6 +327,7 @@ NOT_ROOT = [
     (["lab", "down", "--all"], "cron-os: the lab needs root"),
     (["cleanup"], "cron-os: cron-os cleanup needs root"),
     (["demo"], "cron-os: cron-os demo needs root"),
+    (["worker", "tcp://127.0.0.1:1"], "cron-os: cron-os worker needs root"),
 ]  # fmt: skip
 
 

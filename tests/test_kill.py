@@ -120,6 +120,20 @@ def _check_jsonl(path: Path, sig) -> int:
     return len(lines)
 
 
+def _check_parquet(path: Path, jsonl: Path) -> None:
+    """After SIGINT/SIGTERM/SIGHUP the Parquet file is complete (its footer
+    written) and holds the JSON Lines file's records, row for row."""
+    if not path.exists():  # the signal came before the scan opened its outputs
+        return
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(path, columns=["record"]).column("record").to_pylist()
+    recs = [json.loads(x) for x in jsonl.read_text().splitlines()] if jsonl.exists() else []
+    verdicts = sum(1 for r in recs if r.get("type") == "verdict")
+    assert rows.count("verdict") == verdicts
+    assert rows.count("measurement") == len(recs) - verdicts
+
+
 @pytest.fixture(scope="module")
 def report(lab):
     yield STATS
@@ -128,11 +142,12 @@ def report(lab):
 
 def _scan_trial(lab, tmp_path, sig, delay, methods):
     out = tmp_path / "o.jsonl"
+    pq_out = tmp_path / "o.parquet"
     ips = [a for t in lab.targets for a in (t.ip, t.ip6) if a]  # both families: two sets
     assert len(ips) == 2 * len(lab.targets)
     p = spawn("scan", "--netns", lab.scanner_ns, *ips, "-p", "80,1234", "-m", methods,
-              "--timeout", "3", "-q", "-oJ", str(out), stdout=subprocess.DEVNULL,
-              stderr=subprocess.PIPE)  # fmt: skip
+              "--timeout", "3", "-q", "-oJ", str(out), "-oP", str(pq_out),
+              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     time.sleep(delay)
     assert p.poll() is None, "the scan ended before the signal"
     p.send_signal(sig)
@@ -143,6 +158,8 @@ def _scan_trial(lab, tmp_path, sig, delay, methods):
     assert subprocess.run(["ip", "netns", "pids", lab.scanner_ns], capture_output=True,
                           text=True).stdout.split() == []  # fmt: skip
     _check_jsonl(out, sig)
+    if sig != signal.SIGKILL:
+        _check_parquet(pq_out, out)
     left = _tables(lab.scanner_ns)
     if sig == signal.SIGKILL:
         r = _cleanup(lab.scanner_ns)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from cronos.errors import LabError
@@ -51,39 +52,16 @@ def test_scan_64_addresses_of_each_family(lab, tmp_path):
     # scan every address once
     before = lab.counters()
     outs = [tmp_path / f"shard{i}.jsonl" for i in range(2)]
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cronos",
-                "scan",
-                "--netns",
-                lab.scanner_ns,
-                "-iL",
-                str(hosts),
-                "-p",
-                "80",
-                "-m",
-                "s",
-                "--timeout",
-                "3",
-                "--max-rate",
-                "2000",
-                "-q",
-                "-oJ",
-                str(out),
-                "--shard",
-                f"{i}/2",
-                "--seed",
-                "2026",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+
+    def shard(i: int, out: Path) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cronos", "scan", "--netns", lab.scanner_ns, "-iL", str(hosts),
+             "-p", "80", "-m", "s", "--timeout", "3", "--max-rate", "2000", "-q", "-oJ", str(out),
+             "--shard", f"{i}/2", "--seed", "2026", "-oP", str(out.with_suffix(".parquet"))],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        for i, out in enumerate(outs)
-    ]
+
+    procs = [shard(i, out) for i, out in enumerate(outs)]
     try:
         for p in procs:
             _out, err = p.communicate(timeout=60)
@@ -97,6 +75,13 @@ def test_scan_64_addresses_of_each_family(lab, tmp_path):
               for out in outs]  # fmt: skip
     assert all(len(x) > 32 for x in shards)  # each shard has its share (about 64)
     recs = shards[0] + shards[1]
+    for out, mine in zip(outs, shards, strict=True):  # -oP: the same records, columnar
+        rows = pq.read_table(out.with_suffix(".parquet")).to_pylist()
+        assert sorted(x["target"] for x in rows if x["record"] == "measurement") == sorted(
+            r["target"] for r in mine
+        )
+        verdicts = [x for x in rows if x["record"] == "verdict"]
+        assert len(verdicts) == len(mine) and all(x["architecture_kind"] for x in verdicts)
     assert sorted(r["target"] for r in recs) == sorted(lab.hosts + lab.hosts6)
     for r in recs:
         want = lab.group_of(r["target"]).synack_retries

@@ -25,6 +25,7 @@ SUBCOMMANDS = [
     "demo_cmd",
     "plot_cmd",
     "db_cmd",
+    "worker_cmd",
 ]
 
 

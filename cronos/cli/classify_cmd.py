@@ -1,4 +1,4 @@
-"""``cron-os classify [FILE|-] [--db FILE]... [-oJ FILE] [--top N] [--calibrate]``."""
+"""``cron-os classify [FILE|-] [--db FILE]... [-oJ FILE] [-oP FILE] [--top N] [--calibrate]``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from ..analysis.db import load_db
 from ..analysis.match import DEFAULT_MODEL
 from ..errors import FingerprintSyntaxError, UsageError
 from ..model import Observation
+from ..render.parquet import ParquetWriter, is_parquet, iter_parquet
 from ..render.verdict_text import render, verdict_dict
 from .checks import output_dir, positive_seconds
 
@@ -29,6 +30,12 @@ def register(subparsers) -> None:
     p.add_argument("--db", action="append", type=Path, default=[], metavar="FILE",
                    help="extra signature file, added to the built-in database")  # fmt: skip
     p.add_argument("-oJ", dest="json_out", metavar="FILE", help="write verdicts as JSON Lines")
+    p.add_argument(
+        "-oP",
+        dest="parquet_out",
+        metavar="FILE",
+        help="write the observations and verdicts as one Parquet file (columnar)",
+    )
     p.add_argument("--top", type=int, default=5, metavar="N", help="candidates shown (5)")
     p.add_argument("--unknown-prior", type=float, default=DEFAULT_MODEL.unknown_prior,
                    metavar="P", help="prior probability that a target's stack is in no "
@@ -40,6 +47,9 @@ def register(subparsers) -> None:
                      "for a file of 200 targets or more")  # fmt: skip
     cal.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                      help="use the default path model whatever the input's size")  # fmt: skip
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help="classify on the Dask cluster whose scheduler is ADDRESS "
+                   "(tcp://HOST:PORT); verdicts come back in the input's order")  # fmt: skip
     p.add_argument("--pcap", metavar="FILE",
                    help="derive the observations from a capture (a scan's -w file, or any "
                    "tcpdump capture: retransmission series are found passively)")  # fmt: skip
@@ -89,9 +99,18 @@ def run(args) -> int:
     check_outputs(args.html_out, args.plot_out)
     output_dir("-oX", args.xml_out)
     output_dir("-oJ", args.json_out)
+    output_dir("-oP", args.parquet_out)
     positive_seconds("--timeout", args.timeout)
     positive_seconds("--window", args.window)
     db = load_db(args.db)
+    client = None
+    if args.cluster:  # before any work: a cluster that does not answer is a one-line error
+        from ..cluster import connect
+
+        for flag, v in (("-oX", args.xml_out), ("-oH", args.html_out), ("--plot", args.plot_out)):
+            if v:
+                raise UsageError(f"{flag} is not available with --cluster")
+        client = connect(args.cluster)
     if args.pcap:
         from ..scan.replay import analyse_pcap
 
@@ -107,6 +126,8 @@ def run(args) -> int:
             raise UsageError(f"{args.pcap}: no SYN-ACK or FIN retransmission series found")
         print(f"{args.pcap}: {len(obs)} observation(s) ({kind})", file=sys.stderr)
         items = iter(obs)
+    elif args.input != "-" and is_parquet(args.input):  # a scan's or classify's -oP file
+        items = iter_parquet(args.input)
     else:
         source = "<stdin>" if args.input == "-" else args.input
         items = iter_observations(_input_lines(args.input), source)
@@ -121,7 +142,11 @@ def run(args) -> int:
         except OSError as exc:
             raise UsageError(f"{args.json_out}: cannot write: {exc.strerror or exc}") from exc
     text_out = args.json_out != "-"  # -oJ -: stdout carries the JSON Lines only
+    parquet = ParquetWriter(args.parquet_out) if args.parquet_out else None
     try:
+        if client is not None:
+            _on_cluster(client, args, items, model, text_out, json_fh, parquet)
+            return _after(failed)
         for v in classify_stream(items, db, top=args.top, model=model,
                                  architecture=bool(args.html_out)):  # fmt: skip
             if text_out:
@@ -133,6 +158,10 @@ def run(args) -> int:
             if args.json_out:
                 line = json.dumps(verdict_dict(v)) + "\n"
                 (json_fh or sys.stdout).write(line)
+            if parquet is not None:
+                for o in v.observations:
+                    parquet.write(o.to_dict())
+                parquet.write(verdict_dict(v))
             if args.input == "-":  # a pipe's reader sees each verdict when it is made
                 sys.stdout.flush()
             if keep:
@@ -142,6 +171,8 @@ def run(args) -> int:
     finally:
         if json_fh is not None:
             json_fh.close()
+        if parquet is not None:
+            parquet.close()
     if failed:  # what was read before the fault has its verdicts; then the error
         raise failed[0]
     if args.xml_out:
@@ -155,6 +186,32 @@ def run(args) -> int:
         write_nmap_xml(args.xml_out, hosts, args=" ".join(sys.argv), start=now, end=now)
     write_evidence(kept, html_path=args.html_out, plot_path=args.plot_out, top=args.top)
     return 0
+
+
+def _after(failed: list) -> int:
+    if failed:  # what was read before the fault has its verdicts; then the error
+        raise failed[0]
+    return 0
+
+
+def _on_cluster(client, args, items, model, text_out: bool, json_fh, parquet) -> None:
+    """The verdicts of ``items``, classified on the cluster, written here."""
+    from ..analysis.classify import iter_groups
+    from ..cluster import classify_on
+
+    try:
+        for _t, obs, text, line in classify_on(client, iter_groups(items), args.db, args.top,
+                                               model):  # fmt: skip
+            if text_out:
+                sys.stdout.write(text + "\n")
+            if args.json_out:
+                (json_fh or sys.stdout).write(line + "\n")
+            if parquet is not None:
+                for o in obs:
+                    parquet.write(o.to_dict())
+                parquet.write(json.loads(line))
+    finally:
+        client.close(timeout=5)
 
 
 def _until_error(items, failed: list):

@@ -11,7 +11,7 @@ from ..errors import PrivilegeError
 def register(sub) -> None:
     p = sub.add_parser(
         "cleanup",
-        help="remove firewall tables and labs left by killed runs",
+        help="remove firewall tables, labs and worker directories left by killed runs",
         description="Remove Cron-OS nft tables whose owner process is gone and labs whose "
         "owner is gone. With --all, also remove every lab, persistent ones included.",
     )
@@ -31,6 +31,9 @@ def run(args) -> int:
         lab_cleanup = None
     if lab_cleanup is not None:
         removed += [f"lab {x}" for x in lab_cleanup(all_labs=args.all)]
+    from ..cluster import cleanup_stale as worker_cleanup
+
+    removed += [f"worker directory {x}" for x in worker_cleanup()]
     for r in removed:
         print(f"removed {r}")
     if not removed:

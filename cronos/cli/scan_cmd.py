@@ -100,6 +100,13 @@ def register(sub) -> None:
         help="append one JSON record per target/port/state/try ('-' = stdout)",
     )
     p.add_argument(
+        "-oP",
+        dest="parquet_out",
+        metavar="FILE",
+        help="write this run's measurement and verdict records as one Parquet file (columnar; "
+        "see README)",
+    )
+    p.add_argument(
         "--resume",
         metavar="FILE",
         help="skip measurements already complete in JSON Lines FILE and append to it",
@@ -126,6 +133,18 @@ def register(sub) -> None:
         "--yes",
         action="store_true",
         help=f"allow scans of more than {MAX_HOSTS_WITHOUT_YES} hosts",
+    )
+    p.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="run the scan on the Dask cluster whose scheduler is ADDRESS (tcp://HOST:PORT): "
+        "shards on the scanner workers (cron-os worker), records streamed back here",
+    )
+    p.add_argument(
+        "--shards",
+        type=int,
+        metavar="N",
+        help="with --cluster: split the targets into N shards (default 4 per scanner worker)",
     )
     p.add_argument(
         "--netns", metavar="NAME", help="run from inside network namespace NAME (a lab scanner)"
@@ -206,8 +225,9 @@ def scan_config(args) -> ScanConfig:
     if args.input_list:
         specs += read_list_file(args.input_list, "-iL")
     outputs = ScanOutputs(
-        json_out=args.json_out, resume=args.resume, xml_out=args.xml_out,
-        pcap_out=args.pcap_out, plot_out=args.plot_out, html_out=args.html_out, top=args.top,
+        json_out=args.json_out, parquet_out=args.parquet_out, resume=args.resume,
+        xml_out=args.xml_out, pcap_out=args.pcap_out, plot_out=args.plot_out,
+        html_out=args.html_out, top=args.top,
         quiet=args.quiet, progress=not args.no_progress, command_line=" ".join(sys.argv),
     )  # fmt: skip
     exclude = read_list_file(args.exclude_file, "--exclude-file") if args.exclude_file else []
@@ -284,6 +304,17 @@ class _Progress(Progress):
 
 def run(args) -> int:
     cfg = scan_config(args)
+    if args.shards is not None and not 1 <= args.shards <= 65536:
+        raise UsageError(f"--shards must be between 1 and 65536 (got {args.shards})")
+    if args.cluster:
+        if args.netns:
+            raise UsageError("--netns is not for --cluster: each worker has its own (cron-os "
+                             "worker --netns)")  # fmt: skip
+        from ..cluster import cluster_scan
+
+        return cluster_scan(cfg, args.cluster, args.shards, sys.stdout)
+    if args.shards is not None:
+        raise UsageError("--shards needs --cluster (one process scans one shard: --shard I/N)")
     if os.geteuid() != 0:
         raise PrivilegeError("cron-os scan needs root (raw sockets, packet capture, nftables)")
     if args.netns:

@@ -186,6 +186,25 @@ class ScaleLab(RecordedLab):
         except (KeyError, IndexError):
             raise LabError(f"{ip} is not an address of scale lab {self.id}") from None
 
+    def add_scanner(self, k: int = 2) -> str:
+        """A second scanner (k = 2, 3, ...): namespace ``scan<k>`` at
+        ``10.99.<k>.2``, joined to the first scanner's namespace, which routes
+        its packets to the targets and back (IPv4). Two scanners with their
+        own addresses and one target set: a cluster of scanner workers."""
+        ctx = self._ctx
+        ns = ctx.new_netns(f"scan{k}")
+        a, b = ctx.veth(self.scanner_ns, f"r{k}", ns, f"q{k}")
+        ctx.run("ip", "-n", self.scanner_ns, "addr", "add", f"10.99.{k}.1/24", "dev", a)
+        ctx.run("ip", "-n", ns, "addr", "add", f"10.99.{k}.2/24", "dev", b)
+        ctx.run("ip", "-n", ns, "route", "add", "default", "via", f"10.99.{k}.1")
+        ctx.sysctl(self.scanner_ns, {"net.ipv4.ip_forward": 1})
+        for g in self.groups:  # the targets' way back to the new scanner
+            net = g.subnet.split(".")[1]  # 10.(100 + index).0.0/16
+            index = int(net) - 100
+            ctx.run("ip", "-n", g.netns, "route", "add", f"10.99.{k}.0/24", "via",
+                    f"10.77.{index}.1")  # fmt: skip
+        return ns
+
     def write_targets(
         self, path: str | os.PathLike, n: int | None = None, n6: int = 0
     ) -> list[str]:

@@ -24,6 +24,7 @@ class ScanOutputs:
     """Where the results go (every path optional)."""
 
     json_out: str | None = None  # -oJ ('-' = stdout)
+    parquet_out: str | None = None  # -oP: the same records, columnar (this run's)
     resume: str | None = None  # --resume: skip what this JSON Lines file holds, append to it
     xml_out: str | None = None  # -oX
     pcap_out: str | None = None  # -w
@@ -41,7 +42,8 @@ class ScanOutputs:
             raise UsageError(
                 "--resume FILE already appends to FILE: drop -oJ or give the same file"
             )
-        for flag, path in (("-oX", self.xml_out), ("-w", self.pcap_out)):
+        for flag, path in (("-oX", self.xml_out), ("-w", self.pcap_out),
+                           ("-oP", self.parquet_out)):  # fmt: skip
             if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
                 raise UsageError(f"{flag} {path}: directory does not exist")
         from ..render.html_report import check_outputs

@@ -119,7 +119,12 @@ def run_scan(
                         yield Job(t, p, m, k)
 
     per_host: dict[str, list[Observation]] = defaultdict(list)
-    writer = JsonLinesWriter(o.records) if o.records else None
+    writer = None
+    if o.records or o.parquet_out:
+        from ..render.parquet import ParquetWriter, Writers
+
+        writer = Writers([JsonLinesWriter(o.records) if o.records else None,
+                          ParquetWriter(o.parquet_out) if o.parquet_out else None])  # fmt: skip
 
     def on_result(obs: Observation) -> None:
         if obs.verdict_s is not None:
