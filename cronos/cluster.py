@@ -66,11 +66,27 @@ def _distributed():
     return distributed
 
 
+def _reachable(address: str, what: str) -> None:
+    """A TCP connection to ``address`` (tcp://HOST:PORT) opens: a refused or
+    unroutable address is a one-line error at once, not after Dask's retries."""
+    import socket
+
+    host, _, port = address.partition("://")[2].rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except ValueError:
+        raise UsageError(f"{what} {address}: expected tcp://HOST:PORT") from None
+    except OSError as exc:
+        why = exc.strerror or str(exc) or type(exc).__name__
+        raise UsageError(f"{what} {address}: no Dask scheduler answers ({why})") from None
+
+
 def connect(address: str):
     """A Dask client of the scheduler at ``address`` (one-line error if none answers)."""
     distributed = _distributed()
     if "://" not in address:
         address = "tcp://" + address
+    _reachable(address, "--cluster")
     try:
         return distributed.Client(address, timeout=10, set_as_default=False)
     except (OSError, TimeoutError) as exc:
@@ -185,6 +201,7 @@ def run_worker(address: str, netns: str | None, name: str | None) -> int:
         os.environ[ENV_NETNS] = netns
     if "://" not in address:
         address = "tcp://" + address
+    _reachable(address, "scheduler")
     for path in cleanup_stale():
         print(f"cron-os: removed {path} left by a killed worker", file=sys.stderr)
     local = tempfile.mkdtemp(prefix=f"{WORKER_DIR_PREFIX}{os.getpid()}-")

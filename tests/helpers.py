@@ -124,7 +124,9 @@ def assert_linux_synack(rec: dict, retries: int) -> None:
     assert rec["nb_pkt"] == retries, rec
     for k, got in enumerate(rec["gaps_us"]):
         nominal = 1000.0 * 2**k
-        assert nominal - 3 <= got / 1000 <= nominal * 1.07 + 40, (k, rec["gaps_us"])
+        # below nominal only by how much later than its timer's start the previous
+        # SYN-ACK left (a busy target; seen: the first gap 994.7 ms over IPv6)
+        assert nominal - 20 <= got / 1000 <= nominal * 1.07 + 40, (k, rec["gaps_us"])
 
 
 def linux_orphan_budget_ms(orphan_retries: int) -> float:

@@ -114,6 +114,7 @@ BAD = [
     ([*S, "--shards", "4"], "--shards needs --cluster"),
     (["classify", "{d}/good.txt", "--cluster", "tcp://127.0.0.1:1"], "no Dask scheduler answers"),
     (["worker", "nonsense"], "'nonsense': expected the scheduler as tcp://HOST:PORT"),
+    (["worker", "tcp://127.0.0.1:1"], "scheduler tcp://127.0.0.1:1: no Dask scheduler answers"),
     (
         ["worker", "tcp://127.0.0.1:1", "--netns", "cronos-does-not-exist"],
         "no such network namespace: cronos-does-not-exist",

@@ -17,12 +17,13 @@ import pytest
 from cronos.lab.scale import ScaleLab
 
 CMD = [sys.executable, "-m", "cronos"]
-N_HOSTS = 120
+N_HOSTS = 60
 
 
 @pytest.fixture(scope="module")
 def lab():
-    with ScaleLab.create(N_HOSTS, ["linux-synack2", "linux-orphan2"]) as lab:
+    # linux-orphan2 answers SYN_RCVD with one retransmission: a short schedule
+    with ScaleLab.create(N_HOSTS, ["linux-orphan2", "linux-synack2"]) as lab:
         second = lab.add_scanner(2)
         lab.second_ns = second
         yield lab
@@ -126,11 +127,11 @@ def test_cluster_scan_equals_one_process_scan(lab, cluster, tmp_path):
                        capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 0, r.stderr
     many = tmp_path / "cluster.jsonl"
-    r = subprocess.run([*CMD, "scan", "--cluster", cluster.address, "--shards", "4", *common,
+    r = subprocess.run([*CMD, "scan", "--cluster", cluster.address, "--shards", "2", *common,
                         "--seed", "17", "-oJ", str(many), "-oP", str(tmp_path / "c.parquet")],
                        capture_output=True, text=True, timeout=180)  # fmt: skip
     assert r.returncode == 0, r.stderr + r.stdout
-    assert "2 scanner worker(s), 4 shards (seed 17)" in r.stdout
+    assert "2 scanner worker(s), 2 shards (seed 17)" in r.stdout
     meas, verdicts = _records(many)
     meas1, verdicts1 = _records(one)
     assert sorted(map(_shape, meas)) == sorted(map(_shape, meas1))  # the same records
@@ -147,16 +148,16 @@ def test_worker_killed_mid_scan_loses_and_duplicates_nothing(lab, cluster, tmp_p
     hosts = tmp_path / "hosts.txt"
     lab.write_targets(hosts)
     out = tmp_path / "cluster.jsonl"
-    # slow enough that every shard is still running when a worker dies
+    # slow enough that shards are still to run when a worker dies
     p = subprocess.Popen(
         [*CMD, "scan", "--cluster", cluster.address, "--shards", "6", "-iL", str(hosts), "-p",
-         "80", "-m", "s", "--timeout", "3", "--max-rate", "8", "--seed", "5", "-q", "-oJ",
+         "80", "-m", "s", "--timeout", "2", "--max-rate", "10", "--seed", "5", "-q", "-oJ",
          str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         deadline = time.time() + 60
-        while (not out.exists() or len(out.read_text().splitlines()) < 10) and p.poll() is None:
+        while (not out.exists() or len(out.read_text().splitlines()) < 6) and p.poll() is None:
             assert time.time() < deadline, "no record arrived"
             time.sleep(0.2)
         victim = cluster.procs["b"]
@@ -185,7 +186,7 @@ def test_worker_killed_mid_scan_loses_and_duplicates_nothing(lab, cluster, tmp_p
 def test_classify_on_the_cluster_equals_classify(cluster, tmp_path):
     src = Path(__file__).parent / "data" / "syn_linux_synack2.jsonl"
     base = json.loads(src.read_text())
-    recs = [dict(base, target=f"10.0.{i // 200}.{i % 200}") for i in range(450)]
+    recs = [dict(base, target=f"10.0.{i // 200}.{i % 200}") for i in range(250)]
     data = tmp_path / "in.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in recs))
     outs = []
@@ -195,4 +196,4 @@ def test_classify_on_the_cluster_equals_classify(cluster, tmp_path):
                             *extra], capture_output=True, text=True, timeout=180)  # fmt: skip
         assert r.returncode == 0, r.stderr
         outs.append(out.read_text())
-    assert outs[0] == outs[1] and outs[0].count("\n") == 450
+    assert outs[0] == outs[1] and outs[0].count("\n") == 250
