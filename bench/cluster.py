@@ -226,7 +226,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hosts", type=int, default=20_000)
     ap.add_argument("--max-rate", type=float, default=5000)
-    ap.add_argument("--max-hosts", type=int, default=20_000)
+    ap.add_argument("--max-hosts", type=int, default=10_000)
     ap.add_argument("--shards", type=int, default=8)
     ap.add_argument("--classify", type=int, default=1_000_000)
     ap.add_argument("--only", default="scan,classify")

@@ -256,6 +256,27 @@ def check_interface(name: str | None) -> None:
         raise UsageError(f"-e {name}: no such interface") from None
 
 
+#: file descriptors kept for what is not a measurement's socket (capture,
+#: netlink, records, workers' pipes, libraries)
+FD_RESERVE = 512
+
+
+def _fit_fd_limit(cfg: ScanConfig) -> ScanConfig:
+    """Each measurement listening holds a socket: ``--max-hosts`` is lowered to
+    what the open-file limit allows (one line on stderr), instead of failing
+    half-way with EMFILE."""
+    import dataclasses
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    room = max(soft - FD_RESERVE, 1)
+    if soft == resource.RLIM_INFINITY or cfg.max_in_flight <= room:
+        return cfg
+    print(f"cron-os: --max-hosts {cfg.max_in_flight} lowered to {room}: the open-file limit is "
+          f"{soft} (one socket per measurement listening; raise it with ulimit -n)",
+          file=sys.stderr)  # fmt: skip
+    return dataclasses.replace(cfg, max_in_flight=room)
+
+
 def _raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -329,6 +350,7 @@ def run(args) -> int:
     from ..net import firewall
 
     _raise_fd_limit()
+    cfg = _fit_fd_limit(cfg)
     for name in firewall.cleanup_stale():
         print(f"cron-os: removed firewall table {name} left by a killed run", file=sys.stderr)
     o = cfg.outputs

@@ -154,7 +154,10 @@ class RouteTable:
         family = socket.AF_INET if len(src) == 4 else socket.AF_INET6
         try:
             ifname = socket.if_indextoname(oif)
-        except OSError:
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):  # the lookup needs a socket
+                raise NetError(f"route to {dst}: out of file descriptors ({exc.strerror}); "
+                               "lower --max-hosts or raise ulimit -n") from None  # fmt: skip
             raise NetError(f"route to {dst}: interface index {oif} vanished") from None
         return Route(ifname, socket.inet_ntop(family, src))
 
