@@ -41,56 +41,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 CMD = [sys.executable, "-m", "cronos"]
 
-
-class Cluster:
-    """A scheduler on loopback and ``cron-os worker``s; stopped on exit."""
-
-    def __init__(self, tmp: Path):
-        self.tmp = tmp
-        self.procs: dict[str, subprocess.Popen] = {}
-        f = tmp / "scheduler.json"
-        self.procs["scheduler"] = subprocess.Popen(
-            [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-             "--port", "0", "--no-dashboard", "--scheduler-file", str(f)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env={**os.environ, "DASK_TEMPORARY_DIRECTORY": str(tmp)},
-        )  # fmt: skip
-        end = time.time() + 30
-        while not f.exists():
-            if time.time() > end:
-                raise SystemExit("the scheduler did not start")
-            time.sleep(0.1)
-        self.address = json.loads(f.read_text())["address"]
-
-    def worker(self, name: str, netns: str | None = None) -> None:
-        log = self.tmp / f"{name}.log"
-        with log.open("w") as fh:
-            self.procs[name] = subprocess.Popen(
-                [*CMD, "worker", self.address, "--name", name,
-                 *(["--netns", netns] if netns else [])],
-                stdout=subprocess.DEVNULL, stderr=fh,
-            )  # fmt: skip
-        end = time.time() + 30
-        while "joined" not in log.read_text():
-            if time.time() > end or self.procs[name].poll() is not None:
-                raise SystemExit(f"worker {name} did not join: {log.read_text()}")
-            time.sleep(0.1)
-
-    def stop(self, name: str) -> None:
-        p = self.procs.pop(name)
-        p.terminate()
-        p.wait(timeout=30)
-
-    def close(self) -> None:
-        for p in reversed(list(self.procs.values())):
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs.values():
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+from cronos.lab.dask import LocalCluster  # noqa: E402
 
 
 def shape(path: Path) -> tuple[list[tuple], int]:
@@ -126,7 +77,7 @@ def bench_scan(args, tmp: Path) -> list[str]:
         print(
             f"  one process:        {wall1:6.1f} s  exit {r.returncode}  {r.stderr.strip()[-200:]}"
         )
-        c = Cluster(tmp)
+        c = LocalCluster(tmp)
         try:
             c.worker("a", lab.scanner_ns)
             c.worker("b", second)
@@ -199,7 +150,7 @@ def bench_classify(args, tmp: Path) -> list[str]:
     synthetic(n, data)
     print(f"\nClassify: {n:,} synthetic observations (Hershel+ target level), --no-calibrate")
     rates = {}
-    c = Cluster(tmp)
+    c = LocalCluster(tmp)
     try:
         for label, workers in (("one process", 0), ("cluster, 1 worker", 1),
                                ("cluster, 2 workers", 2)):  # fmt: skip

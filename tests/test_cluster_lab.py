@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from cronos.lab.dask import LocalCluster
 from cronos.lab.scale import ScaleLab
+
+from helpers import assert_ran
 
 CMD = [sys.executable, "-m", "cronos"]
 N_HOSTS = 60
@@ -29,54 +32,10 @@ def lab():
         yield lab
 
 
-class Cluster:
-    """A scheduler on loopback and scanner workers, all stopped at the end."""
-
-    def __init__(self, tmp: Path):
-        self.tmp = tmp
-        self.procs: dict[str, subprocess.Popen] = {}
-        sched_file = tmp / "scheduler.json"
-        self.procs["scheduler"] = subprocess.Popen(
-            [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-             "--port", "0", "--no-dashboard", "--scheduler-file", str(sched_file)],
-            stdout=subprocess.DEVNULL, stderr=open(tmp / "scheduler.log", "w"),  # noqa: SIM115
-            env={**os.environ, "DASK_TEMPORARY_DIRECTORY": str(tmp)},  # its scratch space
-        )  # fmt: skip
-        deadline = time.time() + 30
-        while not sched_file.exists() and time.time() < deadline:
-            time.sleep(0.1)
-        assert sched_file.exists(), (tmp / "scheduler.log").read_text()
-        self.address = json.loads(sched_file.read_text())["address"]
-
-    def worker(self, name: str, netns: str) -> subprocess.Popen:
-        log = open(self.tmp / f"{name}.log", "w")  # noqa: SIM115
-        p = subprocess.Popen([*CMD, "worker", self.address, "--netns", netns, "--name", name],
-                             stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
-        self.procs[name] = p
-        deadline = time.time() + 30
-        while "joined" not in (self.tmp / f"{name}.log").read_text():
-            assert p.poll() is None and time.time() < deadline, (
-                self.tmp / f"{name}.log"
-            ).read_text()
-            time.sleep(0.1)
-        return p
-
-    def close(self) -> None:
-        for p in reversed(list(self.procs.values())):
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs.values():
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-
 @pytest.fixture
 def cluster(lab, tmp_path):
     before = {x for x in os.listdir("/tmp") if x.startswith("cronos-worker-")}
-    c = Cluster(tmp_path)
+    c = LocalCluster(tmp_path)
     try:
         c.worker("a", lab.scanner_ns)
         c.worker("b", lab.second_ns)
@@ -125,12 +84,12 @@ def test_cluster_scan_equals_one_process_scan(lab, cluster, tmp_path):
     one = tmp_path / "one.jsonl"
     r = subprocess.run([*CMD, "scan", "--netns", lab.scanner_ns, *common, "-q", "-oJ", str(one)],
                        capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert r.returncode == 0, r.stderr
+    assert_ran(r)
     many = tmp_path / "cluster.jsonl"
     r = subprocess.run([*CMD, "scan", "--cluster", cluster.address, "--shards", "2", *common,
                         "--seed", "17", "-oJ", str(many), "-oP", str(tmp_path / "c.parquet")],
                        capture_output=True, text=True, timeout=180)  # fmt: skip
-    assert r.returncode == 0, r.stderr + r.stdout
+    assert_ran(r)  # exit 0, no traceback; a capture loss skips
     assert "2 scanner worker(s), 2 shards (seed 17)" in r.stdout
     meas, verdicts = _records(many)
     meas1, verdicts1 = _records(one)
@@ -168,7 +127,7 @@ def test_worker_killed_mid_scan_loses_and_duplicates_nothing(lab, cluster, tmp_p
         if p.poll() is None:
             p.kill()
             p.wait()
-    assert p.returncode == 0, err
+    assert_ran(subprocess.CompletedProcess(p.args, p.returncode, "", err))
     meas, verdicts = _records(out)
     keys = [
         (r["target"], r["port"], r["method"], r["try"]) for r in meas if r["status"] != "aborted"

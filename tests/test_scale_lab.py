@@ -12,7 +12,7 @@ from cronos.errors import LabError
 from cronos.lab import state as state_mod
 from cronos.lab.scale import ScaleLab, host_address, host_address6, scale_profile, split
 
-from helpers import names_profile
+from helpers import assert_ran, names_profile
 
 BACKLOG = Path("/proc/sys/net/core/netdev_max_backlog")
 
@@ -65,7 +65,7 @@ def test_scan_64_addresses_of_each_family(lab, tmp_path):
     try:
         for p in procs:
             _out, err = p.communicate(timeout=60)
-            assert p.returncode == 0, err
+            assert_ran(subprocess.CompletedProcess(p.args, p.returncode, "", err))
     finally:
         for p in procs:
             if p.poll() is None:

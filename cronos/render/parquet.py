@@ -246,16 +246,12 @@ def is_parquet(path: str) -> bool:
         return False
 
 
-def pa_errors(pa):
-    return pa.lib.ArrowException
-
-
 def iter_parquet(path: str) -> Iterator:
     """The measurement rows of a Cron-OS Parquet file as ``Observation``s,
     streamed one row group at a time (bounded memory)."""
     from ..model import Observation
 
-    _pa_mod, pq = _pa()
+    pa, pq = _pa()
     try:
         f = pq.ParquetFile(path)
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
@@ -281,5 +277,5 @@ def iter_parquet(path: str) -> Iterator:
                 except FingerprintSyntaxError as exc:
                     raise FingerprintSyntaxError(f"{path}: row {n}: {exc}") from None
                 yield obs
-    except (OSError, pa_errors(_pa_mod)) as exc:
+    except (OSError, pa.lib.ArrowException) as exc:
         raise UsageError(f"{path}: cannot read: {exc}") from None
