@@ -429,3 +429,19 @@ def test_a_variant_stopping_earlier_stops_alike_in_every_try(db):
     assert twice[0] == _variant_gains(0.08, 2)[3] > one[0]
     # an RST at the signature's time (code 1): the stack went through all its retries
     assert _tail(np.array([2, 2, 2]), np.array([1, 4, 0])).tolist() == [0, 2, 2]
+
+
+def test_em_reads_three_tries_of_each_state_per_target():
+    """A target of 50 tries (a Hershel database file read as observations)
+    says no more about the path than a few: the EM reads the first three of
+    each state, in their order, whatever form the observations take."""
+    from cronos.analysis.calibrate import TRIES_READ, _first_tries
+
+    s = [StateFingerprint(Method.SYN_RCVD, 30, (1000000 + k,), None, None) for k in range(5)]
+    f = [StateFingerprint(Method.FIN_WAIT1, 3, (200000 + k,), None, None) for k in range(4)]
+    mixed = [s[0], f[0], s[1], (s[2], None), f[1], s[3], f[2], f[3], s[4]]
+    kept = _first_tries(mixed)
+    assert TRIES_READ == 3
+    assert kept == [s[0], f[0], s[1], (s[2], None), f[1], f[2]]
+    obs = read_hershel("1,8192,128,1,MNWST,7331,1460,0,0,0,0,0.1,1.1,3.1\n" * 5, "t")
+    assert _first_tries(obs) == obs[:3]

@@ -49,3 +49,30 @@ def test_bad_outputs(tmp_path):
 def test_payload_escapes():
     assert parse_payload(None) == DEFAULT_PAYLOAD
     assert parse_payload(r"HEAD / HTTP/1.0\r\n\r\n") == b"HEAD / HTTP/1.0\r\n\r\n"
+
+
+@pytest.mark.root
+def test_scan_raises_the_open_file_limit_its_max_hosts_needs():
+    """50,000 measurements listening need 50,000 sockets: as root the scan
+    raises its soft and hard open-file limits (within fs.nr_open) instead of
+    lowering --max-hosts to a hard limit a shell happened to set; without
+    CAP_SYS_RESOURCE, up to the hard limit."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import resource\n"
+        "from cronos.cli.scan_cmd import _raise_fd_limit\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 4096))\n"
+        "_raise_fd_limit(50_512)\n"
+        "print(*resource.getrlimit(resource.RLIMIT_NOFILE))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    caps = next(ln for ln in Path("/proc/self/status").read_text().splitlines()
+                if ln.startswith("CapEff:"))  # fmt: skip
+    if int(caps.split()[1], 16) >> 24 & 1:  # CAP_SYS_RESOURCE: may raise the hard limit
+        want = min(50_512, int(Path("/proc/sys/fs/nr_open").read_text()))
+        assert out.stdout.split() == [str(want), str(want)]
+    else:  # a container without it (this project's CI): the hard limit is what it gets
+        assert out.stdout.split() == ["4096", "4096"]

@@ -277,8 +277,24 @@ def _fit_fd_limit(cfg: ScanConfig) -> ScanConfig:
     return dataclasses.replace(cfg, max_in_flight=room)
 
 
-def _raise_fd_limit() -> None:
+def _raise_fd_limit(want: int = 0) -> None:
+    """The soft open-file limit up to the hard one, and both up to ``want``
+    (``--max-hosts`` plus a reserve) where the process may (root, within
+    fs.nr_open): a 50,000-host scan need not run in waves because a shell
+    kept the hard limit at 20,000."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and want > hard:
+        try:
+            with open("/proc/sys/fs/nr_open") as f:
+                ceiling = int(f.read())
+        except (OSError, ValueError):
+            ceiling = hard
+        new = min(want, ceiling)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, new))
+            return
+        except (OSError, ValueError):
+            pass  # not allowed (no CAP_SYS_RESOURCE): what the hard limit gives
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
@@ -349,7 +365,7 @@ def run(args) -> int:
     targets = target_set(cfg)
     from ..net import firewall
 
-    _raise_fd_limit()
+    _raise_fd_limit(cfg.max_in_flight + FD_RESERVE)
     cfg = _fit_fd_limit(cfg)
     for name in firewall.cleanup_stale():
         print(f"cron-os: removed firewall table {name} left by a killed run", file=sys.stderr)
