@@ -14,6 +14,12 @@ closing states alike (both tcp_orphan_retries=2; their rto_min, 200 and
 SYN-ACK count (1 and 2); in one CI run of eight the matcher weighed the
 closing series' jitter (7.2 nats for rto20 over four series) above that count
 (6.2 nats for orphan2). A known weakness of the matcher, not of the scan.
+
+A second one: when one of synproxy's two SYN_RCVD tries got no SYN-ACK at
+all (the 3 % loss took the SYN or the SYN-ACK: "filtered") and the other
+stopped early after its first SYN-ACK, nothing measured tells the proxy from
+the Linux server behind it, whose closing states it relays; a Linux block
+may then come first (seen once in CI, 2026-12-03: "Linux 2.6.0 - 2.6.31").
 """
 
 import pytest
@@ -41,12 +47,18 @@ def test_every_profile_named_behind_a_wan_path(lab, tmp_path):
         first = v["candidates"][0]["name"] if v["candidates"] else "no match"
         named[profile] = first
     twins = {"linux-orphan2": "linux-rto20", "linux-rto20": "linux-orphan2"}
+    # synproxy's own state is SYN_RCVD (its cookie SYN-ACK, never repeated);
+    # its closing states are the Linux server's behind it
+    proxy_ip = by_profile(lab, "synproxy").ip
+    syn_lost = any(r.get("target") == proxy_ip and r.get("state") == "SYN_RCVD"
+                   and r.get("status") != "ok" for r in recs)  # fmt: skip
     wrong = {
         p: n
         for p, n in named.items()
         if f"[lab {p}]" not in n
         and not reads_settings(n, p)
         and not (p in twins and f"[lab {twins[p]}]" in n)
+        and not (p == "synproxy" and syn_lost and n.startswith("Linux"))
     }
     lines = [f"{r['target']} {r['state']} try {r.get('try')} {r.get('status')}: "
              f"{r.get('fingerprint')} {r.get('note', '')}"
