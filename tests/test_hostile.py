@@ -17,7 +17,7 @@ import pytest
 
 from cronos.lab.hostile import BEHAVIOURS, Budget, Responder, parse_frame
 from cronos.model import Method, Status, parse_state_line
-from cronos.packet import SYN, build_ip
+from cronos.packet import ACK, SYN, Segment, build_ip
 from cronos.probes import ProbeConfig
 from cronos.probes.closing import ClosingProbe
 from cronos.probes.syn import SynProbe
@@ -251,3 +251,25 @@ def test_the_hostile_host_over_ipv6_is_bounded_too(lab, tmp_path):
     flood = by[(80, "s")]  # the same flood, the same cap, over IPv6
     assert flood["packets_in"] > SynProbe.MAX_SYNACKS and flood["nb_pkt"] < SynProbe.MAX_SYNACKS
     assert "more than 256 SYN-ACKs: stopped" in flood["note"]
+
+
+def test_data_storm_fills_a_hole_its_peer_names():
+    """A data segment lost on the way (a veth backlog full under host load)
+    is sent again at the peer's first duplicate ACK, not at its ordinary
+    ACKs: the probe then still counts its data cap in sequence."""
+    r = Responder(THEM, Budget(), seed=1)
+    syn = Segment(src=US, dst=THEM, sport=40083, dport=83, seq=1000, ack=0, flags=SYN)
+    (synack,) = r.on_segment(0.0, syn)
+    ack = Segment(src=US, dst=THEM, sport=40083, dport=83, seq=1001, ack=synack.seq + 1,
+                  flags=ACK)  # fmt: skip
+    assert r.on_segment(0.0, ack) == []  # the storm starts
+    storm = r.on_timer(0.5)
+    assert len(storm) > 10 and all(len(s.payload) == len(storm[0].payload) for s in storm)
+    hole = storm[3].seq  # segments 0..2 arrived, 3 was lost, 4.. arrived
+    acks = [Segment(src=US, dst=THEM, sport=40083, dport=83, seq=1001, ack=s.seq, flags=ACK)
+            for s in storm[1:4]]  # fmt: skip
+    assert [r.on_segment(0.5, a) for a in acks] == [[], [], []]  # in sequence: nothing again
+    again = r.on_segment(0.5, acks[-1])  # the first duplicate of the ACK at the hole
+    assert [(s.seq, s.payload) for s in again] == [(hole, storm[3].payload)]
+    assert all(r.on_segment(0.5, acks[-1]) == [] for _ in range(63))
+    assert len(r.on_segment(0.5, acks[-1])) == 1  # 64 duplicates later: once more

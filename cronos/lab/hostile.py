@@ -97,6 +97,7 @@ class _Conn:
         self.storm_n = 0  # segments of the storm sent
         self.sent = 0
         self.over = False  # the storm ran: silent from now on
+        self.dup_ack: tuple[int, int] = (-1, 0)  # (ack value, times seen) of a data storm
 
     def seg(self, flags: int, seq: int, ack: int, payload: bytes = b"", window: int = 65535,
             options=()) -> Segment:  # fmt: skip
@@ -144,7 +145,27 @@ class Responder:
         waiting = conn.storm_at is None and not conn.over
         if waiting and conn.behaviour in _STORM_ON_ACK and acks_synack:
             conn.storm_at = now  # handshake complete: the storm starts
+            return []
+        if conn.behaviour == "zero-window-data" and seg.flags & ACK and not acks_synack:
+            return self._limit(conn, self._fill_hole(conn, seg.ack & MASK))
         return []
+
+    def _fill_hole(self, c: _Conn, ack: int) -> list[Segment]:
+        """The data storm sends each segment once; a frame lost on the way
+        (a veth backlog full under host load) leaves a hole that the peer's
+        duplicate ACKs name: the segment there is sent again, as a TCP
+        sender would, at the first duplicate and every 64th after (the ACK
+        of each segment in sequence comes once), so the storm still reaches
+        the probe's data cap in sequence."""
+        behind = (c.snd_nxt - ack) & MASK
+        if behind == 0 or behind >= 1 << 31:
+            return []  # nothing of ours missing
+        last, n = c.dup_ack
+        n = n + 1 if last == ack else 1
+        c.dup_ack = (ack, n)
+        if n % 64 != 2:
+            return []
+        return [c.seg(PSH | ACK, ack, c.rcv_nxt, b"D" * MSS, window=0)]
 
     def _new(self, key, syn: Segment) -> _Conn:
         while len(self.conns) >= self.budget.max_conns:
