@@ -173,3 +173,34 @@ def test_a_database_without_any_header_line_still_matches_a_header():
     )
     res = match([_obs(Method.SYN_RCVD, [3_000_000, 6_000_000])], Database(tuple(sigs)))
     assert res.verdict == "X"
+
+
+# linux-default (tcp_orphan_retries=0, i.e. 8) behind the 60 +- 40 ms, 3 %
+# path with the CPU busy (CI, 2026-12-03): a 400 ms RTT, an RTO of 1.3 s, and
+# the probe's 20 s of silence ended each series about when the fifth FIN was
+# due. Four FINs are what tcp_orphan_retries=6 sends and all that 7 or 8
+# would have sent by then.
+CUT_SHORT = [
+    (Method.FIN_WAIT1, 414013, (1303377, 2396195, 4878813, 9749755)),
+    (Method.LAST_ACK, 398927, (1316492, 2697131, 5390482, 10713847)),
+    (Method.FIN_WAIT1, 408483, (1505075, 2788795, 5346078, 10772155)),
+]
+
+
+@pytest.mark.parametrize("after_last_s, values", [(20, {"0", "6", "7", "8"}), (60, {"6"})])
+def test_a_count_cut_short_by_the_end_of_listening_reads_every_setting_it_allows(
+    db, after_last_s, values
+):
+    """A retransmission due about when listening ended says nothing about
+    the settings that would have sent it: the verdict lists them all; the
+    same series heard long enough reads the one setting that stops there."""
+    from helpers import law_reads
+
+    obs = []
+    for k, (method, connect, gaps) in enumerate(CUT_SHORT):
+        fp = StateFingerprint(method, round(sum(gaps) / 1e6) + after_last_s, gaps, connect,
+                              listened_us=sum(gaps) + after_last_s * 1_000_000)  # fmt: skip
+        obs.append(Observation("192.0.2.7", 80, method, k + 1, Status.OK, fp))
+    res = match(obs, db)
+    assert res.verdict is not None and res.verdict.startswith("Linux 3.1-6.x, any TCP"), res
+    assert set(law_reads(res.verdict, "tcp_orphan_retries")) == values, res.verdict

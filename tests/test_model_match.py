@@ -3,6 +3,8 @@ rule of the closing states, evidence, the unknown stack, the C kernel and EM."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -416,19 +418,27 @@ def test_a_variant_stopping_earlier_stops_alike_in_every_try(db):
     """Two tries of one state: a variant of a stack with fewer retries stops
     no later than the try that saw the most; one try that saw every packet
     leaves it nothing to save in the other."""
-    from cronos.analysis.match import _joint_variant_gain, _tail, _variant_gains
+    from cronos.analysis.match import _joint_variant_gain, _tail, _variant_gain
 
     o = read_hershel(LEXMARK_USUAL, "t")[0]
-    short, full = np.array([3, -1]), np.array([0, -1])
-    one = _joint_variant_gain(0.08, [(o, None, None, 0, None, short)])
-    both = _joint_variant_gain(0.08, [(o, None, None, 0, None, short),
-                                      (o, None, None, 0, None, full)])  # fmt: skip
-    twice = _joint_variant_gain(0.08, [(o, None, None, 0, None, short)] * 2)
-    assert one[0] == _variant_gains(0.08)[3] > 0 and one[1] == 0
-    assert both[0] == _variant_gains(0.08)[0] < 0.0  # a variant that stops no earlier
-    assert twice[0] == _variant_gains(0.08, 2)[3] > one[0]
+    lp = -math.log(0.08)  # three packets due (q = 1) and missed: 3 lp nats
+    short, full = (np.array([3, -1]), np.array([3 * lp, 0.0])), (np.array([0, -1]), np.zeros(2))
+
+    def obs(t):
+        return (o, None, None, 0, None, t[0], None, None, t[1])
+
+    one = _joint_variant_gain([obs(short)])
+    both = _joint_variant_gain([obs(short), obs(full)])
+    twice = _joint_variant_gain([obs(short)] * 2)
+    assert one[0] == pytest.approx(_variant_gain(3, 3 * lp)) and one[0] > 0 and one[1] == 0
+    assert both[0] == pytest.approx(_variant_gain(0, 0.0)) and both[0] < 0.0  # none earlier
+    assert twice[0] == pytest.approx(_variant_gain(3, 3 * lp, 2)) and twice[0] > one[0]
+    # a packet due after the end of listening, as likely as not: its miss
+    # cost less, and a variant that would not send it saves less
+    assert _variant_gain(1, -math.log(1 - 0.5 * 0.92)) < _variant_gain(1, lp)
     # an RST at the signature's time (code 1): the stack went through all its retries
-    assert _tail(np.array([2, 2, 2]), np.array([1, 4, 0])).tolist() == [0, 2, 2]
+    tail, tailc = _tail(np.array([2, 2, 2]), np.array([1.0, 1.0, 1.0]), np.array([1, 4, 0]))
+    assert tail.tolist() == [0, 2, 2] and tailc.tolist() == [0.0, 1.0, 1.0]
 
 
 def test_em_reads_three_tries_of_each_state_per_target():

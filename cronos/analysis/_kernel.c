@@ -24,7 +24,8 @@ enum {
     P_XR, P_HORIZON, P_A0, P_LOST, P_KEEP, P_RST_LOST, P_RST_KEEP, P_RST_GEN,
     P_RTT_MU, P_RTT_SIGMA, P_GATE, P_UNEXPL, P_SPREAD_Z, P_LAM_REF, P_CHOICE, P_NPARAMS
 };
-enum { I_K0, I_LOST, I_UNEXPL, I_RST, I_SHIFT, I_ALONE, I_NIN, I_S, I_SBAR, I_TAIL, I_NFIELDS };
+enum { I_K0, I_LOST, I_UNEXPL, I_RST, I_SHIFT, I_ALONE, I_NIN, I_S, I_SBAR, I_TAIL, I_TAILC,
+       I_NFIELDS };
 #define BIG 1e300
 enum { OFF_SD, OFF_SLIP_SD, OFF_CORE_COST, OFF_SLIP_COST, OFF_N };
 
@@ -46,7 +47,7 @@ typedef struct {
 } Ctx;
 
 typedef struct {
-    double base, alone, shift, big_s, s_bar, n_in;
+    double base, alone, shift, big_s, s_bar, n_in, tail_cost;
     int k0, lost, unexpl, rst, tail;
 } Res;
 
@@ -154,7 +155,7 @@ static void one(const Ctx *c, const Scratch *w, Py_ssize_t r, int k0, double sd,
         }
     }
     /* --- exact cost of the alignment */
-    Py_ssize_t n_ok = 0, unexpl = 0, last_j = k0;
+    Py_ssize_t n_ok = 0, unexpl = 0, last_j = k0, i_last = -1;
     double pen = 0.0, u_min = INFINITY, s2 = 0.0;
     for (Py_ssize_t i = 0; i < n; i++) {
         if (pos[i] >= 0) {
@@ -163,7 +164,7 @@ static void one(const Ctx *c, const Scratch *w, Py_ssize_t r, int k0, double sd,
             if (r_i < u_min) u_min = r_i;
             s2 += s[pos[i]] * s[pos[i]];
             n_ok++;
-            if (pos[i] > last_j) last_j = pos[i];
+            if (pos[i] > last_j) { last_j = pos[i]; i_last = i; }
         } else {
             off[i] = 0.0;
             pen += c->gen[i];
@@ -256,19 +257,44 @@ static void one(const Ctx *c, const Scratch *w, Py_ssize_t r, int k0, double sd,
         out->big_s = big;
     }
     double big_s = out->big_s;
-    /* lost: expected within what we listened to, not matched */
-    /* packets after the row's `optional` time (Linux's orphan budget) are not lost */
-    double due = anchor + p[P_HORIZON];
-    if (c->optional[r] < due) due = c->optional[r];
-    Py_ssize_t expected_in = upper(t, sc, 0, m - 1, due);
-    if (expected_in < k0 + 1) expected_in = k0 + 1;
+    /* lost: expected within what we listened to, not matched. Before the
+       last packet seen, every expected packet is due; after it, a packet
+       is due with the probability q that it would have come before the end
+       of listening: its time is the last seen one's (less that one's own
+       queueing) plus the schedule's gap, within the schedule's spread; not
+       seeing it costs -log(1 - q + q loss), not -log(loss). A series cut
+       short by the listening window (the next retransmission due just
+       after it) then says nothing about the stacks that would send it.
+       Packets after the row's `optional` time (Linux's orphan budget) are
+       not lost. */
+    double opt = c->optional[r];
     Py_ssize_t matched = n_ok + 1;
-    Py_ssize_t lost = expected_in - matched;
-    if (lost < 0) lost = 0;
-    Py_ssize_t tail = expected_in - (last_j + 1);  /* expected after the last one seen */
-    if (tail < 0) tail = 0;
-    if (tail > lost) tail = lost;
-    double base = (double)lost * p[P_LOST] + (double)matched * p[P_KEEP] + pen + rst_cost + early;
+    Py_ssize_t inner = last_j + 1 - matched;  /* expected before the last seen, missed */
+    if (inner < 0) inner = 0;
+    double y_last = anchor, s_last = s[last_j];
+    if (i_last >= 0) {
+        double qd = off[i_last] - u;  /* the last seen packet's own queueing */
+        y_last = c->x[i_last + 1] + anchor - (qd > 0.0 ? qd : 0.0);
+    }
+    double hz = anchor + p[P_HORIZON];
+    double loss = exp(-p[P_LOST]);
+    double tail_cost = 0.0;
+    Py_ssize_t tail = 0;
+    for (Py_ssize_t j = last_j + 1; j < m; j++) {
+        double tj = t[j] * sc;
+        if (tj > opt) break;
+        double gap = (t[j] - t[last_j]) * sc;
+        double v = s[j] * s[j] - s_last * s_last;
+        double sdj = (v > 0.0 ? sqrt(v) : 0.0) * sc + 0.02 * gap + 1000.0;
+        double z = (hz - (y_last + gap)) / sdj;
+        if (z < -8.0) break;
+        double q = 0.5 * erfc(-z / 1.4142135623730951);
+        tail_cost += -log1p(-q * (1.0 - loss));
+        if (q >= 0.5) tail++;
+    }
+    Py_ssize_t lost = inner + tail;
+    double base = (double)inner * p[P_LOST] + tail_cost + (double)matched * p[P_KEEP] + pen
+                  + rst_cost + early;
     if (sd > 0) base += 0.5 * (delta / sd) * (delta / sd);
     base += extra;
     if (!isnan(p[P_A0])) {
@@ -286,6 +312,7 @@ static void one(const Ctx *c, const Scratch *w, Py_ssize_t r, int k0, double sd,
     out->n_in = n_in;
     out->lost = (int)lost;
     out->tail = (int)tail;
+    out->tail_cost = tail_cost;
     out->unexpl = (int)unexpl;
     out->rst = code;
     for (Py_ssize_t i = 0; i < n; i++)
@@ -381,7 +408,7 @@ static PyObject *timing(PyObject *self, PyObject *args) {
                 info[I_K0] = x->k0; info[I_LOST] = x->lost; info[I_UNEXPL] = x->unexpl;
                 info[I_RST] = x->rst; info[I_SHIFT] = x->shift; info[I_ALONE] = x->alone;
                 info[I_NIN] = x->n_in; info[I_S] = x->big_s; info[I_SBAR] = x->s_bar;
-                info[I_TAIL] = x->tail;
+                info[I_TAIL] = x->tail; info[I_TAILC] = x->tail_cost;
                 memcpy(opos + r * n, pos2 + pick * n, sizeof(int32_t) * n);
                 memcpy(ooff + r * n, off2 + pick * n, sizeof(double) * n);
             }

@@ -73,6 +73,10 @@ THETA_GRID_US = np.array([1e3, 3e3, 8e3, 20e3, 45e3, 90e3, 180e3, 350e3, 700e3, 
 _THETA_PRIOR = (0.10, 0.12, 0.14, 0.14, 0.13, 0.12, 0.10, 0.08, 0.05, 0.02)
 MAX_HOPS = 40
 TIE = 0.05  # nats: candidates this close to the best are named together
+#: nats: a Law block named first lists, with the values read, every setting
+#: its timings do not rule out: those within a likelihood ratio of 8
+#: (Royall's "fairly strong" evidence) of the best setting's
+LAW_SET = math.log(8.0)
 MIN_CONFIDENCE = 0.05
 #: posterior of the unknown stack above which the verdict is "no match" (below
 #: it, a confidence under 0.5 already says the name is a guess)
@@ -658,14 +662,15 @@ class _TimingResult:
     n_in: np.ndarray  # packets in the timing model (the first one included)
     big_s: np.ndarray  # µs: sum of the queueing delays beyond the least delayed packet
     s_bar: np.ndarray  # µs: the stack's own spread (rms) over those packets
-    tail: np.ndarray  # expected packets after the last one seen, within the window (lost)
+    tail: np.ndarray  # expected packets after the last one seen, likelier before the end
+    tailc: np.ndarray  # nats: what not seeing the packets after the last one seen costs
     mix: np.ndarray  # log of the theta mixture of ``ll`` (standalone = base - mix)
 
 
 RST_STATES = ("-", "match", "wrong", "unexpected", "missing")
 
 
-_INFO = ("k0", "lost", "unexpl", "rst", "shift", "alone", "n_in", "s", "s_bar", "tail")
+_INFO = ("k0", "lost", "unexpl", "rst", "shift", "alone", "n_in", "s", "s_bar", "tail", "tailc")
 
 
 def _params(o: _Obs, model: PathModel, horizon: float) -> np.ndarray:
@@ -871,7 +876,7 @@ def _run(tab, scale, x, gen, params, model, prior_cost, prune=None) -> _TimingRe
         base=base, ll=ll, k0=info[:, 0], lost=info[:, 1], unexpl=info[:, 2], rst=info[:, 3],
         shift=info[:, 4],
         scale=scale, pos=pos, off=off, standalone=alone, n_in=n_in, big_s=big_s, s_bar=s_bar,
-        tail=info[:, 9], mix=mix,
+        tail=info[:, 9], tailc=info[:, 10], mix=mix,
     )  # fmt: skip
 
 
@@ -891,7 +896,7 @@ def _better(a: _TimingResult, b: _TimingResult, la=None, lb=None):
 
 #: the fields of a unique-row result spread out to every row at once (the
 #: posterior reads them all); the others are read for the shown rows only
-_EAGER = frozenset({"base", "standalone", "tail", "rst"})
+_EAGER = frozenset({"base", "standalone", "tail", "tailc", "rst"})
 
 
 class _Lazy:
@@ -920,13 +925,13 @@ class _Beside:
     a variant of one (the variant's header, less what stopping earlier
     saves): ``_run``'s bound on rows that cannot come near the best."""
 
-    __slots__ = ("hdr", "var", "loss")
+    __slots__ = ("hdr", "var")
 
-    def __init__(self, hdr_rows, var_rows, loss):
-        self.hdr, self.var, self.loss = hdr_rows, var_rows, loss
+    def __init__(self, hdr_rows, var_rows):
+        self.hdr, self.var = hdr_rows, var_rows
 
     def __call__(self, base, info):
-        gain = _variant_gain(self.loss, _tail(info[:, 9], info[:, 3]))
+        gain = _variant_gain(*_tail(info[:, 9], info[:, 10], info[:, 3]))
         return np.stack([base + self.hdr, base - gain + self.var], axis=1)
 
     def least(self, order, starts):
@@ -934,7 +939,7 @@ class _Beside:
         each with the least header costs of the rows sharing it."""
         hdr = np.minimum.reduceat(np.broadcast_to(self.hdr, order.shape)[order], starts)
         var = np.minimum.reduceat(np.broadcast_to(self.var, order.shape)[order], starts)
-        return _Beside(hdr, var, self.loss)
+        return _Beside(hdr, var)
 
 
 def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
@@ -1241,11 +1246,11 @@ def _score_one(o: _Obs, db, comp: _Compiled, model: PathModel) -> Scored | None:
     var = header_costs(db, feats, _variant_model()) if feats is not None else 0.0
     var_rows = var[idx] if feats is not None else 0.0
 
-    beside = _Beside(hdr_rows, var_rows, model.loss)  # (_unknown_cost)
+    beside = _Beside(hdr_rows, var_rows)  # (_unknown_cost)
     res = _timing(tab, o, model, beside if o.method is Method.SYN_RCVD else None)
     g = generic_cost(o, model)
     timing_rows = res.standalone  # base - mix
-    variant_rows = timing_rows - _variant_gain(model.loss, _tail(res.tail, res.rst))
+    variant_rows = timing_rows - _variant_gain(*_tail(res.tail, res.tailc, res.rst))
     total = np.full(n_sig, np.inf)
     total[idx] = timing_rows + hdr_rows
     variant = np.full(n_sig, np.inf)
@@ -1292,17 +1297,18 @@ def score(observations: Sequence, db: Database, model: PathModel | None = None) 
         # after the last one seen (-1: not timed), its theta likelihoods
         own = np.full(n_sig, g)
         own_tail = np.full(n_sig, -1, dtype=np.int64)
+        own_tailc = np.zeros(n_sig)
         own_ll = np.zeros((n_sig, len(THETA_GRID_US)))
         alone = np.full(n_sig, g)
         if res is not None:
             own[tab.idx] = res.base
-            own_tail[tab.idx] = _tail(res.tail, res.rst)
+            own_tail[tab.idx], own_tailc[tab.idx] = _tail(res.tail, res.tailc, res.rst)
             own_ll[tab.idx] = res.ll
             alone[tab.idx] = res.standalone
             covered[tab.idx] += 1
             a = res.standalone + (hdr[tab.idx] - gen_hdr if o.features is not None else 0.0)
             success[tab.idx] += a < g
-        timed.append((o, tab, res, g, own, own_tail, own_ll, alone))
+        timed.append((o, tab, res, g, own, own_tail, own_ll, alone, own_tailc))
         per_obs.append((o, tab, res, g))
     base = np.sum([t[4] for t in timed], axis=0)
     ll = np.sum([t[6] for t in timed], axis=0)
@@ -1312,12 +1318,13 @@ def score(observations: Sequence, db: Database, model: PathModel | None = None) 
     # all of them, at the cost of not knowing which (log of the family's size)
     for sigs, member, extra, which in comp.stand_ins(timed):
         for k in which:
-            _o, _tab, _res, _g, own, own_tail, own_ll, _alone = timed[k]
+            _o, _tab, _res, _g, own, own_tail, own_ll, _alone, own_tailc = timed[k]
             base[sigs] += own[member] - own[sigs]
             own_tail[sigs] = own_tail[member]
+            own_tailc[sigs] = own_tailc[member]
             ll[sigs] += own_ll[member]
         base[sigs] += extra
-    variant_base = base - _joint_variant_gain(model.loss, timed)
+    variant_base = base - _joint_variant_gain(timed)
     if not covered.any():
         return None
     mix = np.empty(n_sig)
@@ -1374,8 +1381,12 @@ def result(sc: Scored, db: Database, *, top: int = 5) -> MatchResult:
     entries = _entries(sc, db, comp, order, key)
     best_p = entries[0][1]
     ties = sum(1 for e in entries if e[1] >= best_p * math.exp(-TIE))
-    group = float(sum(e[1] for e in entries[:ties]))
-    names = _tied_names(entries[:ties], comp, sc.obs)
+    # a count cut short by the end of listening (the next retransmission due
+    # about then) reads as every setting that would have sent it later
+    blocks = {e[3] for e in entries[:ties] if e[3]}
+    also = [e for e in entries[ties:] if e[3] in blocks and e[1] >= best_p * math.exp(-LAW_SET)]
+    group = float(sum(e[1] for e in entries[:ties]) + sum(e[1] for e in also))
+    names = _tied_names(entries[:ties] + also, comp, sc.obs)
     best = entries[0][0]
     n_obs = len(sc.obs)
     fit = float((total[best] - sc.unknown) / n_obs)
@@ -1510,21 +1521,27 @@ VARIANT = 0.3
 _VARIANT_MODEL = None
 
 
-def _variant_gain(loss: float, tail: np.ndarray) -> np.ndarray:
-    """Per row, what a variant of the signature that stops earlier saves
-    (nats) on the ``tail`` expected packets missing after the last one seen."""
-    gains = _variant_gains(loss)
-    return gains[np.minimum(tail, len(gains) - 1).astype(np.intp)]
+def _variant_gain(tail, tailc, tries: int = 1) -> np.ndarray:
+    """Per row, what a variant of the signature that stops earlier (another
+    retries setting; half of the variants do, which of them is anyone's
+    guess: one of the ``tail`` + 1 places) saves in nats, over ``tries``
+    observations of the state, on the expected packets missing after the
+    last one seen, which cost ``tailc`` nats in each try."""
+    tail = np.asarray(tail, dtype=float)
+    lp = np.asarray(tailc, dtype=float) * tries
+    return np.logaddexp(0.0, lp - (np.log1p(tail) + math.log(2.0))) - math.log(2.0)
 
 
-def _tail(tail: np.ndarray, rst: np.ndarray) -> np.ndarray:
-    """The packets a variant that stops earlier would not have sent: none
-    when the RST came at the signature's time (``rst`` code 1): a stack with
-    fewer retries resets after its own last one, earlier."""
-    return np.where(rst == 1, 0, tail)
+def _tail(tail, tailc, rst) -> tuple[np.ndarray, np.ndarray]:
+    """The packets a variant that stops earlier would not have sent, and
+    what missing them cost: none when the RST came at the signature's time
+    (``rst`` code 1): a stack with fewer retries resets after its own last
+    one, earlier."""
+    done = np.asarray(rst) == 1
+    return np.where(done, 0, tail), np.where(done, 0.0, tailc)
 
 
-def _joint_variant_gain(loss: float, timed) -> np.ndarray:
+def _joint_variant_gain(timed) -> np.ndarray:
     """Per signature, what a variant that stops earlier saves over every
     observation: its retries setting is the stack's, one per state, so in
     each state it stops no earlier than the try that saw the most packets
@@ -1534,26 +1551,13 @@ def _joint_variant_gain(loss: float, timed) -> np.ndarray:
     gain = np.zeros(n_sig)
     by_method: dict = {}
     for t in timed:
-        by_method.setdefault(t[0].method, []).append(t[5])
-    for tails in by_method.values():
-        least = np.min(tails, axis=0)
+        by_method.setdefault(t[0].method, []).append((t[5], t[8]))
+    for pairs in by_method.values():
+        least = np.min([p[0] for p in pairs], axis=0)
+        least_c = np.min([p[1] for p in pairs], axis=0)
         ok = least >= 0
-        gains = _variant_gains(loss, len(tails))
-        gain[ok] = gains[np.minimum(least[ok], len(gains) - 1)]
+        gain[ok] = _variant_gain(least[ok], least_c[ok], len(pairs))
     return gain
-
-
-@functools.lru_cache(maxsize=16)
-def _variant_gains(loss: float, tries: int = 1) -> np.ndarray:
-    """By the number of expected packets missing after the last one seen
-    (0..63): what a variant of the signature that stops earlier (another
-    retries setting; half of the variants do, which of them is anyone's
-    guess) saves in nats, over ``tries`` observations of the state."""
-    tail = np.arange(64, dtype=float)
-    lp = -math.log(loss) * tail * tries
-    out = np.logaddexp(0.0, lp - (np.log1p(tail) + math.log(2.0))) - math.log(2.0)
-    out.flags.writeable = False
-    return out
 
 
 def _variant_model() -> PathModel:
