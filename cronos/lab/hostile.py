@@ -19,7 +19,10 @@ port  name                behaviour
                           data at random and overlapping sequence numbers,
                           wrong ACK numbers, FINs and SYN-ACKs out of place
 83    zero-window-data    window 0 everywhere; in-sequence 1460-byte data
-                          segments, ``data_bytes`` over ``storm_s``
+                          segments, ``data_bytes`` over ``storm_s``; what
+                          the peer does not acknowledge is sent again as
+                          a TCP sender would (its first duplicate ACK;
+                          go-back-N 0.25 s after the last ACK that moved)
 84    rst-storm           SYN-ACK, then ``rst_storm`` blind RSTs (random
                           sequence numbers, with and without ACK)
 ====  ==================  ===================================================
@@ -63,6 +66,13 @@ PORTS = tuple(BEHAVIOURS)
 _STORM_ON_ACK = ("fin-storm", "zero-window-data")  # these wait for the handshake's ACK
 MASK = 0xFFFFFFFF
 MSS = 1460
+#: the data storm's recovery: segments sent again ahead of the peer's ACK
+#: (the probes take 64 KiB ahead of what they acknowledged), the
+#: retransmission timeout when no ACK moves on (not doubled: the probes
+#: listen a few seconds only), how often in a row it may fire
+RECOVER_WINDOW = 32
+RECOVER_RTO_S = 0.25
+RECOVER_TRIES = 16
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,11 @@ class Budget:
     max_packets: int = 5000  # segments sent per connection, whatever the port
     max_conns: int = 256
     max_burst: int = 256  # segments per connection per on_timer call
+
+
+def _diff(a: int, b: int) -> int:
+    """``a - b`` in 32-bit sequence space."""
+    return ((a - b + 0x80000000) & MASK) - 0x80000000
 
 
 class _Conn:
@@ -98,6 +113,13 @@ class _Conn:
         self.sent = 0
         self.over = False  # the storm ran: silent from now on
         self.dup_ack: tuple[int, int] = (-1, 0)  # (ack value, times seen) of a data storm
+        # the data storm's recovery (go-back-N): the peer's highest ACK, when
+        # it last moved, the next segment to send again (None: not
+        # recovering), the retransmission timeout and how often it fired
+        self.peer_ack: int | None = None
+        self.progress_at = 0.0
+        self.recover_nxt: int | None = None
+        self.rto_n = 0
 
     def seg(self, flags: int, seq: int, ack: int, payload: bytes = b"", window: int = 65535,
             options=()) -> Segment:  # fmt: skip
@@ -123,6 +145,7 @@ class Responder:
     @property
     def next_at(self) -> float | None:
         times = [self._due_at(c) for c in self.conns.values() if c.storm_at is not None]
+        times += [self._recovery_due(c) for c in self.conns.values()]
         times = [t for t in times if t is not None]
         return min(times) if times else None
 
@@ -147,8 +170,45 @@ class Responder:
             conn.storm_at = now  # handshake complete: the storm starts
             return []
         if conn.behaviour == "zero-window-data" and seg.flags & ACK and not acks_synack:
-            return self._limit(conn, self._fill_hole(conn, seg.ack & MASK))
+            return self._limit(conn, self._on_data_ack(now, conn, seg.ack & MASK))
         return []
+
+    def _on_data_ack(self, now: float, c: _Conn, ack: int) -> list[Segment]:
+        """The peer's ACK during or after the data storm: a duplicate names
+        a hole (``_fill_hole``); one that moves on, while recovering, lets
+        the next segments go (``_go_back``)."""
+        if c.peer_ack is None or _diff(ack, c.peer_ack) > 0:
+            c.peer_ack, c.progress_at, c.rto_n = ack, now, 0
+            c.dup_ack = (ack, 1)  # its first time
+            return self._go_back(c) if c.recover_nxt is not None else []
+        return self._fill_hole(c, ack)
+
+    def _go_back(self, c: _Conn) -> list[Segment]:
+        """Send again from the peer's ACK, at most RECOVER_WINDOW segments
+        ahead of it and never past what the storm sent."""
+        if _diff(c.snd_nxt, c.peer_ack) <= 0:
+            c.recover_nxt = None  # everything acknowledged
+            return []
+        if c.recover_nxt is None or _diff(c.recover_nxt, c.peer_ack) < 0:
+            c.recover_nxt = c.peer_ack
+        out = []
+        while (_diff(c.recover_nxt, c.peer_ack) < RECOVER_WINDOW * MSS
+               and _diff(c.snd_nxt, c.recover_nxt) > 0):  # fmt: skip
+            out.append(c.seg(PSH | ACK, c.recover_nxt, c.rcv_nxt, b"D" * MSS, window=0))
+            c.recover_nxt = (c.recover_nxt + MSS) & MASK
+        return out
+
+    def _recovery_due(self, c: _Conn) -> float | None:
+        """When the data storm's retransmission timer fires: data the peer
+        has not acknowledged, no ACK for RECOVER_RTO_S, at most
+        RECOVER_TRIES times in a row."""
+        if c.behaviour != "zero-window-data" or c.peer_ack is None:
+            return None
+        if c.sent >= self.budget.max_packets or c.rto_n >= RECOVER_TRIES:
+            return None
+        if _diff(c.snd_nxt, c.peer_ack) <= 0:
+            return None
+        return c.progress_at + RECOVER_RTO_S
 
     def _fill_hole(self, c: _Conn, ack: int) -> list[Segment]:
         """The data storm sends each segment once; a frame lost on the way
@@ -210,6 +270,12 @@ class Responder:
     def on_timer(self, now: float) -> list[Segment]:
         out: list[Segment] = []
         for c in list(self.conns.values()):
+            due_rto = self._recovery_due(c)
+            if due_rto is not None and now >= due_rto:  # go back to the peer's ACK
+                c.rto_n += 1
+                c.progress_at = now
+                c.recover_nxt = c.peer_ack
+                out += self._limit(c, self._go_back(c))
             if c.storm_at is None:
                 continue
             total, dur = self._plan(c)
