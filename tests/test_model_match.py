@@ -455,3 +455,27 @@ def test_em_reads_three_tries_of_each_state_per_target():
     assert kept == [s[0], f[0], s[1], (s[2], None), f[1], f[2]]
     obs = read_hershel("1,8192,128,1,MNWST,7331,1460,0,0,0,0,0.1,1.1,3.1\n" * 5, "t")
     assert _first_tries(obs) == obs[:3]
+
+
+# two clean LAST_ACK tries of the lab's linux-orphan2 (210, 420, 840 ms), as
+# measured beside nmap (2026-12-03)
+ORPHAN2_TRIES = (
+    "CronOS_LastAck(nbPkt=3%Time=4%Connect=2436%p=211804%p=416053%p=832033)",
+    "CronOS_LastAck(nbPkt=3%Time=4%Connect=3813%p=207518%p=412103%p=832028)",
+)
+
+
+def test_a_second_clean_try_does_not_make_a_known_stack_unknown(db):
+    """A Linux variant that stops earlier (another retries setting) is one
+    of the Linux law's settings, not an unknown stack: counted in both, two
+    clean tries of linux-orphan2 gave "no match" (p_unknown 0.85) where
+    either alone named it (0.44, 0.46)."""
+    from dataclasses import replace
+
+    from cronos.model import parse_state_line
+
+    fps = [parse_state_line(x) for x in ORPHAN2_TRIES]
+    fps = [replace(f, listened_us=sum(f.gaps_us) + 3_000_000) for f in fps]
+    both = match(fps, db)
+    assert both.verdict is not None and "[lab linux-orphan2]" in both.verdict, both.p_unknown
+    assert both.p_unknown < 0.8

@@ -464,6 +464,11 @@ class _Compiled:
         self.fam_index = np.array([fams.index(f) if f else -1 for f in self.families])
         self.n_fam = len(fams)
         self.fam_members = [np.flatnonzero(self.fam_index == f) for f in range(self.n_fam)]
+        # a variant of a signature that stops earlier (another retries
+        # setting) is part of the unknown stack, unless a Law block of its
+        # family lists every retries setting: then it is a known signature
+        lawful = {sigs[int(ix[0])].family for _law, ix in self.laws.values() if len(ix)}
+        self.stops_early = np.array([not (s.family and s.family in lawful) for s in sigs])
         self.prior_none = None  # (log prior, its log-sum-exp) without popularity
         self.prior_memo: dict = {}
 
@@ -1250,7 +1255,8 @@ def _score_one(o: _Obs, db, comp: _Compiled, model: PathModel) -> Scored | None:
     res = _timing(tab, o, model, beside if o.method is Method.SYN_RCVD else None)
     g = generic_cost(o, model)
     timing_rows = res.standalone  # base - mix
-    variant_rows = timing_rows - _variant_gain(*_tail(res.tail, res.tailc, res.rst))
+    gain = _variant_gain(*_tail(res.tail, res.tailc, res.rst))
+    variant_rows = timing_rows - np.where(comp.stops_early[idx], gain, 0.0)
     total = np.full(n_sig, np.inf)
     total[idx] = timing_rows + hdr_rows
     variant = np.full(n_sig, np.inf)
@@ -1324,7 +1330,7 @@ def score(observations: Sequence, db: Database, model: PathModel | None = None) 
             own_tailc[sigs] = own_tailc[member]
             ll[sigs] += own_ll[member]
         base[sigs] += extra
-    variant_base = base - _joint_variant_gain(timed)
+    variant_base = base - np.where(comp.stops_early, _joint_variant_gain(timed), 0.0)
     if not covered.any():
         return None
     mix = np.empty(n_sig)
