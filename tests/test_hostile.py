@@ -307,3 +307,15 @@ def test_the_data_storm_reaches_the_cap_across_lost_frames(method, drop):
     obs = probe.result()
     assert DATA_NOTE in obs.note, (obs.note, probe.data_bytes, peer.sent)
     assert peer.sent <= Budget().max_packets
+
+
+@pytest.mark.parametrize("method", [Method.LAST_ACK, Method.FIN_WAIT1])
+def test_a_response_still_coming_keeps_the_probe_listening(method):
+    """Data that moves the probe's rcv_nxt before any FIN is a response still
+    coming: the probe waits ``timeout_s`` after it, not after the SYN-ACK.
+    Under a busy CPU the hostile host sent port 83's first MiB over more
+    than the 3 s the probe then listened (CI, 2026-12-03: 648 segments)."""
+    _, obs, _ = _pair(method, 83, Budget(storm_s=16.0))  # 1 MiB takes 4 s of 16
+    assert DATA_NOTE in obs.note, obs
+    _, obs, _ = _pair(method, 83, Budget(storm_s=16.0, data_bytes=600 * 1460))
+    assert obs.status is Status.NO_CLOSE and obs.note == "", obs  # it ends, 3 s after

@@ -53,7 +53,10 @@ capture time of our first SYN (``started_at``). ``connect_us`` is the
 SYN-ACK's capture time minus the capture time of the last SYN we sent before
 it (Karn's ambiguity: if the SYN was retransmitted we assume the SYN-ACK
 answers the latest one). The probe stops ``cfg.timeout_s`` after the last
-timed packet (the SYN-ACK, then each FIN) or ``cfg.window_s`` after start.
+timed packet (the SYN-ACK, then each FIN) or the last data that moved
+``rcv_nxt`` before the FIN (a response still coming, whose FIN follows it:
+a long one on a slow path, or a host too busy to send it faster), or
+``cfg.window_s`` after start.
 
 Our own segments are retransmitted so that loss does not fake a result: the
 SYN twice (1 s, 2 s), our FIN (``l``) or request (``f``) up to three times
@@ -316,6 +319,8 @@ class ClosingProbe(Probe):
             self._note(f"more than {self.MAX_DATA_BYTES} bytes of data: stopped acknowledging")
             self._finish(ts)
             return []
+        if self.fin_seq is None:
+            self._rearm(ts)  # the response still coming: its FIN comes after it
         return [self._ack()]
 
     def _advance(self, end: int) -> None:
