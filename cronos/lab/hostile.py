@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..packet import ACK, FIN, PSH, RST, SYN, Segment, build_ip
+from ..probes.closing import seq_diff
 
 BEHAVIOURS = {
     80: "synack-flood",
@@ -89,11 +90,6 @@ class Budget:
     max_packets: int = 5000  # segments sent per connection, whatever the port
     max_conns: int = 256
     max_burst: int = 256  # segments per connection per on_timer call
-
-
-def _diff(a: int, b: int) -> int:
-    """``a - b`` in 32-bit sequence space."""
-    return ((a - b + 0x80000000) & MASK) - 0x80000000
 
 
 class _Conn:
@@ -177,7 +173,7 @@ class Responder:
         """The peer's ACK during or after the data storm: a duplicate names
         a hole (``_fill_hole``); one that moves on, while recovering, lets
         the next segments go (``_go_back``)."""
-        if c.peer_ack is None or _diff(ack, c.peer_ack) > 0:
+        if c.peer_ack is None or seq_diff(ack, c.peer_ack) > 0:
             c.peer_ack, c.progress_at, c.rto_n = ack, now, 0
             c.dup_ack = (ack, 1)  # its first time
             return self._go_back(c) if c.recover_nxt is not None else []
@@ -186,14 +182,14 @@ class Responder:
     def _go_back(self, c: _Conn) -> list[Segment]:
         """Send again from the peer's ACK, at most RECOVER_WINDOW segments
         ahead of it and never past what the storm sent."""
-        if _diff(c.snd_nxt, c.peer_ack) <= 0:
+        if seq_diff(c.snd_nxt, c.peer_ack) <= 0:
             c.recover_nxt = None  # everything acknowledged
             return []
-        if c.recover_nxt is None or _diff(c.recover_nxt, c.peer_ack) < 0:
+        if c.recover_nxt is None or seq_diff(c.recover_nxt, c.peer_ack) < 0:
             c.recover_nxt = c.peer_ack
         out = []
-        while (_diff(c.recover_nxt, c.peer_ack) < RECOVER_WINDOW * MSS
-               and _diff(c.snd_nxt, c.recover_nxt) > 0):  # fmt: skip
+        while (seq_diff(c.recover_nxt, c.peer_ack) < RECOVER_WINDOW * MSS
+               and seq_diff(c.snd_nxt, c.recover_nxt) > 0):  # fmt: skip
             out.append(c.seg(PSH | ACK, c.recover_nxt, c.rcv_nxt, b"D" * MSS, window=0))
             c.recover_nxt = (c.recover_nxt + MSS) & MASK
         return out
@@ -206,7 +202,7 @@ class Responder:
             return None
         if c.sent >= self.budget.max_packets or c.rto_n >= RECOVER_TRIES:
             return None
-        if _diff(c.snd_nxt, c.peer_ack) <= 0:
+        if seq_diff(c.snd_nxt, c.peer_ack) <= 0:
             return None
         return c.progress_at + RECOVER_RTO_S
 
@@ -217,8 +213,7 @@ class Responder:
         sender would, at the first duplicate and every 64th after (the ACK
         of each segment in sequence comes once), so the storm still reaches
         the probe's data cap in sequence."""
-        behind = (c.snd_nxt - ack) & MASK
-        if behind == 0 or behind >= 1 << 31:
+        if seq_diff(c.snd_nxt, ack) <= 0:
             return []  # nothing of ours missing
         last, n = c.dup_ack
         n = n + 1 if last == ack else 1
