@@ -44,6 +44,8 @@ typedef struct {
     Py_ssize_t n;  /* observed packets after the first */
     double rtt0;  /* the first packet's RTT cost when it is the first one sent (anchor 0) */
     const double *log_n;  /* log(k) for k = 0 .. n + 2 */
+    double loss;  /* exp(-p[P_LOST]) */
+    double due;  /* -log1p(-(1 - loss)): an expected packet certainly due, missing */
 } Ctx;
 
 typedef struct {
@@ -81,6 +83,13 @@ static void one(const Ctx *c, const Scratch *w, Py_ssize_t r, int k0, double sd,
     if (m <= k0) { out->alone = out->base = INFINITY; return; }
     const double *t = c->t + b, *s = c->s + b;
     const double anchor = t[k0] * sc;
+    /* the first packet seen cannot be the second one sent (it came before
+       our SYN could have been answered so late): the cost below would be
+       infinite, and the first anchor's (always computed) is chosen */
+    if (k0 > 0 && !isnan(p[P_A0]) && p[P_A0] - anchor < -p[P_GATE]) {
+        out->alone = out->base = INFINITY;
+        return;
+    }
     const double s_anchor = s[k0];
     const double tmax = c->time_us[r] + p[P_GATE];
     const double lam_ref = p[P_LAM_REF];
@@ -277,7 +286,7 @@ static void one(const Ctx *c, const Scratch *w, Py_ssize_t r, int k0, double sd,
         y_last = c->x[i_last + 1] + anchor - (qd > 0.0 ? qd : 0.0);
     }
     double hz = anchor + p[P_HORIZON];
-    double loss = exp(-p[P_LOST]);
+    double loss = c->loss;
     double tail_cost = 0.0;
     Py_ssize_t tail = 0;
     for (Py_ssize_t j = last_j + 1; j < m; j++) {
@@ -288,6 +297,11 @@ static void one(const Ctx *c, const Scratch *w, Py_ssize_t r, int k0, double sd,
         double sdj = (v > 0.0 ? sqrt(v) : 0.0) * sc + 0.02 * gap + 1000.0;
         double z = (hz - (y_last + gap)) / sdj;
         if (z < -8.0) break;
+        if (z > 9.0) {  /* q is 1.0 to the last bit: no erfc, the same cost */
+            tail_cost += c->due;
+            tail++;
+            continue;
+        }
         double q = 0.5 * erfc(-z / 1.4142135623730951);
         tail_cost += -log1p(-q * (1.0 - loss));
         if (q >= 0.5) tail++;
@@ -388,6 +402,8 @@ static PyObject *timing(PyObject *self, PyObject *args) {
         } else {
             for (Py_ssize_t i = 0; i < k + 3; i++) log_n[i] = log((double)i);
             c.log_n = log_n;
+            c.loss = exp(-c.p[P_LOST]);
+            c.due = -log1p(-1.0 * (1.0 - c.loss));
             c.rtt0 = isnan(c.p[P_A0]) ? 0.0 : rtt_cost(c.p[P_A0], c.p[P_RTT_MU], c.p[P_RTT_SIGMA]);
             Py_BEGIN_ALLOW_THREADS
             for (Py_ssize_t r = 0; r < rows; r++) {
@@ -445,7 +461,9 @@ static int get_all(PyObject **o, Py_buffer *v, int n, int writable) {
  * counting it, e.g. with the header as a signature or as a variant sees it)
  * and a finite margin, rows that cannot come within ``margin`` nats of the
  * best in any of the K ways are not computed: ll <= ub = (n_in - 1) log lam_0
- * - log n_in for every g (lam is largest at the smallest scale, grid[0]), so
+ * - log n_in for every g (lam is largest at the smallest scale, grid[0]), and
+ * ll <= (n_in - 1) (log((n_in - 1) / big_s) - 1) - log n_in (the maximum over
+ * every lam; the mixture is at most its largest term, logw summing to 1), so
  * cost - ub bounds a row's total from below; a row whose bound exceeds, in
  * every way, the exact total of the row of least bound in that way by more
  * than margin gets ll = lse = ub (its total is then reported as that bound:
@@ -503,6 +521,14 @@ static PyObject *theta(PyObject *self, PyObject *args) {
             for (Py_ssize_t j = 0; j < kk; j++) { best[j] = -1; best_lb[j] = INFINITY; }
             for (Py_ssize_t r = 0; r < m; r++) {
                 double ub = (n_in[r] - 1.0) * log(1.0 / (grid[0] + s_bar[r])) - log(n_in[r]);
+                /* and at most the likelihood's maximum over every lam > 0,
+                   at lam = (n_in - 1) / big_s: tighter for a row whose
+                   queueing delays are large (a row that fits badly) */
+                if (n_in[r] > 1.0 && big_s[r] > 0.0) {
+                    double k = n_in[r] - 1.0;
+                    double uc = k * (log(k / big_s[r]) - 1.0) - log(n_in[r]);
+                    if (uc < ub) ub = uc;
+                }
                 lse[r] = ub;  /* kept for the second pass */
                 for (Py_ssize_t j = 0; j < kk; j++) {
                     double lb = cost[r * kk + j] - ub;
@@ -573,10 +599,182 @@ static PyObject *lse(PyObject *self, PyObject *args) {
     return ret;
 }
 
+#define SKIP 40.0
+
+/* What a variant of a signature that stops earlier saves (match.py's
+ * _variant_gain): log((1 + e^x) / 2), x = tailc tries - log(2 (tail + 1)),
+ * with numpy's logaddexp(0, x). */
+static double vgain(double tail, double tailc, double tries) {
+    const double ln2 = 0.6931471805599453;
+    double x = tailc * tries - (log1p(tail) + ln2);
+    double la = (x == 0.0) ? ln2 : (x < 0.0 ? log1p(exp(x)) : x + log1p(exp(-x)));
+    return la - ln2;
+}
+
+/* beside(base, info, hdr, var, out): per row r (match.py's _Beside): out[r, 0]
+ * = base + hdr (the row as its signature), out[r, 1] = base - gain + var (as
+ * a variant of it that may stop earlier; no gain when the RST came on time). */
+static PyObject *beside(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *o[5];
+    if (!PyArg_ParseTuple(args, "OOOOO", &o[0], &o[1], &o[2], &o[3], &o[4])) return NULL;
+    Py_buffer v[5];
+    if (get_all(o, v, 5, 4) < 0) return NULL;
+    Py_ssize_t m = v[0].len / 8;
+    PyObject *ret = NULL;
+    if (v[1].len / 8 < m * I_NFIELDS || v[2].len / 8 < m || v[3].len / 8 < m
+        || v[4].len / 8 < 2 * m) {
+        PyErr_SetString(PyExc_ValueError, "kernel: array sizes do not agree");
+    } else {
+        const double *base = v[0].buf, *info = v[1].buf, *hdr = v[2].buf, *var = v[3].buf;
+        double *out = v[4].buf;
+        for (Py_ssize_t r = 0; r < m; r++) {
+            const double *in = info + r * I_NFIELDS;
+            int done = in[I_RST] == 1.0;
+            double gain = vgain(done ? 0.0 : in[I_TAIL], done ? 0.0 : in[I_TAILC], 1.0);
+            out[2 * r] = base[r] + hdr[r];
+            out[2 * r + 1] = base[r] - gain + var[r];
+        }
+        ret = Py_None;
+        Py_INCREF(ret);
+    }
+    for (int i = 0; i < 5; i++) PyBuffer_Release(&v[i]);
+    return ret;
+}
+
+/* post1(alone, tail, tailc, rst, inv, idx, stops, hdr, var, prior, scalars,
+ * total, post, lpost, success): match.py's _score_one after the timing, for
+ * one observed state. alone, tail, tailc, rst: per kernel row (alone = base
+ * - mix; tail, tailc, rst: the kernel's info columns); inv: row ->
+ * unique row; idx: row -> signature; stops: per signature, 1 if its variant
+ * may stop earlier; hdr, var, prior: per signature; scalars: lse_prior, g
+ * (the generic timing's cost), gen_hdr, the unknown's log odds, the three
+ * log weights of the unknown's mixture. Out, per signature: total (inf
+ * without a row), post, lpost (log posterior before normalising), success
+ * (0/1, float). Returns (unknown cost, p_unknown). Sums are sequential
+ * (numpy's are pairwise: the last digits may differ). */
+static PyObject *post1(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *o[15];
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOOOO", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5],
+                          &o[6], &o[7], &o[8], &o[9], &o[10], &o[11], &o[12], &o[13], &o[14]))
+        return NULL;
+    Py_buffer v[15];
+    if (get_all(o, v, 15, 11) < 0) return NULL;
+    Py_ssize_t nu = v[0].len / 8, rows = v[4].len / 8, n = v[7].len / 8;
+    PyObject *ret = NULL;
+    double *work = NULL, *gains = NULL;
+    if (v[1].len / 8 < nu || v[2].len / 8 < nu || v[3].len / 8 < nu || v[5].len / 8 != rows
+        || v[6].len / 8 < n || v[8].len / 8 < n || v[9].len / 8 < n || v[10].len / 8 < 7
+        || v[11].len / 8 < n || v[12].len / 8 < n || v[13].len / 8 < n || v[14].len / 8 < n) {
+        PyErr_SetString(PyExc_ValueError, "kernel: array sizes do not agree");
+        goto out;
+    }
+    {
+        const double *alone = v[0].buf, *tail = v[1].buf, *tailc = v[2].buf, *rst = v[3].buf,
+                     *stops = v[6].buf, *hdr = v[7].buf, *var = v[8].buf, *prior = v[9].buf,
+                     *sc = v[10].buf;
+        const int64_t *inv = v[4].buf, *idx = v[5].buf;
+        double *total = v[11].buf, *post = v[12].buf, *lpost = v[13].buf, *succ = v[14].buf;
+        const double lse_prior = sc[0], g = sc[1], gen_hdr = sc[2], log_odds = sc[3];
+        work = malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
+        if (!work) { PyErr_NoMemory(); goto out; }
+        gains = malloc(sizeof(double) * (size_t)(nu > 0 ? nu : 1));
+        if (!gains) { PyErr_NoMemory(); goto out; }
+        const double none = vgain(0.0, 0.0, 1.0);
+        for (Py_ssize_t u = 0; u < nu; u++) {
+            int done = rst[u] == 1.0;
+            double a = done ? 0.0 : tail[u], b = done ? 0.0 : tailc[u];
+            gains[u] = (a == 0.0 && b == 0.0) ? none : vgain(a, b, 1.0);
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            total[i] = INFINITY;
+            work[i] = INFINITY;  /* the variant's timing */
+            succ[i] = 0.0;
+        }
+        for (Py_ssize_t r = 0; r < rows; r++) {
+            Py_ssize_t u = inv[r], i = idx[r];
+            if (u < 0 || u >= nu || i < 0 || i >= n) {
+                PyErr_SetString(PyExc_ValueError, "kernel: row index out of range");
+                goto out;
+            }
+            double t = alone[u];
+            double gain = stops[i] != 0.0 ? gains[u] : 0.0;
+            total[i] = t + hdr[i];
+            work[i] = t - gain;
+            succ[i] = (t + (hdr[i] - gen_hdr)) < g ? 1.0 : 0.0;
+        }
+        /* the unknown stack (match.py's _unknown_cost) */
+        double mx_k = -INFINITY, mx_v = -INFINITY;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            double lp = prior[i] - lse_prior;
+            double a = lp - hdr[i];
+            if (a > mx_k) mx_k = a;
+            if (isfinite(work[i])) {
+                double b = (lp - work[i]) - var[i];
+                if (b > mx_v) mx_v = b;
+            }
+        }
+        /* terms below e^-SKIP of the largest (which adds 1) are left out: each
+           is under half a unit in the last place of the sum */
+        double acc_k = 0.0, acc_v = 0.0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            double lp = prior[i] - lse_prior;
+            double a = (lp - hdr[i]) - mx_k;
+            if (isfinite(mx_k) && a > -SKIP) acc_k += exp(a);
+            if (isfinite(work[i]) && isfinite(mx_v)) {
+                double b = ((lp - work[i]) - var[i]) - mx_v;
+                if (b > -SKIP) acc_v += exp(b);
+            }
+        }
+        double known_hdr = isfinite(mx_k) ? -(mx_k + log(acc_k)) : -mx_k;
+        double variant = (rows > 0) ? (isfinite(mx_v) ? -(mx_v + log(acc_v)) : -mx_v)
+                                    : g + gen_hdr;
+        double parts[3] = {g + gen_hdr, g + known_hdr, variant};
+        double mx = -INFINITY, acc = 0.0;
+        for (int k = 0; k < 3; k++)
+            if (sc[4 + k] - parts[k] > mx) mx = sc[4 + k] - parts[k];
+        for (int k = 0; k < 3; k++) acc += isfinite(mx) ? exp(sc[4 + k] - parts[k] - mx) : 0.0;
+        double unknown = isfinite(mx) ? -(mx + log(acc)) : -mx;
+        /* the posterior */
+        double post_unk = log_odds - unknown + lse_prior;
+        double mx_f = -INFINITY;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            lpost[i] = prior[i] - total[i];
+            if (isfinite(total[i]) && isfinite(lpost[i]) && lpost[i] > mx_f) mx_f = lpost[i];
+        }
+        double lse_f = mx_f;
+        if (isfinite(mx_f)) {
+            double s = 0.0;
+            for (Py_ssize_t r = 0; r < rows; r++) {
+                double a = lpost[idx[r]] - mx_f;
+                if (a > -SKIP) s += exp(a);
+            }
+            lse_f = mx_f + log(s);
+        }
+        double norm;
+        if (lse_f == post_unk) norm = lse_f + 0.6931471805599453;
+        else if (lse_f > post_unk) norm = lse_f + log1p(exp(post_unk - lse_f));
+        else norm = post_unk + log1p(exp(lse_f - post_unk));
+        for (Py_ssize_t i = 0; i < n; i++) {
+            double a = lpost[i] - norm;
+            post[i] = a > -746.0 ? exp(a) : 0.0;  /* exp underflows to 0 there */
+        }
+        ret = Py_BuildValue("dd", unknown, exp(post_unk - norm));
+    }
+out:
+    free(work);
+    free(gains);
+    for (int i = 0; i < 15; i++) PyBuffer_Release(&v[i]);
+    return ret;
+}
+
 static PyMethodDef methods[] = {
     {"timing", timing, METH_VARARGS, "Timing of one observed series against every signature row."},
     {"theta", theta, METH_VARARGS, "Queueing log-likelihoods per row and scale, and their mixture."},
     {"lse", lse, METH_VARARGS, "Row-wise log-sum-exp with weights."},
+    {"beside", beside, METH_VARARGS, "Rows' costs beside the queueing, as signature and variant."},
+    {"post1", post1, METH_VARARGS, "Totals, unknown stack and posterior of one observed state."},
     {NULL, NULL, 0, NULL},
 };
 

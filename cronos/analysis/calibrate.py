@@ -129,24 +129,24 @@ def calibrate(
                 continue
             w = known * w / w.sum()
             weight += known
-            for i, wi in zip(top, w, strict=True):
-                lls.append(sc.ll_of(i))
-                lws.append(wi)
-                sig = db.signatures[i]
-                s_bar = 0.0
-                for _o, tab, res, _g in sc.per_obs:
-                    r = tab.inv.get(int(i)) if res is not None else None
-                    if r is not None:
-                        lost += wi * res.lost[r]
-                        kept += wi * (res.pos[r] >= 0).sum() + wi
-                        s_bar = max(s_bar, float(res.s_bar[r]))
-                spread.append(s_bar)
-                if sc.feats is not None:
-                    for f in FIELDS:
-                        d = _differs(f, sc.feats, sig.header_for(sc.feats.v6))
-                        if d is not None:
-                            seen[f] += wi
-                            diff[f] += wi * d
+            lls += [sc.ll_of(i) for i in top]
+            lws += w.tolist()
+            s_bar = np.zeros(len(top))
+            for _o, tab, res, _g in sc.per_obs:
+                if res is None:
+                    continue
+                rows, cols, n = _rows(tab, res, top)
+                if not len(n):
+                    continue
+                lost += float(w[n] @ np.asarray(cols.lost[rows], dtype=float))
+                kept += float(w[n] @ ((cols.pos[rows] >= 0).sum(axis=1) + 1.0))
+                s_bar[n] = np.maximum(s_bar[n], cols.s_bar[rows])
+            spread += s_bar.tolist()
+            if sc.feats is not None:
+                for i, wi in zip(top.tolist(), w.tolist(), strict=True):
+                    for f, d in _header_diffs(db.signatures[i], sc.feats):
+                        seen[f] += wi
+                        diff[f] += wi * d
         if weight <= 0:
             break
         theta = _theta_weights(*_exact_timers(np.array(lls), np.array(lws), np.array(spread)),
@@ -174,6 +174,39 @@ def calibrate(
         if moved < 0.02:
             break
     return Calibration(model, len(chosen), steps, tuple(history))
+
+
+def _rows(tab, res, sigs: np.ndarray):
+    """The rows of ``res`` (a timing result of ``tab``) holding the signatures
+    ``sigs``: (row indices, the result whose fields they index, and which of
+    ``sigs`` have one)."""
+    rows = np.array([tab.inv.get(i, -1) for i in sigs.tolist()], dtype=np.int64)
+    n = np.flatnonzero(rows >= 0)
+    rows = rows[n]
+    if hasattr(res, "_inv"):  # per kernel row (``match._Rows``)
+        return res._inv[rows], res._res, n
+    return rows, res, n
+
+
+_DIFFS: dict = {}
+
+
+def _header_diffs(sig, feats) -> tuple:
+    """(field, 0/1) for each field that ``_differs`` can compare, memoised per
+    (signature, header): every iteration asks again."""
+    key = (id(sig), feats)
+    hit = _DIFFS.get(key)
+    if hit is None or hit[0] is not sig:
+        if len(_DIFFS) >= 100_000:
+            _DIFFS.clear()
+        g = sig.header_for(feats.v6)
+        out = []
+        for f in FIELDS:
+            d = _differs(f, feats, g)
+            if d is not None:
+                out.append((f, float(d)))
+        hit = _DIFFS[key] = (sig, tuple(out))
+    return hit[1]
 
 
 def _first_tries(obs: Sequence) -> list:

@@ -252,6 +252,9 @@ class _Table:
         self.uniq: tuple[_Table, np.ndarray] | None = None
         self._uniq_groups: tuple[np.ndarray, np.ndarray] | None = None
         self._rows_of: tuple[np.ndarray, np.ndarray] | None = None
+        self._unique_rows: tuple[np.ndarray, np.ndarray] | None = None
+        self.idx_i64 = np.ascontiguousarray(idx, dtype=np.int64)
+        self._least: dict = {}
         self.off = np.ascontiguousarray(
             np.column_stack([self.off_sd, self.slip_sd, self.core_cost, self.slip_cost])
         )
@@ -267,6 +270,37 @@ class _Table:
             covered.flags.writeable = row_of.flags.writeable = False
             self._rows_of = (covered, row_of)
         return self._rows_of
+
+    def unique_rows(self, n_sig: int) -> tuple[np.ndarray, np.ndarray]:
+        """Row -> its kernel row (``uniq``'s, else itself), and per signature
+        its kernel row (-1: none); read only."""
+        if self._unique_rows is None or len(self._unique_rows[1]) != n_sig:
+            inv = self.uniq[1] if self.uniq is not None else np.arange(len(self.idx))
+            inv = np.ascontiguousarray(inv, dtype=np.int64)
+            _covered, row_of = self.rows_of(n_sig)
+            urow = np.where(row_of >= 0, inv[np.maximum(row_of, 0)], -1)
+            inv.flags.writeable = urow.flags.writeable = False
+            self._unique_rows = (inv, urow)
+        return self._unique_rows
+
+    def least_headers(self, hdr: np.ndarray, var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per kernel row, the least of its signatures' header costs ``hdr``
+        and ``var`` (per signature; memoised by identity: ``header_costs``
+        returns one array per header)."""
+        key = (id(hdr), id(var))
+        hit = self._least.get(key)
+        if hit is not None and hit[0] is hdr and hit[1] is var:
+            return hit[2]
+        h, v = hdr[self.idx], np.broadcast_to(var, hdr.shape)[self.idx]
+        if self.uniq is not None:
+            order, starts = self.uniq_groups()
+            h = np.minimum.reduceat(h[order], starts)
+            v = np.minimum.reduceat(v[order], starts)
+        out = (np.ascontiguousarray(h, dtype=float), np.ascontiguousarray(v, dtype=float))
+        if len(self._least) >= 4096:
+            self._least.clear()
+        self._least[key] = (hdr, var, out)
+        return out
 
     def uniq_groups(self) -> tuple[np.ndarray, np.ndarray]:
         """The rows ordered by their unique row, and where each unique row's
@@ -286,6 +320,7 @@ class _Table:
             return None
         if self._fallback is None:
             fb = copy.copy(self)
+            fb._least, fb._unique_rows = {}, None
             t, sp = self.t.copy(), self.s.copy()
             for r in np.flatnonzero(self.linux_rule):
                 b, e = self.start[r], self.start[r + 1]
@@ -461,6 +496,7 @@ class _Compiled:
         self._header6: _Header | None = None
         self.families = [s.family for s in sigs]
         fams = sorted({f for f in self.families if f})
+        self.families_sorted = fams
         self.fam_index = np.array([fams.index(f) if f else -1 for f in self.families])
         self.n_fam = len(fams)
         self.fam_members = [np.flatnonzero(self.fam_index == f) for f in range(self.n_fam)]
@@ -469,6 +505,9 @@ class _Compiled:
         # family lists every retries setting: then it is a known signature
         lawful = {sigs[int(ix[0])].family for _law, ix in self.laws.values() if len(ix)}
         self.stops_early = np.array([not (s.family and s.family in lawful) for s in sigs])
+        self.stops_early_f = self.stops_early.astype(float)
+        self.zeros = np.zeros(self.n)  # header costs without a header
+        self.stops_early_f.flags.writeable = self.zeros.flags.writeable = False
         self.prior_none = None  # (log prior, its log-sum-exp) without popularity
         self.prior_memo: dict = {}
 
@@ -505,6 +544,16 @@ class _Compiled:
                 [dict(k) for k in where],
                 g,
             )
+        return hit
+
+    def law_runs(self, block: str, methods: frozenset) -> tuple[np.ndarray, np.ndarray]:
+        """``law_groups``' groups: the size of each, and each member's place."""
+        key = ("runs", block, methods)
+        hit = self._law_groups.get(key)
+        if hit is None:
+            members, starts, _names, _g = self.law_groups(block, methods)
+            hit = (np.diff(np.append(starts, len(members))), np.arange(len(members)))
+            self._law_groups[key] = hit
         return hit
 
     def stand_ins(self, timed):
@@ -700,21 +749,25 @@ def _params(o: _Obs, model: PathModel, horizon: float) -> np.ndarray:
     return np.asarray(head, dtype=float)
 
 
-def _timing(tab: _Table, o: _Obs, model: PathModel, prune=None) -> _TimingResult:
+def _timing(tab: _Table, o: _Obs, model: PathModel, prune=None, spread: bool = True):
     """The observation against every row of ``tab`` (``cronos.analysis._kernel``).
     ``prune``: a function of the rows' base costs and kernel info giving
     the rows' costs beside the queueing (rows x K ways); rows that cannot come
     within PRUNE_MARGIN nats of the best are bounded, not computed (``_run``).
     Only for a target observed once (a row hopeless for one observation may
     not be for a sum of several), and in SYN_RCVD only (the closing states
-    pick each row's best of many scales)."""
+    pick each row's best of many scales). ``spread=False``: the result per
+    kernel row (one per distinct schedule: ``_Table.unique_rows`` maps rows
+    and signatures to them), not spread out to every row."""
+    if isinstance(prune, _Beside):  # the rows' least header costs per kernel row
+        prune = _BesideRows(*tab.least_headers(prune.hdr, prune.var))
     if tab.uniq is not None:  # one kernel row per distinct schedule, then spread out
         utab, inv = tab.uniq
         uprune = None
         if prune is not None:
             order, starts = tab.uniq_groups()
-            if isinstance(prune, _Beside):  # the rows' least header costs per schedule
-                uprune = prune.least(order, starts)
+            if isinstance(prune, _BesideRows):
+                uprune = prune
             else:
 
                 def uprune(base, info):
@@ -722,6 +775,8 @@ def _timing(tab: _Table, o: _Obs, model: PathModel, prune=None) -> _TimingResult
                     return np.minimum.reduceat(cost[order], starts, axis=0)
 
         res = _timing(utab, o, model, uprune)
+        if not spread:
+            return res
         # what the verdict reads of a few shown rows only is looked up when asked
         return _TimingResult(
             **{f: getattr(res, f)[inv] if f in _EAGER else _Lazy(getattr(res, f), inv)
@@ -865,11 +920,12 @@ def _run(tab, scale, x, gen, params, model, prior_cost, prune=None) -> _TimingRe
         _PRUNE_STATS[0] += m
         _PRUNE_STATS[1] += bounded
         k = min(PRUNE_KEEP, m)
-        # the exact rows are the best ones: only when they are fewer than
-        # PRUNE_KEEP may a bounded row be among the PRUNE_KEEP shown
+        # the PRUNE_KEEP rows of least cost are exact: a bounded row among
+        # them (its bound below an exact row's cost) is computed
         redo = ()
-        if bounded and m - bounded < k:
-            top = np.argpartition(cost.min(axis=1) - mix, k - 1)[:k]
+        if bounded:
+            with np.errstate(invalid="ignore"):  # a row without packets: inf - inf
+                top = np.argpartition(cost.min(axis=1) - mix, k - 1)[:k]
             redo = top[ll[top, 0] == ll[top, -1]]  # a bound is one value for every scale
         if len(redo):
             sub_ll, sub_mix = np.empty((len(redo), len(THETA_GRID_US))), np.empty(len(redo))
@@ -904,6 +960,19 @@ def _better(a: _TimingResult, b: _TimingResult, la=None, lb=None):
 _EAGER = frozenset({"base", "standalone", "tail", "tailc", "rst"})
 
 
+class _Rows:
+    """A kernel-row result read per row: each field ``res.f[inv]``, looked
+    up row by row when asked for (``_Lazy``)."""
+
+    __slots__ = ("_res", "_inv")
+
+    def __init__(self, res: _TimingResult, inv: np.ndarray):
+        self._res, self._inv = res, inv
+
+    def __getattr__(self, name):
+        return _Lazy(getattr(self._res, name), self._inv)
+
+
 class _Lazy:
     """``arr[sel]``, row by row when asked for (or whole, as an array)."""
 
@@ -926,9 +995,21 @@ class _Lazy:
 
 
 class _Beside:
-    """The rows' costs beside the queueing, as a signature (its header) and as
-    a variant of one (the variant's header, less what stopping earlier
-    saves): ``_run``'s bound on rows that cannot come near the best."""
+    """The signatures' header costs (``hdr``: as the signature's own header,
+    ``var``: as a variant's), from which ``_timing`` bounds the rows that
+    cannot come near the best (``_BesideRows``)."""
+
+    __slots__ = ("hdr", "var")
+
+    def __init__(self, hdr, var):
+        self.hdr, self.var = hdr, var
+
+
+class _BesideRows:
+    """The kernel rows' costs beside the queueing, as a signature (its
+    header) and as a variant of one (the variant's header, less what
+    stopping earlier saves, ``_variant_gain``): ``_run``'s bound. ``hdr``,
+    ``var``: per kernel row, the least of the signatures sharing it."""
 
     __slots__ = ("hdr", "var")
 
@@ -936,15 +1017,10 @@ class _Beside:
         self.hdr, self.var = hdr_rows, var_rows
 
     def __call__(self, base, info):
-        gain = _variant_gain(*_tail(info[:, 9], info[:, 10], info[:, 3]))
-        return np.stack([base + self.hdr, base - gain + self.var], axis=1)
-
-    def least(self, order, starts):
-        """The same for the unique rows of a table (``_Table.uniq_groups``):
-        each with the least header costs of the rows sharing it."""
-        hdr = np.minimum.reduceat(np.broadcast_to(self.hdr, order.shape)[order], starts)
-        var = np.minimum.reduceat(np.broadcast_to(self.var, order.shape)[order], starts)
-        return _Beside(hdr, var)
+        out = np.empty((len(base), 2))
+        _kernel.beside(np.ascontiguousarray(base), np.ascontiguousarray(info), self.hdr,
+                       self.var, out)  # fmt: skip
+        return out
 
 
 def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
@@ -1243,37 +1319,30 @@ def _score_one(o: _Obs, db, comp: _Compiled, model: PathModel) -> Scored | None:
     feats = o.features
     if feats is not None:
         hdr = header_costs(db, feats, model)
+        var = header_costs(db, feats, _variant_model())
         gen_hdr = generic_header_cost(comp.header_for(feats.v6), feats)
     else:
-        hdr, gen_hdr = np.zeros(n_sig), 0.0
-    idx = tab.idx
-    hdr_rows = hdr[idx]
-    var = header_costs(db, feats, _variant_model()) if feats is not None else 0.0
-    var_rows = var[idx] if feats is not None else 0.0
-
-    beside = _Beside(hdr_rows, var_rows)  # (_unknown_cost)
-    res = _timing(tab, o, model, beside if o.method is Method.SYN_RCVD else None)
+        hdr = var = comp.zeros
+        gen_hdr = 0.0
+    beside = _Beside(hdr, var) if o.method is Method.SYN_RCVD else None
+    res = _timing(tab, o, model, beside, spread=False)  # per kernel row
+    inv, urow = tab.unique_rows(n_sig)
     g = generic_cost(o, model)
-    timing_rows = res.standalone  # base - mix
-    gain = _variant_gain(*_tail(res.tail, res.tailc, res.rst))
-    variant_rows = timing_rows - np.where(comp.stops_early[idx], gain, 0.0)
-    total = np.full(n_sig, np.inf)
-    total[idx] = timing_rows + hdr_rows
-    variant = np.full(n_sig, np.inf)
-    variant[idx] = variant_rows
-    success = np.zeros(n_sig, dtype=np.int64)
-    success[idx] = (timing_rows + (hdr_rows - gen_hdr if feats is not None else 0.0)) < g
-    covered, row_of = tab.rows_of(n_sig)
     prior, lse_prior = _prior(comp, model)
-    unknown = _unknown_cost(db, feats, g, gen_hdr, variant, hdr, prior, covered, lse_prior, var)
-    post_sig = prior - total
-    post_unk = _log_odds(model.unknown_prior) - unknown + lse_prior
-    fin = post_sig[idx]
-    norm = float(np.logaddexp(_lse1(fin[np.isfinite(fin)]), post_unk))
-    post = np.exp(post_sig - norm)
-    return Scored([o], [(o, tab, res, g)], total, res.ll, hdr, post,
-                  float(math.exp(post_unk - norm)), unknown, success, gen_hdr, feats,
-                  row_of, post_sig)  # fmt: skip
+    # the rest in the kernel (``score`` does the same for several observations):
+    # per signature its total (timing and header), whether it explains the
+    # observation better than the generic stack, the unknown stack's cost
+    # (``_unknown_cost``: a variant stops earlier only outside a Law's
+    # family) and the posterior
+    total, post, lpost, success = (np.empty(n_sig) for _ in range(4))
+    scalars = np.array([lse_prior, g, gen_hdr, _log_odds(model.unknown_prior),
+                        *_LOG_UNKNOWN_MIX])  # fmt: skip
+    c = np.ascontiguousarray
+    unknown, p_unknown = _kernel.post1(c(res.standalone), c(res.tail), c(res.tailc), c(res.rst),
+                                       inv, tab.idx_i64, comp.stops_early_f, hdr, var, prior,
+                                       scalars, total, post, lpost, success)  # fmt: skip
+    return Scored([o], [(o, tab, _Rows(res, inv), g)], total, res.ll, hdr, post, p_unknown,
+                  unknown, success.astype(np.int64), gen_hdr, feats, urow, lpost)  # fmt: skip
 
 
 def score(observations: Sequence, db: Database, model: PathModel | None = None) -> Scored | None:
@@ -1430,8 +1499,11 @@ def _entries(sc: Scored, db: Database, comp: _Compiled, order, key) -> list[tupl
     """(representative index, posterior, name, law block, read values) best
     first: a signature (block None), or the variants of a Law block that the
     observed states read alike."""
-    out = [(int(i), float(sc.post[i]), db.signatures[i].name, None, None, float(key[i]))
-           for i in order if not db.signatures[i].law_block]  # fmt: skip
+    sigs = db.signatures
+    out = [(i, p, sigs[i].name, None, None, k)
+           for i, p, k in zip(order.tolist(), sc.post[order].tolist(),
+                              np.asarray(key[order], dtype=float).tolist(), strict=True)
+           if not sigs[i].law_block]  # fmt: skip
     methods = frozenset(o.method for o in sc.obs)
     for block in comp.laws:
         sorted_members, starts, names, _g = comp.law_groups(block, methods)
@@ -1443,14 +1515,16 @@ def _entries(sc: Scored, db: Database, comp: _Compiled, order, key) -> list[tupl
         best = np.maximum.reduceat(k, starts)
         has = np.logical_or.reduceat(ok, starts)
         # each group's representative: its first member of the highest key
-        n = np.diff(np.append(starts, len(k)))
-        at = np.where(ok & (k == np.repeat(best, n)), np.arange(len(k)), len(k))
+        n, pos = comp.law_runs(block, methods)
+        at = np.where(ok & (k == np.repeat(best, n)), pos, len(k))
         rep = sorted_members[np.minimum(np.minimum.reduceat(at, starts), len(k) - 1)]
         with np.errstate(invalid="ignore"):
             lk = np.logaddexp.reduceat(k, starts) if sc.lpost is not None else p
-        for grp in np.flatnonzero(has):
-            # named when shown (``_named``): a target has hundreds of groups
-            out.append((int(rep[grp]), float(p[grp]), None, block, names[grp], float(lk[grp])))
+        grps = np.flatnonzero(has)
+        # named when shown (``_named``): a target has hundreds of groups
+        out += [(r, pg, None, block, names[grp], lg)
+                for grp, r, pg, lg in zip(grps.tolist(), rep[grps].tolist(), p[grps].tolist(),
+                                          lk[grps].tolist(), strict=True)]  # fmt: skip
     out.sort(key=lambda e: -e[-1])
     return [e[:5] for e in out]
 
@@ -1601,18 +1675,19 @@ def _family(comp: _Compiled, post) -> str | None:
     """The family holding >= 90 % of the signatures' posterior (of the 200
     most probable, down to 1e-6), if any."""
     some = np.flatnonzero(post >= 1e-6)
-    order = some[np.argsort(-post[some], kind="stable")]
-    mass: dict[str, float] = {}
-    total = 0.0
-    for i in order[:200]:
-        p = float(post[i])
-        fam = comp.families[i] or "?"
-        mass[fam] = mass.get(fam, 0.0) + p
-        total += p
-    if not mass:
+    if not len(some):
         return None
-    fam, p = max(mass.items(), key=lambda kv: kv[1])
-    return fam if fam != "?" and p >= 0.9 * total else None
+    if len(some) > 200:
+        some = some[np.argsort(-post[some], kind="stable")[:200]]
+    p = post[some]
+    # per family (the last bin: none), its mass; a tie at the top is at most
+    # half the total, never a verdict
+    mass = np.bincount(comp.fam_index[some] % (comp.n_fam + 1), weights=p,
+                       minlength=comp.n_fam + 1)  # fmt: skip
+    best = int(np.argmax(mass))
+    if best == comp.n_fam or mass[best] < 0.9 * float(p.sum()):
+        return None
+    return comp.families_sorted[best]
 
 
 def _how(sig, i, o: _Obs, tab, res, gen, hdr_i, gen_hdr) -> StateHow:
@@ -1620,22 +1695,39 @@ def _how(sig, i, o: _Obs, tab, res, gen, hdr_i, gen_hdr) -> StateHow:
     r = tab.inv.get(int(i)) if res is not None else None
     if r is None:  # the signature has no such state
         return StateHow(m, o.try_index, (), (), 0, False, 0, 0, "-", 1.0, "", gen, False)
+    if isinstance(res, _Rows):  # read the kernel row itself
+        res, r = res._res, int(res._inv[r])
     alone = float(res.standalone[r]) + (hdr_i - gen_hdr if o.features is not None else 0.0)
     return StateHow(
         method=m,
         try_index=o.try_index,
         positions=tuple(res.pos[r].tolist()),
-        offsets_us=tuple(np.rint(res.off[r]).astype(np.int64).tolist()),
+        offsets_us=tuple(round(x) for x in res.off[r].tolist()),  # half to even, as rint
         lost=int(res.lost[r]),
         first_lost=bool(res.k0[r]),
         shift_us=int(round(float(res.shift[r]))),
         unexplained=int(res.unexpl[r]),
         rst=RST_STATES[int(res.rst[r])],
         scale=round(float(res.scale[r]), 4),
-        header=_header_notes(sig, o.features),
+        header=_header_notes_memo(sig, o.features),
         cost=alone,
         success=bool(alone < gen),
     )
+
+
+_NOTES: dict = {}
+
+
+def _header_notes_memo(s: Signature, f: SynAckFeatures | None) -> str:
+    """``_header_notes``, memoised per (signature, header): a fleet shares a
+    few headers, and the same candidates come back."""
+    key = (id(s), f)
+    hit = _NOTES.get(key)
+    if hit is None or hit[0] is not s:
+        if len(_NOTES) >= 50_000:
+            _NOTES.clear()
+        hit = _NOTES[key] = (s, _header_notes(s, f))
+    return hit[1]
 
 
 def _header_notes(s: Signature, f: SynAckFeatures | None) -> str:
