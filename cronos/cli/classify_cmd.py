@@ -13,7 +13,7 @@ from ..errors import FingerprintSyntaxError, UsageError
 from ..model import Observation
 from ..render.parquet import ParquetWriter, is_parquet, iter_parquet
 from ..render.verdict_text import render, verdict_dict
-from .checks import output_dir, positive_seconds
+from .checks import keep_resident, output_dir, positive_seconds
 
 #: Targets the path model is estimated from (the input's first ones).
 CALIBRATION_SAMPLE = 1000
@@ -103,6 +103,7 @@ def run(args) -> int:
     positive_seconds("--timeout", args.timeout)
     positive_seconds("--window", args.window)
     db = load_db(args.db)
+    keep_resident(db)
     client = None
     if args.cluster:  # before any work: a cluster that does not answer is a one-line error
         from ..cluster import connect

@@ -12,6 +12,7 @@ from ..model import Method
 from ..scan.config import MAX_HOSTS_WITHOUT_YES, ScanConfig, ScanOutputs, parse_payload
 from ..scan.session import Progress, ScanSummary, done_keys, run_scan, target_set
 from ..scan.targets import Order, parse_methods, parse_ports, parse_shard, read_list_file
+from .checks import keep_resident
 
 
 def register(sub) -> None:
@@ -362,6 +363,7 @@ def run(args) -> int:
     from ..analysis.db import load_db
 
     db = load_db(list(cfg.db_files))  # bad --db: file:line error before any packet
+    keep_resident(db)
     targets = target_set(cfg)
     from ..net import firewall
 
