@@ -297,7 +297,7 @@ class _Table:
             h = np.minimum.reduceat(h[order], starts)
             v = np.minimum.reduceat(v[order], starts)
         out = (np.ascontiguousarray(h, dtype=float), np.ascontiguousarray(v, dtype=float))
-        if len(self._least) >= 4096:
+        if len(self._least) >= 1024:  # 9 KiB each here
             self._least.clear()
         self._least[key] = (hdr, var, out)
         return out
