@@ -162,18 +162,26 @@ def _families(sig) -> set[str]:
     return {c.family.lower() for c in sig.classes if c.family}
 
 
+def _os_classes(sig) -> set[tuple[str, str]]:
+    """(vendor, family) of each class a signature names (not "unknown")."""
+    return {(c.vendor.lower(), c.family.lower()) for c in sig.classes
+            if c.vendor and c.vendor != "unknown" and c.family}  # fmt: skip
+
+
 def _family_block(sig) -> bool:
     """A block that stands for a whole family (derived from source, or a
     law): naming it for an unlisted member of that family is right."""
     return bool(sig.law_block) or any(x.split()[0] == "source" for x in sig.sources)
 
 
-def evaluate(db, cases, eq, *, known=True, model=None, fams=None) -> dict:
+def evaluate(db, cases, eq, *, known=True, model=None, fams=None, oses=None) -> dict:
     """``fams``: {stack id: its families}, for stacks left out of ``db``: a
-    family block (``_family_block``) of one of them named is counted apart."""
+    family block (``_family_block``) of one of them named is counted apart.
+    ``oses``: {stack id: its (vendor, family) classes}: a confident wrong
+    answer that names one of them is also counted (``same_os``)."""
     model = model or DEFAULT_MODEL
     r = dict(n=0, obs=0, top1=0, top3=0, right=0, answered=0, wrong=0, confident_wrong=0,
-             equivalent=0, family=0, low=0, t=0.0, slowest=0.0, conf=[])  # fmt: skip
+             equivalent=0, family=0, low=0, t=0.0, slowest=0.0, conf=[], same_os=0)  # fmt: skip
     for sid, text in cases:
         obs = read_hershel(text, "bench")
         t0 = time.perf_counter()
@@ -210,6 +218,8 @@ def evaluate(db, cases, eq, *, known=True, model=None, fams=None) -> dict:
         else:
             r["wrong"] += 1
             r["confident_wrong"] += res.confidence >= CONFIDENT
+            if res.confidence >= CONFIDENT and oses is not None:
+                r["same_os"] += bool(_os_classes(top) & oses.get(sid, set()))
     return r
 
 
@@ -313,15 +323,16 @@ class Bench:
         for fold in range(self.args.folds):
             out = set(rng.choice(ids, size=len(ids) // 10, replace=False).tolist())
             db = train_db(self.stacks, self.train_idx, exclude=out)
-            eq, fams = {}, {}
+            eq, fams, oses = {}, {}, {}
             for sid in out:  # the removed stack's equivalents still in the database
                 sig = self.train.signatures[self.train_truth[sid]]
                 eq[sid] = {k for k, s in enumerate(db.signatures) if _close(sig, s)}
                 fams[sid] = _families(sig)
+                oses[sid] = _os_classes(sig)
             held = [(sid, s) for sid, s in self.held if sid in out]
             rng2 = np.random.default_rng(self.args.seed * 1000 + 300 + fold)
             cases = make_lines(held, TARGET, 1, rng2)
-            r = evaluate(db, cases, eq, known=False, fams=fams)
+            r = evaluate(db, cases, eq, known=False, fams=fams, oses=oses)
             tot = r if tot is None else {k: tot[k] + r[k] for k in tot}
         nu = tot["n"]
         # a stack's equivalent, or its family's source-derived block, named: right
@@ -332,6 +343,9 @@ class Bench:
               f"{pct(tot['equivalent'], nu)}, its family's source block named "
               f"{pct(tot['family'], nu)}, confident wrong {pct(tot['confident_wrong'], ne)}"
               f" (equivalents and family blocks excluded)")  # fmt: skip
+        print(f"  leave-stacks-out: of the confident wrong, the left-out stack's own OS named "
+              f"(vendor and family of a Class line, e.g. Solaris 9/10 as Sun_OS_5.10): "
+              f"{tot['same_os']} of {tot['confident_wrong']}")  # fmt: skip
         ok = (nu - tot["answered"]) + (tot["wrong"] - tot["confident_wrong"])
         print(f"  leave-stacks-out: no match or confidence < {CONFIDENT}: {pct(ok, ne)} "
               f"(equivalents and family blocks excluded; {honest} honest of {ne})")  # fmt: skip
