@@ -356,6 +356,48 @@ def test_bounded_rows_change_no_verdict_and_no_shown_candidate(db, monkeypatch):
         assert shown_a == shown_b
 
 
+def test_one_observations_score_in_the_kernel_is_the_numpy_formulas(db):
+    """A target observed once is scored after the alignment by one kernel call
+    (``post1``): its totals, successes, unknown stack and posterior are what
+    numpy gives from the same timing result (the formulas ``score`` uses for
+    several observations)."""
+    import cronos.analysis.match as m
+
+    comp, model = m._compiled(db), m.DEFAULT_MODEL
+    for case in _noisy_syn_observations(db, 60, seed=5):
+        sc = m.score(case, db)
+        (o,) = m._normalise(case)
+        tab, idx = comp.tables[o.method], comp.tables[o.method].idx
+        hdr = m.header_costs(db, o.features, model)
+        var = m.header_costs(db, o.features, m._variant_model())
+        gen_hdr = m.generic_header_cost(comp.header_for(o.features.v6), o.features)
+        res = m._timing(tab, o, model, m._Beside(hdr, var))  # spread to every row
+        g = m.generic_cost(o, model)
+        timing = np.asarray(res.standalone)
+        gain = m._variant_gain(*m._tail(res.tail, res.tailc, res.rst))
+        total = np.full(comp.n, np.inf)
+        total[idx] = timing + hdr[idx]
+        variant = np.full(comp.n, np.inf)
+        variant[idx] = timing - np.where(comp.stops_early[idx], gain, 0.0)
+        success = np.zeros(comp.n)
+        success[idx] = (timing + (hdr[idx] - gen_hdr)) < g
+        covered, _row_of = tab.rows_of(comp.n)
+        prior, lse_prior = m._prior(comp, model)
+        unknown = m._unknown_cost(db, o.features, g, gen_hdr, variant, hdr, prior, covered,
+                                  lse_prior, var)  # fmt: skip
+        post_sig = prior - total
+        post_unk = m._log_odds(model.unknown_prior) - unknown + lse_prior
+        fin = post_sig[idx]
+        norm = float(np.logaddexp(m._lse1(fin[np.isfinite(fin)]), post_unk))
+        assert np.array_equal(np.isfinite(sc.total), np.isfinite(total))
+        ok = np.isfinite(total)
+        np.testing.assert_allclose(sc.total[ok], total[ok], rtol=1e-12, atol=1e-9)
+        np.testing.assert_array_equal(sc.success, success)
+        assert sc.unknown == pytest.approx(unknown, rel=1e-12, abs=1e-9)
+        assert sc.p_unknown == pytest.approx(math.exp(post_unk - norm), abs=1e-12)
+        np.testing.assert_allclose(sc.post, np.exp(post_sig - norm), rtol=1e-9, atol=1e-15)
+
+
 def test_kernel_theta_bounds_only_hopeless_rows():
     rng = np.random.default_rng(7)
     m, grid = 200, np.array([1e3, 1e4, 1e5, 1e6])
