@@ -31,7 +31,15 @@ from types import MappingProxyType
 import numpy as np
 
 from .db import Database
-from .match import DEFAULT_MODEL, MAX_HOPS, PathModel, mss_went_with_options, score
+from .match import (
+    DEFAULT_MODEL,
+    MAX_HOPS,
+    PathModel,
+    memo_per_signature,
+    mss_went_with_options,
+    result_rows,
+    score,
+)
 
 FIELDS = ("window", "ttl", "df", "mss", "options", "wscale")
 TOP = 5  # signatures per target whose alignment and header feed the M step
@@ -135,7 +143,7 @@ def calibrate(
             for _o, tab, res, _g in sc.per_obs:
                 if res is None:
                     continue
-                rows, cols, n = _rows(tab, res, top)
+                rows, cols, n = result_rows(tab, res, top)
                 if not len(n):
                     continue
                 lost += float(w[n] @ np.asarray(cols.lost[rows], dtype=float))
@@ -144,7 +152,8 @@ def calibrate(
             spread += s_bar.tolist()
             if sc.feats is not None:
                 for i, wi in zip(top.tolist(), w.tolist(), strict=True):
-                    for f, d in _header_diffs(db.signatures[i], sc.feats):
+                    for f, d in memo_per_signature(_DIFFS, db.signatures[i], sc.feats,
+                                                   _header_diffs, 100_000):  # fmt: skip
                         seen[f] += wi
                         diff[f] += wi * d
         if weight <= 0:
@@ -176,37 +185,13 @@ def calibrate(
     return Calibration(model, len(chosen), steps, tuple(history))
 
 
-def _rows(tab, res, sigs: np.ndarray):
-    """The rows of ``res`` (a timing result of ``tab``) holding the signatures
-    ``sigs``: (row indices, the result whose fields they index, and which of
-    ``sigs`` have one)."""
-    rows = np.array([tab.inv.get(i, -1) for i in sigs.tolist()], dtype=np.int64)
-    n = np.flatnonzero(rows >= 0)
-    rows = rows[n]
-    if hasattr(res, "_inv"):  # per kernel row (``match._Rows``)
-        return res._inv[rows], res._res, n
-    return rows, res, n
-
-
-_DIFFS: dict = {}
+_DIFFS: dict = {}  # (signature, header) -> ``_header_diffs``: every iteration asks again
 
 
 def _header_diffs(sig, feats) -> tuple:
-    """(field, 0/1) for each field that ``_differs`` can compare, memoised per
-    (signature, header): every iteration asks again."""
-    key = (id(sig), feats)
-    hit = _DIFFS.get(key)
-    if hit is None or hit[0] is not sig:
-        if len(_DIFFS) >= 100_000:
-            _DIFFS.clear()
-        g = sig.header_for(feats.v6)
-        out = []
-        for f in FIELDS:
-            d = _differs(f, feats, g)
-            if d is not None:
-                out.append((f, float(d)))
-        hit = _DIFFS[key] = (sig, tuple(out))
-    return hit[1]
+    """(field, 0/1) for each field that ``_differs`` can compare."""
+    g = sig.header_for(feats.v6)
+    return tuple((f, float(d)) for f in FIELDS if (d := _differs(f, feats, g)) is not None)
 
 
 def _first_tries(obs: Sequence) -> list:

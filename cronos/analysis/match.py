@@ -981,6 +981,18 @@ class _Rows:
         return _Lazy(getattr(self._res, name), self._inv)
 
 
+def result_rows(tab: _Table, res, sigs: np.ndarray):
+    """The rows of ``res`` (a timing result of ``tab``, or ``_Rows`` of one)
+    holding the signatures ``sigs``: (row indices, the result whose fields
+    they index, and which of ``sigs`` have one)."""
+    rows = np.array([tab.inv.get(i, -1) for i in sigs.tolist()], dtype=np.int64)
+    n = np.flatnonzero(rows >= 0)
+    rows = rows[n]
+    if isinstance(res, _Rows):  # read the kernel rows themselves
+        return res._inv[rows], res._res, n
+    return rows, res, n
+
+
 class _Lazy:
     """``arr[sel]``, row by row when asked for (or whole, as an array)."""
 
@@ -1717,25 +1729,26 @@ def _how(sig, i, o: _Obs, tab, res, gen, hdr_i, gen_hdr) -> StateHow:
         unexplained=int(res.unexpl[r]),
         rst=RST_STATES[int(res.rst[r])],
         scale=round(float(res.scale[r]), 4),
-        header=_header_notes_memo(sig, o.features),
+        header=memo_per_signature(_NOTES, sig, o.features, _header_notes, 50_000),
         cost=alone,
         success=bool(alone < gen),
     )
 
 
-_NOTES: dict = {}
-
-
-def _header_notes_memo(s: Signature, f: SynAckFeatures | None) -> str:
-    """``_header_notes``, memoised per (signature, header): a fleet shares a
-    few headers, and the same candidates come back."""
-    key = (id(s), f)
-    hit = _NOTES.get(key)
-    if hit is None or hit[0] is not s:
-        if len(_NOTES) >= 50_000:
-            _NOTES.clear()
-        hit = _NOTES[key] = (s, _header_notes(s, f))
+def memo_per_signature(store: dict, sig, key, compute, cap: int):
+    """``compute(sig, key)``, memoised in ``store`` per (signature, key), the
+    signature by identity (at most ``cap`` entries): a fleet shares a few
+    headers, and the same candidates come back."""
+    k = (id(sig), key)
+    hit = store.get(k)
+    if hit is None or hit[0] is not sig:
+        if len(store) >= cap:
+            store.clear()
+        hit = store[k] = (sig, compute(sig, key))
     return hit[1]
+
+
+_NOTES: dict = {}  # (signature, header) -> ``_header_notes``
 
 
 def _header_notes(s: Signature, f: SynAckFeatures | None) -> str:
